@@ -1,0 +1,111 @@
+"""Loading a model directory and encoding images into per-patch integer codes.
+
+Workers never receive a Keras model through Dask: they receive the model URL and call
+:func:`load_encoder`, which loads it once per process (cache keyed by URL and the card's
+weights hash, guarded by a lock) in Keras safe mode.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+
+import numpy as np
+
+from pipeline.modelcard import MODEL_FILE, ModelCard, read_card, resolve_model_url, sha256_bytes
+from pipeline.packing import pack_bits
+from storage import ModelError, is_local, join_url, url_to_fs
+
+__all__ = ["Encoder", "load_encoder", "ENCODE_BATCH"]
+
+# Images are always run through the network in batches of exactly this many (the last one
+# padded), so an image's code never depends on how the corpus was cut into shards.
+ENCODE_BATCH = 256
+
+_cache: dict[tuple[str, str], "Encoder"] = {}
+_cache_lock = threading.Lock()
+
+
+class Encoder:
+    """A loaded model: ``encode(uint8 [n, h, w, c]) -> codes [n, grid_h, grid_w]``."""
+
+    def __init__(self, card: ModelCard, autoencoder) -> None:
+        from pipeline.model import build_encoder
+
+        self.card = card
+        self.autoencoder = autoencoder
+        self._encoder = build_encoder(autoencoder)
+        self._lock = threading.Lock()
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.card.config.input_shape
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Codes of a batch of uint8 images already converted to the model's input shape."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
+            raise ValueError(f"expected images of shape [n, {', '.join(map(str, self.input_shape))}], got {pixels.shape}")
+        gh, gw = self.card.grid
+        out = np.empty((len(pixels), gh, gw), dtype=self.card.code_dtype)
+        for start in range(0, len(pixels), ENCODE_BATCH):
+            chunk = pixels[start : start + ENCODE_BATCH]
+            m = len(chunk)
+            x = self.card.normalization.apply(chunk)
+            if m < ENCODE_BATCH:
+                x = np.concatenate([x, np.zeros((ENCODE_BATCH - m, *x.shape[1:]), x.dtype)])
+            with self._lock:  # Keras models are not safe to call from several threads at once
+                bits = np.asarray(self._encoder.predict_on_batch(x))[:m]
+            out[start : start + m] = pack_bits(bits)
+        return out
+
+
+def _load_keras(url: str, storage_options: dict | None):
+    import keras
+
+    import pipeline.binarize  # noqa: F401  (registers the custom layer before loading)
+
+    fs, path = url_to_fs(join_url(url, MODEL_FILE), storage_options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise ModelError(f"{url}: {MODEL_FILE} is missing; re-create the model with `patchhash train`.") from None
+    if is_local(fs):
+        local, tmp = path, None
+    else:
+        tmp = tempfile.NamedTemporaryFile(suffix=".keras", delete=False)
+        tmp.write(data)
+        tmp.close()
+        local = tmp.name
+    try:
+        model = keras.saving.load_model(local, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/TypeError for unsafe or foreign layers
+        raise ModelError(
+            f"{url}: cannot load {MODEL_FILE} in safe mode ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+            "patchhash only loads models it trained: no Lambda layers or custom code."
+        ) from None
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
+    return model, sha256_bytes(data)
+
+
+def load_encoder(model: str, storage_options: dict | None = None, *, use_cache: bool = True) -> Encoder:
+    """Load (once per process) the model at ``model``: a directory URL or a built-in name."""
+    url = resolve_model_url(model)
+    card = read_card(url, storage_options)
+    key = (url, card.model_sha256)
+    with _cache_lock:
+        if use_cache and key in _cache:
+            return _cache[key]
+        autoencoder, digest = _load_keras(url, storage_options)
+        if digest != card.model_sha256:
+            raise ModelError(
+                f"{url}: {MODEL_FILE} does not match card.json (sha256 {digest[:12]}... vs {card.model_sha256[:12]}...): "
+                "the model or its card was modified. Re-create the model with `patchhash train`."
+            )
+        encoder = Encoder(card, autoencoder)
+        if use_cache:
+            _cache[key] = encoder
+        return encoder

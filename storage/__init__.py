@@ -1,0 +1,40 @@
+"""Where bytes live: fsspec URLs, corpus readers, the on-disk index format."""
+
+from storage.errors import (
+    ConfigError,
+    CorpusError,
+    ImageReadError,
+    IndexFormatError,
+    IndexNotFoundError,
+    ModelError,
+    ModelMismatchError,
+    PatchhashError,
+)
+from storage.corpus import Corpus, ReadError, Shard, ShardData, open_corpus
+from storage.fs import display_url, is_local, join_url, url_to_fs
+from storage.images import ImageSpec, convert, decode_image
+from storage.labels import read_labels
+
+__all__ = [
+    "Corpus",
+    "ImageSpec",
+    "ReadError",
+    "Shard",
+    "ShardData",
+    "convert",
+    "decode_image",
+    "open_corpus",
+    "read_labels",
+    "ConfigError",
+    "CorpusError",
+    "ImageReadError",
+    "IndexFormatError",
+    "IndexNotFoundError",
+    "ModelError",
+    "ModelMismatchError",
+    "PatchhashError",
+    "display_url",
+    "is_local",
+    "join_url",
+    "url_to_fs",
+]

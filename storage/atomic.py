@@ -1,0 +1,42 @@
+"""Whole-object writes that readers see either entirely or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from storage.fs import is_local, url_to_fs
+
+__all__ = ["write_bytes_atomic", "write_json_atomic", "read_json"]
+
+
+def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``url`` so that no reader ever sees a partial object.
+
+    Local files: write a temporary sibling, fsync, then ``os.replace`` (atomic on POSIX).
+    Object stores (s3, gcs, memory...): a single PUT, which those stores make atomic.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    parent = path.rsplit("/", 1)[0]
+    if is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_json_atomic(url: str, value: Any, storage_options: dict | None = None) -> None:
+    write_bytes_atomic(url, json.dumps(value, indent=1, sort_keys=True).encode(), storage_options)
+
+
+def read_json(url: str, storage_options: dict | None = None) -> Any:
+    """Parse the JSON object at ``url``; ``FileNotFoundError`` if absent."""
+    fs, path = url_to_fs(url, storage_options)
+    return json.loads(fs.cat_file(path))

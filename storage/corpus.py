@@ -1,0 +1,938 @@
+"""Corpus readers: every way of pointing patchhash at a set of images.
+
+:func:`open_corpus` looks at a URL (a local path or any fsspec URL, with optional storage
+options) and returns a :class:`Corpus`. The image id of an image is its position in the
+corpus, fixed when the corpus is opened:
+
+======================  ==============================================  ==================
+URL                     images, in id order                             uri of image ``i``
+======================  ==============================================  ==================
+folder                  image files below it, recursively, sorted by    the file's URL
+                        full path
+glob (``*``, ``?``,     matching image files, sorted by full path       the file's URL
+``[``)
+image file              that image alone                                the file's URL
+``*-idx3-ubyte[.gz]``,  rows of an IDX file of uint8 images             ``<url>#<i>``
+``*.idx3[.gz]``
+``*.npy``               rows of an ``[n, h, w]`` or ``[n, h, w, c]``    ``<url>#<i>``
+                        array, c in 1, 3, 4
+Zarr array folder       rows of an array shaped as for ``.npy``         ``<url>#<i>``
+``.txt``, ``.lst``      one uri per line; blank lines and lines         the listed uri
+                        starting with ``#`` are skipped
+``.csv``                the ``uri`` column, else the first column (the  the listed uri
+                        first row is always a header)
+``.parquet``            the ``uri`` column                              the listed uri
+======================  ==============================================  ==================
+
+Image files are recognised by their extension: png, jpg, jpeg, bmp, tif, tiff, gif, webp
+(any case). URLs are shown as the user would type them: absolute paths for local files,
+``protocol://path`` otherwise.
+
+In a uri list, a uri without a protocol is taken on the list's filesystem, relative to the
+list's folder. A uri ending in ``#<row>`` designates a row of an IDX, npy or Zarr array, so
+that the uris of search results can be fed back as queries. In CSV and Parquet lists the
+image id is the data row number (an empty uri cell is reported as an unreadable image), so
+that ids stay aligned with the other columns.
+
+Images that cannot be read (missing, empty, truncated, not an image...) never fail a read:
+they are reported as :class:`ReadError` rows of the :class:`ShardData`. A URL that cannot be
+read as a whole (unknown format, bad header, wrong array shape) raises :class:`CorpusError`.
+
+Work is cut into :class:`Shard` objects: small and picklable, they carry everything a Dask
+worker needs to read their rows without listing the corpus again. Arrays are opened once per
+process: IDX files that are gzip-compressed or remote are decoded in full on first use and
+kept in a process-wide LRU cache of the two most recently used arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import posixpath
+import re
+import threading
+import zlib
+from abc import ABC, abstractmethod
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from numbers import Integral
+from typing import Any, BinaryIO, ClassVar
+
+import numpy as np
+from fsspec.spec import AbstractFileSystem
+
+from storage.errors import ConfigError, CorpusError, ImageReadError
+from storage.fs import display_url, is_local, resolve_url, url_to_fs
+from storage.images import ImageSpec, convert, convert_batch, decode_image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ReadError",
+    "ShardData",
+    "Shard",
+    "Corpus",
+    "ImageFilesCorpus",
+    "UriListCorpus",
+    "ArrayCorpus",
+    "IdxCorpus",
+    "NpyCorpus",
+    "ZarrCorpus",
+    "open_corpus",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+IDX_IMAGES_MAGIC = 0x00000803
+_ARRAY_KINDS = frozenset({"idx", "npy", "zarr"})
+_LIST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
+IDX_NAME_PATTERN = re.compile(r"[.-]idx\d([-_.]ubyte)?(\.gz)?$", re.IGNORECASE)
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_ROW_REF = re.compile(r"^(?P<url>.+)#(?P<row>\d+)$")
+# What opening or reading one URL of a list may raise (unknown protocol, missing fsspec
+# backend, I/O errors, CorpusError): it makes a ReadError for its rows, not a failed shard.
+_UNREADABLE_URL = (ValueError, ImportError, OSError, EOFError, zlib.error)
+_FETCH_BATCH = 256  # image files fetched per fs call: bounds the memory held by raw bytes
+_FORMATS_HELP = (
+    "expected a folder or glob of images (png, jpg, jpeg, bmp, tif, tiff, gif, webp), "
+    "a single image file, an IDX file (*-idx3-ubyte[.gz]), a .npy array, a Zarr array, "
+    "or a list of uris (.txt, .lst, .csv, .parquet)"
+)
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """An image of a corpus that could not be read.
+
+    Attributes
+    ----------
+    image_id : int
+        Id of the image in its corpus.
+    uri : str
+        Its uri.
+    reason : str
+        Short reason, e.g. ``"file not found"``, ``"truncated image"``.
+    """
+
+    image_id: int
+    uri: str
+    reason: str
+
+
+@dataclass
+class ShardData:
+    """Pixels of the rows of a shard that could be read, and the rows that could not.
+
+    Attributes
+    ----------
+    ids : numpy.ndarray
+        ``int64 [m]`` ids of the images read, ascending.
+    uris : list of str
+        Their uris.
+    pixels : numpy.ndarray
+        ``uint8 [m, height, width, channels]`` images converted to the requested spec.
+    errors : list of ReadError
+        The other rows of the shard, ascending by id.
+    """
+
+    ids: np.ndarray
+    uris: list[str]
+    pixels: np.ndarray
+    errors: list[ReadError]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The rows ``[start, stop)`` of a corpus: small and picklable, read by Dask workers.
+
+    Attributes
+    ----------
+    index : int
+        Position of the shard in the list returned by :meth:`Corpus.shards`.
+    start, stop : int
+        First (inclusive) and last (exclusive) image id.
+    kind : str
+        Kind of the corpus (see :attr:`Corpus.kind`).
+    url : str
+        URL of the corpus.
+    storage_options : Mapping
+        fsspec options used for every URL read.
+    uris : tuple of str
+        For ``images`` and ``urilist`` corpora, the uris of the rows of this shard; empty for
+        array corpora.
+    """
+
+    index: int
+    start: int
+    stop: int
+    kind: str
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False, repr=False)
+    uris: tuple[str, ...] = field(default=(), repr=False)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, spec: ImageSpec) -> ShardData:
+        """Read and convert the rows of this shard.
+
+        Parameters
+        ----------
+        spec : ImageSpec
+            Geometry to convert every image to.
+
+        Returns
+        -------
+        ShardData
+            Unreadable images are reported in ``errors``, never raised.
+
+        Raises
+        ------
+        CorpusError
+            The array behind an ``idx``/``npy``/``zarr`` shard cannot be read at all.
+        """
+        if self.kind in _ARRAY_KINDS:
+            data = _read_array_rows(self, spec)
+        else:
+            data = _read_uri_rows(self.start, self.uris, self.storage_options, spec)
+        if data.errors:
+            first = data.errors[0]
+            log.warning(
+                "%s rows [%d, %d): %d of %d images could not be read (first: %s: %s)",
+                self.url, self.start, self.stop, len(data.errors), len(self),
+                first.uri, first.reason,
+            )
+        return data
+
+
+class Corpus(ABC):
+    """A set of images with fixed ids ``0 .. len - 1``; one subclass per format.
+
+    Attributes
+    ----------
+    url : str
+        The corpus URL (absolute path for local files).
+    kind : str
+        ``"images"``, ``"idx"``, ``"npy"``, ``"zarr"`` or ``"urilist"``.
+    storage_options : dict
+        fsspec options used for every URL read.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def uris(self) -> list[str]:
+        """Uri of every image; the list index is the image id."""
+
+    def native_spec(self) -> ImageSpec | None:
+        """Geometry of the stored images when it is uniform (arrays), else None."""
+        return None
+
+    def shards(self, shard_size: int, start: int = 0) -> list[Shard]:
+        """Cut the ids ``[start, len)`` into consecutive shards of ``shard_size`` rows.
+
+        Parameters
+        ----------
+        shard_size : int
+            Rows per shard (the last one may be shorter), >= 1.
+        start : int, optional
+            First id to cover, e.g. the number of images already indexed.
+
+        Returns
+        -------
+        list of Shard
+            Deterministic: the same corpus and arguments give the same shards. Their
+            ``index`` counts from 0 in this list.
+        """
+        if not _is_int(shard_size) or shard_size < 1:
+            raise ConfigError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+        if not _is_int(start) or not 0 <= start <= len(self):
+            raise ConfigError(f"start must be an integer in [0, {len(self)}], got {start!r}")
+        size, count = int(shard_size), len(self)
+        return [
+            self._shard(index, low, min(low + size, count))
+            for index, low in enumerate(range(int(start), count, size))
+        ]
+
+    def read(self, spec: ImageSpec, start: int = 0, stop: int | None = None) -> ShardData:
+        """Read the images ``[start, stop)`` (all by default) in this process."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise ConfigError(
+                f"cannot read rows [{start}, {stop}) of {self.url}: it has {len(self)} images"
+            )
+        return self._shard(0, int(start), int(stop)).read(spec)
+
+    def _shard(self, index: int, start: int, stop: int) -> Shard:
+        return Shard(index, start, stop, self.kind, self.url, self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, images={len(self)})"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+class _ListedCorpus(Corpus):
+    """A corpus whose images are listed by uri when it is opened."""
+
+    def __init__(
+        self, url: str, storage_options: Mapping[str, Any] | None, uris: list[str]
+    ) -> None:
+        super().__init__(url, storage_options)
+        self._uris = list(uris)
+
+    def __len__(self) -> int:
+        return len(self._uris)
+
+    def uris(self) -> list[str]:
+        return list(self._uris)
+
+    def _shard(self, index: int, start: int, stop: int) -> Shard:
+        return Shard(
+            index, start, stop, self.kind, self.url, self.storage_options,
+            tuple(self._uris[start:stop]),
+        )
+
+
+class ImageFilesCorpus(_ListedCorpus):
+    """Image files found in a folder, by a glob, or a single image file."""
+
+    kind = "images"
+
+
+class UriListCorpus(_ListedCorpus):
+    """Images listed in a ``.txt``, ``.lst``, ``.csv`` or ``.parquet`` file."""
+
+    kind = "urilist"
+
+
+class ArrayCorpus(Corpus):
+    """The rows of an ``[n, h, w]`` or ``[n, h, w, c]`` array; uris are ``<url>#<row>``."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, storage_options)
+        source = _open_source(self.kind, url, self.storage_options)
+        self.shape: tuple[int, ...] = source.shape
+        self.dtype: np.dtype = source.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def uris(self) -> list[str]:
+        return [f"{self.url}#{row}" for row in range(len(self))]
+
+    def native_spec(self) -> ImageSpec:
+        """``(h, w, 1)`` for grey arrays, ``(h, w, 3)`` for RGB and RGBA ones."""
+        channels = 1 if len(self.shape) == 3 or self.shape[3] == 1 else 3
+        return ImageSpec(self.shape[1], self.shape[2], channels)
+
+
+class IdxCorpus(ArrayCorpus):
+    """An IDX file of uint8 images (magic 0x00000803), optionally gzip-compressed."""
+
+    kind = "idx"
+
+
+class NpyCorpus(ArrayCorpus):
+    """A ``.npy`` array, memory-mapped when local, read by byte ranges when remote."""
+
+    kind = "npy"
+
+
+class ZarrCorpus(ArrayCorpus):
+    """A Zarr (v2 or v3) array; a shard reads only the chunks holding its rows."""
+
+    kind = "zarr"
+
+
+def open_corpus(url: str, storage_options: Mapping[str, Any] | None = None) -> Corpus:
+    """Open the images at ``url``; see the module docstring for the accepted URLs.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL (``s3://``, ``memory://``...).
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint...), used for every URL the corpus reads.
+
+    Returns
+    -------
+    Corpus
+
+    Raises
+    ------
+    CorpusError
+        Nothing readable at ``url``, or a file of a known format with a bad header or shape.
+    """
+    url = str(url)
+    options = dict(storage_options or {})
+    fs, path = url_to_fs(url, options)
+    if _GLOB_CHARS.search(path):
+        return _open_glob(fs, path, url, options)
+    shown = display_url(fs, path.rstrip("/") or path)
+    name = posixpath.basename(path.rstrip("/")).lower()
+    if IDX_NAME_PATTERN.search(name):
+        return IdxCorpus(shown, options)
+    if name.endswith(".npy"):
+        return NpyCorpus(shown, options)
+    if name.endswith(_LIST_SUFFIXES):
+        return UriListCorpus(shown, options, _read_uri_list(fs, path, shown))
+    if fs.isdir(path):
+        return _open_folder(fs, path, shown, options)
+    if fs.isfile(path) and _is_image_name(name):
+        return ImageFilesCorpus(shown, options, [shown])
+    raise CorpusError(f"no images found at {url}; {_FORMATS_HELP}")
+
+
+def _is_image_name(path: str) -> bool:
+    return posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _open_folder(
+    fs: AbstractFileSystem, path: str, shown: str, options: dict[str, Any]
+) -> Corpus:
+    node_type = _zarr_node_type(fs, path)
+    if node_type == "array":
+        return ZarrCorpus(shown, options)
+    if node_type == "group":
+        raise CorpusError(
+            f"{shown} is a Zarr group, not an array; pass the URL of the image array "
+            f"inside it (e.g. {shown}/<array name>)"
+        )
+    files = sorted(p for p in fs.find(path) if _is_image_name(p))
+    if not files:
+        raise CorpusError(f"no images found at {shown} (searched recursively); {_FORMATS_HELP}")
+    return ImageFilesCorpus(shown, options, [display_url(fs, p) for p in files])
+
+
+def _open_glob(
+    fs: AbstractFileSystem, pattern: str, url: str, options: dict[str, Any]
+) -> Corpus:
+    matches = fs.glob(pattern, detail=True)
+    files = sorted(
+        p for p, info in matches.items() if info.get("type") == "file" and _is_image_name(p)
+    )
+    if not files:
+        raise CorpusError(
+            f"no images found at {url}: the glob matched {len(matches)} paths, none of them "
+            f"an image file; {_FORMATS_HELP}"
+        )
+    return ImageFilesCorpus(display_url(fs, pattern), options, [display_url(fs, p) for p in files])
+
+
+def _zarr_node_type(fs: AbstractFileSystem, path: str) -> str | None:
+    """``"array"``, ``"group"`` or None when ``path`` is not a Zarr node."""
+    try:
+        metadata = json.loads(fs.cat_file(posixpath.join(path, "zarr.json")))
+        return metadata.get("node_type")
+    except (FileNotFoundError, ValueError):
+        pass
+    for name, node_type in ((".zarray", "array"), (".zgroup", "group")):
+        if fs.isfile(posixpath.join(path, name)):
+            return node_type
+    return None
+
+
+# --- uri lists -------------------------------------------------------------------------
+
+
+def _read_uri_list(fs: AbstractFileSystem, path: str, shown: str) -> list[str]:
+    with reading(shown, "uri list"):
+        if path.lower().endswith(".parquet"):
+            entries = _parquet_uris(fs, path, shown)
+        else:
+            text = read_text(fs, path, shown)
+            entries = _csv_uris(text, shown) if path.lower().endswith(".csv") else _text_uris(text)
+    if not entries:
+        raise CorpusError(
+            f"{shown} lists no uris; write one image URL (or <array url>#<row>) per "
+            "line/row, with a 'uri' header for CSV and Parquet files"
+        )
+    base = display_url(fs, posixpath.dirname(path))
+    return [resolve_url(entry, base) if entry else "" for entry in entries]
+
+
+def read_text(fs: AbstractFileSystem, path: str, shown: str) -> str:
+    """Content of a UTF-8 text file (a byte-order mark is dropped); ``shown`` names it in errors."""
+    try:
+        return fs.cat_file(path).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{shown} is not a UTF-8 text file ({exc})") from None
+
+
+def _text_uris(text: str) -> list[str]:
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _csv_uris(text: str, shown: str) -> list[str]:
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise CorpusError(f"{shown} is not a valid CSV file ({exc})") from None
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "uri" in header:
+        column = header.index("uri")
+    else:
+        column = 0
+        log.info("%s has no 'uri' column; reading uris from its first column %r", shown, rows[0][0])
+    return [row[column].strip() if column < len(row) else "" for row in rows[1:]]
+
+
+def _parquet_uris(fs: AbstractFileSystem, path: str, shown: str) -> list[str]:
+    # Imported here: pyarrow is heavy and only needed for this format.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as stream:
+        try:
+            parquet = pq.ParquetFile(stream)
+        except pa.ArrowException as exc:
+            raise CorpusError(f"{shown} is not a Parquet file ({exc})") from None
+        columns = parquet.schema_arrow.names
+        if "uri" not in columns:
+            raise CorpusError(
+                f"{shown} has no 'uri' column (columns: {', '.join(columns) or 'none'}); "
+                "store the image URLs in a string column named 'uri'"
+            )
+        values = parquet.read(columns=["uri"]).column("uri").to_pylist()
+    return ["" if value is None else str(value).strip() for value in values]
+
+
+@contextmanager
+def reading(url: str, what: str) -> Iterator[None]:
+    """Turn I/O errors raised while reading ``url`` as a whole into :class:`CorpusError`."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise CorpusError(f"{what} not found: {url}") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{what} {url} is a directory; expected a file") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorpusError(f"cannot read {what} {url}: {exc}") from exc
+
+
+# --- reading image files and row references -------------------------------------------
+
+
+def _read_uri_rows(
+    start: int, uris: tuple[str, ...], options: Mapping[str, Any], spec: ImageSpec
+) -> ShardData:
+    """Read the rows of an ``images`` or ``urilist`` shard."""
+    results: dict[int, np.ndarray | str] = {}
+    files: list[tuple[int, str]] = []
+    refs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for image_id, uri in enumerate(uris, start):
+        ref = _ROW_REF.match(uri)
+        if not uri:
+            results[image_id] = "empty uri"
+        elif ref:
+            refs[ref["url"]].append((image_id, int(ref["row"])))
+        else:
+            files.append((image_id, uri))
+    _read_files(files, options, spec, results)
+    for array_url, rows in refs.items():
+        _read_row_refs(array_url, rows, options, spec, results)
+    return _assemble(start, uris, results, spec)
+
+
+def _read_files(
+    files: list[tuple[int, str]],
+    options: Mapping[str, Any],
+    spec: ImageSpec,
+    results: dict[int, np.ndarray | str],
+) -> None:
+    by_fs: dict[AbstractFileSystem, list[tuple[int, str, str]]] = defaultdict(list)
+    for image_id, uri in files:
+        try:
+            fs, path = url_to_fs(uri, options)
+        except _UNREADABLE_URL as exc:
+            results[image_id] = f"cannot open uri ({exc})"
+            continue
+        by_fs[fs].append((image_id, uri, path))
+    for fs, group in by_fs.items():
+        for low in range(0, len(group), _FETCH_BATCH):
+            batch = group[low : low + _FETCH_BATCH]
+            # cat_ranges rather than cat: cat expands glob characters in file names and
+            # returns a dict; cat_ranges keeps order and is batched the same way on s3.
+            blobs = fs.cat_ranges([path for _, _, path in batch], None, None, on_error="return")
+            for (image_id, uri, _), blob in zip(batch, blobs, strict=True):
+                results[image_id] = _decode_file(blob, uri, spec)
+
+
+def _decode_file(blob: bytes | Exception, uri: str, spec: ImageSpec) -> np.ndarray | str:
+    if isinstance(blob, Exception):
+        return _io_reason(blob)
+    try:
+        return convert(decode_image(blob, uri), spec, uri)
+    except ImageReadError as exc:
+        return getattr(exc, "reason", str(exc))
+
+
+def _io_reason(exc: Exception) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read file ({type(exc).__name__}: {exc})"
+
+
+def _read_row_refs(
+    array_url: str,
+    rows: list[tuple[int, int]],
+    options: Mapping[str, Any],
+    spec: ImageSpec,
+    results: dict[int, np.ndarray | str],
+) -> None:
+    """Read ``<array_url>#<row>`` entries, given as ``(image_id, row)`` pairs."""
+    try:
+        source = _open_source(_array_kind(array_url), array_url, options)
+        count = source.shape[0]
+        wanted = np.unique([row for _, row in rows if row < count]).astype(np.int64)
+        images = source.get(wanted)
+    except _UNREADABLE_URL as exc:
+        for image_id, _ in rows:
+            results[image_id] = f"cannot read array ({exc})"
+        return
+    for image_id, row in rows:
+        if row >= count:
+            results[image_id] = f"row {row} out of range (the array has {count} rows)"
+    if not len(wanted):
+        return
+    pixels, ok = convert_batch(images, spec, array_url)
+    position = np.cumsum(ok) - 1
+    for image_id, row in rows:
+        if row < count:
+            k = int(np.searchsorted(wanted, row))
+            results[image_id] = pixels[position[k]] if ok[k] else "all pixel values are NaN"
+
+
+def _array_kind(url: str) -> str:
+    name = posixpath.basename(url).lower()
+    if IDX_NAME_PATTERN.search(name):
+        return "idx"
+    return "npy" if name.endswith(".npy") else "zarr"
+
+
+def _assemble(
+    start: int, uris: tuple[str, ...], results: dict[int, np.ndarray | str], spec: ImageSpec
+) -> ShardData:
+    ids: list[int] = []
+    read_uris: list[str] = []
+    pixels: list[np.ndarray] = []
+    errors: list[ReadError] = []
+    for image_id, uri in enumerate(uris, start):
+        value = results[image_id]
+        if isinstance(value, str):
+            errors.append(ReadError(image_id, uri, value))
+        else:
+            ids.append(image_id)
+            read_uris.append(uri)
+            pixels.append(value)
+    stacked = np.stack(pixels) if pixels else np.empty((0, *spec.shape), dtype=np.uint8)
+    return ShardData(np.asarray(ids, dtype=np.int64), read_uris, stacked, errors)
+
+
+def _read_array_rows(shard: Shard, spec: ImageSpec) -> ShardData:
+    source = _open_source(shard.kind, shard.url, shard.storage_options)
+    if shard.stop > source.shape[0]:
+        raise CorpusError(
+            f"{shard.url} has {source.shape[0]} images but the shard covers rows "
+            f"[{shard.start}, {shard.stop}); was the array changed after the corpus was opened?"
+        )
+    pixels, ok = convert_batch(source.get(slice(shard.start, shard.stop)), spec, shard.url)
+    ids = np.arange(shard.start, shard.stop, dtype=np.int64)
+    uris = [f"{shard.url}#{image_id}" for image_id in ids]
+    errors = [
+        ReadError(int(image_id), uri, "all pixel values are NaN")
+        for image_id, uri, good in zip(ids, uris, ok, strict=True)
+        if not good
+    ]
+    good_uris = [uri for uri, good in zip(uris, ok, strict=True) if good]
+    return ShardData(ids[ok], good_uris, pixels, errors)
+
+
+# --- array sources -----------------------------------------------------------------------
+
+
+class _ArraySource(ABC):
+    """An opened array of images: shape, dtype and row access."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @abstractmethod
+    def get(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows selected by a slice or an ascending array of unique indices."""
+
+
+class _LazyArray(_ArraySource):
+    """An array loaded (decoded, memory-mapped...) on first access, once, thread-safely."""
+
+    def __init__(
+        self, shape: tuple[int, ...], dtype: np.dtype, load: Callable[[], np.ndarray]
+    ) -> None:
+        self.shape, self.dtype = shape, dtype
+        self._load = load
+        self._array: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def get(self, rows: slice | np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._array is None:
+                self._array = self._load()
+        return np.asarray(self._array[rows])
+
+
+class _NpyRanges(_ArraySource):
+    """A C-ordered remote ``.npy`` file read by byte ranges, so a shard fetches its rows only."""
+
+    def __init__(
+        self, fs: AbstractFileSystem, path: str, offset: int, shape: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> None:
+        self.shape, self.dtype = shape, dtype
+        self._fs, self._path, self._offset = fs, path, offset
+        self._row_bytes = dtype.itemsize * math.prod(shape[1:])
+
+    def get(self, rows: slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            data = self._fs.cat_file(
+                self._path,
+                start=self._offset + start * self._row_bytes,
+                end=self._offset + max(start, stop) * self._row_bytes,
+            )
+        else:
+            starts = [self._offset + int(row) * self._row_bytes for row in rows]
+            ends = [begin + self._row_bytes for begin in starts]
+            parts = self._fs.cat_ranges([self._path] * len(starts), starts, ends, on_error="raise")
+            data = b"".join(parts)
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, *self.shape[1:])
+
+
+class _ZarrArray(_ArraySource):
+    def __init__(self, array: Any) -> None:
+        self._array = array
+        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+
+    def get(self, rows: slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, slice):
+            return np.asarray(self._array[rows])
+        return np.asarray(self._array.get_orthogonal_selection((rows,)))
+
+
+class _SourceCache:
+    """Process-wide LRU of opened arrays, so that the shards one worker reads decode once."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple[str, str, str], _ArraySource] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: tuple[str, str, str], open_source: Callable[[], _ArraySource]
+    ) -> _ArraySource:
+        with self._lock:
+            if key in self._entries:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            self.misses += 1
+            source = self._entries[key] = open_source()
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+            return source
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+_SOURCES = _SourceCache(maxsize=2)
+
+
+def _open_source(kind: str, url: str, options: Mapping[str, Any]) -> _ArraySource:
+    openers = {"idx": _open_idx, "npy": _open_npy, "zarr": _open_zarr}
+    key = (kind, url, json.dumps(dict(options), sort_keys=True, default=repr))
+    return _SOURCES.get(key, lambda: openers[kind](url, options))
+
+
+def _check_array(url: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
+        raise CorpusError(
+            f"{url}: array of shape {shape} cannot be read as images; expected [n, h, w] "
+            "(grey) or [n, h, w, c] with c = 1 (grey), 3 (RGB) or 4 (RGBA)"
+        )
+    if dtype.kind not in "biuf":
+        raise CorpusError(
+            f"{url}: array of dtype {dtype} cannot be read as images; expected a numeric "
+            "dtype (bool, integer or float)"
+        )
+    if 0 in shape:
+        raise CorpusError(f"{url}: array of shape {shape} holds no pixels")
+
+
+# --- IDX ---------------------------------------------------------------------------------
+
+
+def read_idx_header(
+    stream: BinaryIO, url: str, magic: int, expected: str, hint: str
+) -> tuple[int, ...]:
+    """Check the magic number of an IDX stream and return its dimensions.
+
+    Parameters
+    ----------
+    stream : file-like
+        Positioned at the start of the (decompressed) file; left at the start of the data.
+    url : str
+        For error messages.
+    magic : int
+        The magic number required, e.g. ``0x00000803`` (uint8, 3 dimensions).
+    expected, hint : str
+        What the magic number means and how to fix a mismatch, for the error message.
+
+    Raises
+    ------
+    CorpusError
+        Another magic number, or a truncated header.
+    """
+    head = stream.read(4)
+    if len(head) < 4 or int.from_bytes(head, "big") != magic:
+        found = (
+            f"magic number 0x{int.from_bytes(head, 'big'):08x}"
+            if len(head) == 4 else f"a file of {len(head)} bytes"
+        )
+        raise CorpusError(
+            f"{url} is not an IDX file of {expected}: found {found}, expected magic number "
+            f"0x{magic:08x}. {hint}"
+        )
+    ndim = magic & 0xFF
+    raw = stream.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise CorpusError(f"{url}: truncated IDX header ({4 + len(raw)} bytes)")
+    return tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
+
+
+def read_idx_file(
+    url: str, options: Mapping[str, Any] | None, magic: int, expected: str, hint: str
+) -> np.ndarray:
+    """Whole content of a uint8 IDX file (gzip-compressed when its name ends in ``.gz``).
+
+    See :func:`read_idx_header` for the parameters.
+    """
+    fs, path = url_to_fs(url, options)
+    with reading(url, "IDX file"), _open_idx_stream(fs, path) as stream:
+        shape = read_idx_header(stream, url, magic, expected, hint)
+        data = stream.read()
+    size = math.prod(shape)
+    if len(data) < size:
+        raise CorpusError(
+            f"{url} is truncated: {len(data)} bytes of data, {size} expected for shape {shape}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, count=size).reshape(shape)
+
+
+def _open_idx_stream(fs: AbstractFileSystem, path: str) -> BinaryIO:
+    compression = "gzip" if path.lower().endswith(".gz") else None
+    return fs.open(path, "rb", compression=compression)
+
+
+_IDX_IMAGES = "uint8 images [n, h, w]"
+_IDX_IMAGES_HINT = "If this is a labels file (idx1), pass it as --labels."
+
+
+def _open_idx(url: str, options: Mapping[str, Any]) -> _ArraySource:
+    fs, path = url_to_fs(url, options)
+    with reading(url, "IDX file"), _open_idx_stream(fs, path) as stream:
+        shape = read_idx_header(stream, url, IDX_IMAGES_MAGIC, _IDX_IMAGES, _IDX_IMAGES_HINT)
+    dtype = np.dtype(np.uint8)
+    _check_array(url, shape, dtype)
+    if is_local(fs) and not path.lower().endswith(".gz"):
+        return _LazyArray(shape, dtype, lambda: _memmap_idx(path, url, shape))
+    return _LazyArray(
+        shape, dtype,
+        lambda: read_idx_file(url, options, IDX_IMAGES_MAGIC, _IDX_IMAGES, _IDX_IMAGES_HINT),
+    )
+
+
+def _memmap_idx(path: str, url: str, shape: tuple[int, ...]) -> np.ndarray:
+    offset = 4 + 4 * len(shape)
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+    except ValueError as exc:  # the file is shorter than its header says
+        raise CorpusError(f"{url} is truncated for shape {shape} ({exc})") from None
+
+
+# --- npy ---------------------------------------------------------------------------------
+
+
+def _open_npy(url: str, options: Mapping[str, Any]) -> _ArraySource:
+    fs, path = url_to_fs(url, options)
+    with reading(url, ".npy file"), fs.open(path, "rb") as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(stream)
+        except ValueError as exc:
+            raise CorpusError(f"{url} is not a valid .npy file ({exc})") from None
+        offset = stream.tell()
+    _check_array(url, shape, dtype)
+    if is_local(fs):
+        return _LazyArray(
+            shape, dtype, lambda: np.load(path, mmap_mode="r", allow_pickle=False)
+        )
+    if fortran_order:
+        return _LazyArray(shape, dtype, lambda: _load_remote_npy(fs, path, url))
+    return _NpyRanges(fs, path, offset, shape, dtype)
+
+
+def _load_remote_npy(fs: AbstractFileSystem, path: str, url: str) -> np.ndarray:
+    with reading(url, ".npy file"):
+        return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
+
+
+# --- Zarr --------------------------------------------------------------------------------
+
+
+def _open_zarr(url: str, options: Mapping[str, Any]) -> _ArraySource:
+    # Imported here: zarr is slow to import and only needed for this format.
+    import zarr
+
+    fs, path = url_to_fs(url, options)
+    local = is_local(fs)
+    try:
+        source = _ZarrArray(
+            zarr.open_array(
+                store=path if local else url, mode="r",
+                storage_options=None if local else dict(options) or None,
+            )
+        )
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CorpusError(f"cannot open Zarr array {url}: {exc}") from None
+    _check_array(url, source.shape, source.dtype)
+    return source

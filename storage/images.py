@@ -1,0 +1,308 @@
+"""Decoding of image files and conversion of images to the model's input geometry.
+
+Every image, whatever its source (an image file, a row of an IDX/npy/Zarr array), is
+converted to ``uint8 [spec.height, spec.width, spec.channels]`` by :func:`convert` with the
+following rules, applied in this order:
+
+1. **Layout.** ``[h, w]`` is grey; ``[h, w, c]`` has ``c`` = 1 (grey), 2 (grey + alpha),
+   3 (RGB) or 4 (RGBA). An image with 0 pixels is an error.
+2. **Value range** (to ``uint8``):
+
+   * ``uint8``: unchanged;
+   * ``bool``: ``False`` -> 0, ``True`` -> 255;
+   * ``uint16``: divided by 257 and rounded (65535 -> 255);
+   * other integer types: clipped to [0, 255];
+   * floating point: decided per image. If every finite value lies in [0, 1] the image is
+     multiplied by 255, otherwise it is taken as already being on the 0-255 scale; then it is
+     rounded to the nearest integer and clipped to [0, 255]. NaN pixels become 0 and +/-inf
+     clip to 255/0; an image whose values are all NaN is an error.
+3. **Alpha** (grey + alpha, RGBA): the image is composited on black, i.e. each colour value is
+   multiplied by ``alpha / 255`` and rounded, then the alpha channel is dropped.
+4. **Channels.** RGB -> grey uses the ITU-R 601-2 luma transform, bit-exact with Pillow's
+   ``convert("L")``: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``, i.e.
+   ``R * 299/1000 + G * 587/1000 + B * 114/1000`` rounded. Grey -> RGB replicates the grey
+   value into the three channels.
+5. **Size.** When ``(h, w)`` differs from ``(spec.height, spec.width)`` the image is scaled,
+   keeping its aspect ratio, by the smallest factor that makes it cover the target (for a
+   square target: its shorter side becomes the target size, the longer side is truncated to
+   an integer as torchvision does) with Pillow's bilinear filter, which antialiases when
+   downscaling; the longer side is then centre-cropped (the offset ``round((long - target) / 2)``
+   rounds half to even, as torchvision's ``CenterCrop``). This is the CLIP / torchvision
+   ``Resize`` + ``CenterCrop`` convention. An image that already has the target size is never
+   resampled, so its pixels pass through bit-exact.
+
+Decoding (:func:`decode_image`) uses Pillow and only reads the first frame of animated or
+multi-page files. Pillow modes map to arrays as follows: ``1`` -> bool, ``L`` -> uint8,
+``I;16*`` -> uint16, ``I`` -> int32, ``F`` -> float32, ``LA`` -> grey + alpha, ``RGB`` and
+``RGBA`` unchanged, palette images (``P``, ``PA``) go through Pillow's conversion to RGB (or
+RGBA when the palette has transparency), and other modes (CMYK, YCbCr, LAB, HSV...) are
+converted to RGB by Pillow. EXIF orientation tags are not applied.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from storage.errors import ImageReadError
+
+__all__ = ["ImageSpec", "decode_image", "convert", "convert_batch"]
+
+_NATIVE_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
+_ALPHA_MODES = {"La": "LA", "PA": "RGBA", "RGBa": "RGBA"}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Geometry of the model's input images.
+
+    Parameters
+    ----------
+    height, width : int
+        Size in pixels, both >= 1.
+    channels : int
+        1 for grey, 3 for RGB.
+    """
+
+    height: int
+    width: int
+    channels: int
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"ImageSpec.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.height < 1 or self.width < 1:
+            raise ValueError(
+                f"ImageSpec height and width must be >= 1, got {self.height}x{self.width}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"ImageSpec.channels must be 1 (grey) or 3 (RGB), got {self.channels}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(height, width, channels)``, the shape of one converted image."""
+        return (self.height, self.width, self.channels)
+
+
+def _image_error(uri: str, reason: str) -> ImageReadError:
+    """An :class:`ImageReadError` for ``uri`` whose short ``reason`` is kept as an attribute."""
+    error = ImageReadError(f"cannot read image {uri or '<array>'}: {reason}")
+    error.reason = reason
+    return error
+
+
+def decode_image(data: bytes, uri: str) -> np.ndarray:
+    """Decode the bytes of an image file with Pillow.
+
+    Parameters
+    ----------
+    data : bytes
+        Content of the file.
+    uri : str
+        Where the bytes come from, used in error messages only.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[h, w]`` or ``[h, w, c]`` array as described in the module docstring, ready for
+        :func:`convert`.
+
+    Raises
+    ------
+    ImageReadError
+        The bytes are empty, not an image, truncated or corrupt; ``error.reason`` holds a
+        short reason such as ``"truncated image"``.
+    """
+    if not data:
+        raise _image_error(uri, "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _pillow_to_array(image)
+    except UnidentifiedImageError:
+        raise _image_error(uri, "cannot identify image file") from None
+    except Image.DecompressionBombError as exc:
+        raise _image_error(uri, f"image too large ({exc})") from None
+    except Exception as exc:  # Pillow plugins raise many exception types on malformed input
+        if "truncated" in str(exc):
+            raise _image_error(uri, "truncated image") from None
+        raise _image_error(uri, f"corrupt image ({type(exc).__name__}: {exc})") from None
+
+
+def _pillow_to_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in _ALPHA_MODES:
+        image = image.convert(_ALPHA_MODES[mode])
+    elif mode not in _NATIVE_MODES:
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def convert(image: np.ndarray, spec: ImageSpec, uri: str = "") -> np.ndarray:
+    """Convert one decoded image to ``uint8 [spec.height, spec.width, spec.channels]``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``[h, w]`` or ``[h, w, c]`` with c in 1, 2, 3, 4; bool, integer or float.
+    spec : ImageSpec
+        Target geometry.
+    uri : str, optional
+        Where the image comes from, used in error messages only.
+
+    Returns
+    -------
+    numpy.ndarray
+        The converted image. When ``image`` already is ``uint8`` of the target shape it is
+        returned without copy (it may share memory with the input).
+
+    Raises
+    ------
+    ImageReadError
+        Unsupported shape or dtype, 0 pixels, or only NaN values.
+    """
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, np.newaxis]
+    if array.ndim != 3:
+        raise _image_error(
+            uri, f"unsupported image shape {array.shape}; expected [h, w] or [h, w, c]"
+        )
+    pixels, ok = convert_batch(array[np.newaxis], spec, uri)
+    if not ok[0]:
+        raise _image_error(uri, "all pixel values are NaN")
+    return pixels[0]
+
+
+def convert_batch(
+    images: np.ndarray, spec: ImageSpec, uri: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Convert a stack of same-shaped images, vectorised where the rules allow.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``[n, h, w]`` or ``[n, h, w, c]`` with c in 1, 2, 3, 4.
+    spec : ImageSpec
+        Target geometry.
+    uri : str, optional
+        Where the images come from, used in error messages only.
+
+    Returns
+    -------
+    pixels : numpy.ndarray
+        ``uint8 [m, spec.height, spec.width, spec.channels]``: the images that could be
+        converted, in input order.
+    ok : numpy.ndarray
+        ``bool [n]``; False for the images that are all NaN (the only per-image failure).
+
+    Raises
+    ------
+    ImageReadError
+        The stack as a whole has an unsupported shape or dtype, or 0 pixels per image.
+    """
+    batch = np.asarray(images)
+    if batch.ndim == 3:
+        batch = batch[..., np.newaxis]
+    _check_batch(batch, uri)
+    if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape:
+        return np.ascontiguousarray(batch), np.ones(len(batch), dtype=bool)
+    batch, ok = _to_uint8(batch)
+    batch = _match_channels(_drop_alpha(batch), spec.channels)
+    if batch.shape[1:3] != (spec.height, spec.width):
+        resized = np.empty((len(batch), *spec.shape), dtype=np.uint8)
+        for i, image in enumerate(batch):
+            resized[i] = _resize_crop(image, spec)
+        batch = resized
+    return np.ascontiguousarray(batch), ok
+
+
+def _check_batch(batch: np.ndarray, uri: str) -> None:
+    if batch.ndim != 4 or batch.shape[3] not in (1, 2, 3, 4):
+        raise _image_error(
+            uri,
+            f"unsupported image shape {batch.shape[1:]}; expected [h, w] or [h, w, c] "
+            "with c in 1 (grey), 2 (grey + alpha), 3 (RGB), 4 (RGBA)",
+        )
+    if batch.dtype.kind not in "biuf":
+        raise _image_error(
+            uri, f"unsupported pixel dtype {batch.dtype}; expected bool, integer or float"
+        )
+    if batch.shape[1] == 0 or batch.shape[2] == 0:
+        raise _image_error(uri, f"image has 0 pixels (shape {batch.shape[1:]})")
+
+
+def _to_uint8(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.ones(len(batch), dtype=bool)
+    if not batch.dtype.isnative:
+        batch = batch.astype(batch.dtype.newbyteorder("="))
+    if batch.dtype == np.uint8:
+        return batch, ok
+    if batch.dtype.kind == "b":
+        return np.where(batch, np.uint8(255), np.uint8(0)), ok
+    if batch.dtype == np.uint16:
+        # (x + 128) // 257 rounds x / 257 to nearest; ties cannot occur.
+        return ((batch.astype(np.uint32) + 128) // 257).astype(np.uint8), ok
+    if batch.dtype.kind in "iu":
+        return np.clip(batch, 0, 255).astype(np.uint8), ok
+    return _float_to_uint8(batch)
+
+
+def _float_to_uint8(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = batch.reshape(len(batch), -1)
+    ok = ~np.isnan(flat).all(axis=1)
+    if not ok.all():
+        batch, flat = batch[ok], flat[ok]
+    # Clipping first is exact for both rules and keeps huge values finite in float32.
+    values = np.clip(batch, 0, 255).astype(np.float32)
+    if len(batch):
+        low, high = np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
+        unit_range = (low >= 0) & (high <= 1)
+        values *= np.where(unit_range, 255.0, 1.0).astype(np.float32).reshape(-1, 1, 1, 1)
+    return np.rint(np.nan_to_num(values, nan=0.0)).astype(np.uint8), ok
+
+
+def _drop_alpha(batch: np.ndarray) -> np.ndarray:
+    if batch.shape[3] not in (2, 4):
+        return batch
+    colour = batch[..., :-1].astype(np.uint16)
+    alpha = batch[..., -1:].astype(np.uint16)
+    # (c * a + 127) // 255 rounds c * a / 255 to nearest; ties cannot occur.
+    return ((colour * alpha + 127) // 255).astype(np.uint8)
+
+
+def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
+    if batch.shape[3] == channels:
+        return batch
+    if channels == 3:
+        return np.repeat(batch, 3, axis=3)
+    rgb = batch.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., np.newaxis]
+
+
+def _resize_crop(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Scale ``image`` (uint8 [h, w, c]) to cover the target, then centre-crop it."""
+    height, width, channels = image.shape
+    if spec.height * width >= spec.width * height:
+        new_height, new_width = spec.height, max(spec.width, width * spec.height // height)
+    else:
+        new_height, new_width = max(spec.height, height * spec.width // width), spec.width
+    if (new_height, new_width) != (height, width):
+        pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+        pil = pil.resize((new_width, new_height), Image.Resampling.BILINEAR)
+        image = np.asarray(pil).reshape(new_height, new_width, channels)
+    top = round((new_height - spec.height) / 2)
+    left = round((new_width - spec.width) / 2)
+    return image[top : top + spec.height, left : left + spec.width]

@@ -1,0 +1,28 @@
+"""Small Parquet tables (image table, errors table, results) on any fsspec URL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.fs import url_to_fs
+
+__all__ = ["write_parquet", "read_parquet"]
+
+
+def write_parquet(url: str, columns: Mapping[str, Sequence], schema: pa.Schema, storage_options=None) -> None:
+    """Write one Parquet file as a whole object (write-then-rename locally, one PUT on stores)."""
+    from storage.atomic import write_bytes_atomic
+
+    table = pa.table(dict(columns), schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(url, sink.getvalue().to_pybytes(), storage_options)
+
+
+def read_parquet(url: str, storage_options=None, columns: Sequence[str] | None = None) -> pa.Table:
+    fs, path = url_to_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=list(columns) if columns else None)

@@ -1,0 +1,72 @@
+"""Brute-force reference implementations (plain Python dicts), for the tests only.
+
+They follow seed 000's ``SemanticHashTable`` and ``search``/``_score_items`` literally,
+with the threshold used in the score (``2**(t - d)``) where the seed hard-coded 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hamming(a: int, b: int) -> int:
+    """Hamming distance of two non-negative Python ints."""
+    return bin(a ^ b).count("1")
+
+
+def brute_force_buckets(codes, ids, positional: bool) -> dict:
+    """The bucket map as a dict: key -> sorted list of image ids.
+
+    The key is ``(position, code)`` for a positional map and ``code`` otherwise, as Python
+    ints.
+    """
+    table: dict = {}
+    for row, image_id in zip(np.asarray(codes).tolist(), np.asarray(ids).tolist()):
+        for position, code in enumerate(row):
+            key = (position, code) if positional else code
+            table.setdefault(key, set()).add(image_id)
+    return {key: sorted(bucket) for key, bucket in table.items()}
+
+
+def bucket_map_as_dict(bmap, positional: bool) -> dict:
+    """A :class:`pipeline.buckets.BucketMap` in the form of :func:`brute_force_buckets`.
+
+    ``positional`` is given, not read from the map: a 1-position positional map looks
+    position-free.
+    """
+    table = {}
+    for block in range(bmap.key_bounds.size - 1):
+        for i in range(bmap.key_bounds[block], bmap.key_bounds[block + 1]):
+            code = int(bmap.keys[i])
+            key = (block, code) if positional else code
+            table[key] = bmap.ids[bmap.offsets[i] : bmap.offsets[i + 1]].tolist()
+    return table
+
+
+def reference_seed_search(query_codes, codes, ids, t: int, k: int | None) -> list:
+    """Seed 000's scoring of each query against images ``ids`` with grid codes ``codes``.
+
+    Returns, per query, the list of ``(image_id, score)`` sorted by score descending then
+    id ascending, cut to the first ``k`` (all of them if ``k`` is None); only images with a
+    non-zero score appear.
+    """
+    table = brute_force_buckets(codes, ids, positional=False)
+    results = []
+    for query in np.asarray(query_codes).tolist():
+        scores: dict = {}
+        for query_code in query:
+            for item_id, score in _score_items(query_code, table, t).items():
+                scores[item_id] = scores.get(item_id, 0) + score
+        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        results.append(ranked if k is None else ranked[:k])
+    return results
+
+
+def _score_items(query_code: int, table: dict, t: int) -> dict:
+    item_scores: dict = {}
+    for code, bucket in table.items():
+        d = hamming(query_code, code)
+        if d <= t:
+            for item_id in bucket:
+                item_scores[item_id] = max(2 ** (t - d), item_scores.get(item_id, 0))
+    return item_scores

@@ -1,0 +1,82 @@
+"""The command line: help, train, info, index, and clear one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "workflows.cli"]
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_command_of_the_contract():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "index", "query", "evaluate", "info", "demo"):
+        assert command in result.stdout
+
+
+def test_train_then_info(tmp_path, fmnist_train):
+    corpus = tmp_path / "sample.npy"
+    np.save(corpus, fmnist_train[:400, :, :, 0])
+    out = tmp_path / "model"
+    result = run("train", "--corpus", str(corpus), "--out", str(out), "--bits", "16", "--epochs", "1",
+                 "--batch-size", "64", "--sample", "300", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    assert "saved" in result.stdout and "16 bits" in result.stdout
+    info = run("info", "--model", str(out), "--json")
+    assert info.returncode == 0, info.stderr
+    card = json.loads(info.stdout)
+    assert (card["bits"], card["grid"], card["training"]["n_images"], card["training"]["seed"]) == (16, [7, 7], 300, 7)
+    assert card["training"]["command"].startswith("patchhash train --corpus")
+    text = run("info", "--model", str(out))
+    assert "bits: 16" in text.stdout
+
+
+def test_shipped_model_card():
+    result = run("info", "--model", "fashion-mnist", "--json")
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["name"] == "fashion-mnist" and card["input_shape"] == [28, 28, 1]
+    assert card["training"]["n_images"] == 60000
+    assert card["training"]["command"].startswith("patchhash train")
+
+
+def test_index_and_info_from_the_command_line(tmp_path, tiny_model, fmnist_train):
+    corpus = tmp_path / "c.npy"
+    np.save(corpus, fmnist_train[:200, :, :, 0])
+    url = tmp_path / "idx"
+    result = run("index", "--corpus", str(corpus), "--index", str(url), "--model", tiny_model, "--workers", "1",
+                 "--shard-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert "indexed 200 new images" in result.stdout
+    assert "dashboard" in result.stderr
+    again = run("index", "--corpus", str(corpus), "--index", str(url))
+    assert again.returncode == 0 and "nothing new" in again.stdout
+    info = json.loads(run("info", "--index", str(url), "--json").stdout)
+    assert (info["version"], info["n_images"], info["n_errors"], info["grid"]) == (1, 200, 0, [7, 7])
+    assert info["buckets"]["any"]["partitions"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("info", "--index", "/nonexistent/index"), "no committed patchhash index"),
+        (("info", "--model", "/nonexistent/model"), "not a patchhash model directory"),
+        (("train", "--corpus", "/nonexistent/x.npy", "--out", "/tmp/never"), "/nonexistent/x.npy"),
+        (("train", "--corpus", "x", "--out", "y", "--bits", "3"), "bits"),
+        (("index", "--corpus", "x", "--index", "y", "--shard-size", "0"), "--shard-size"),
+    ],
+)
+def test_errors_are_one_clear_line(args, message):
+    result = run(*args)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("patchhash: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr

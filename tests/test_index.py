@@ -1,0 +1,277 @@
+"""The bulk indexing job: codes, image tables, bucket maps, resume, append, model binding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from PIL import Image
+
+from storage import CorpusError, IndexNotFoundError, ModelMismatchError, join_url
+from storage.arrays import read_array_group
+from storage.manifest import read_manifest
+from workflows import index as index_module
+from workflows.cluster import ClusterSettings
+from workflows.index import IndexSettings, index
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One in-process cluster (2 workers x 1 thread) shared by the tests of this module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def corpus_npy(tmp_path_factory, fmnist_train) -> str:
+    path = tmp_path_factory.mktemp("corpus") / "images.npy"
+    np.save(path, fmnist_train[:700, :, :, 0])
+    return str(path)
+
+
+def _encode_directly(model: str, images: np.ndarray) -> np.ndarray:
+    from pipeline.encode import load_encoder
+
+    return load_encoder(model).encode(images)
+
+
+def _brute_force(codes: np.ndarray, ids: np.ndarray, positional: bool) -> dict:
+    table = defaultdict(set)
+    for image_id in ids:
+        for pos, code in enumerate(codes[image_id].ravel()):
+            table[(pos if positional else 0, int(code))].add(int(image_id))
+    return {k: sorted(v) for k, v in table.items()}
+
+
+def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
+    manifest = read_manifest(index_url, storage_options)
+    table: dict = defaultdict(set)
+    for part in manifest.partitions_of(kind):
+        arrays, attrs = read_array_group(join_url(index_url, part.path), storage_options)
+        assert attrs["stats"] == part.stats
+        keys, offsets, ids, bounds = arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"]
+        for block in range(len(bounds) - 1):
+            for i in range(bounds[block], bounds[block + 1]):
+                bucket = ids[offsets[i] : offsets[i + 1]]
+                assert np.all(np.diff(bucket) > 0), "bucket ids must be sorted and unique"
+                assert np.all((bucket >= part.start) & (bucket < part.stop))
+                table[(block, int(keys[i]))].update(bucket.tolist())
+    return {k: sorted(v) for k, v in table.items()}
+
+
+def _snapshot(index_url: str, storage_options=None) -> dict:
+    """Everything that defines an index's content (not timestamps)."""
+    manifest = read_manifest(index_url, storage_options)
+    codes = zarr.open_array(store=join_url(index_url, "codes"), mode="r", storage_options=storage_options) if storage_options else zarr.open_array(join_url(index_url, "codes"), mode="r")
+    fs = fsspec.url_to_fs(index_url, **(storage_options or {}))[0]
+    tables = {}
+    for shard in manifest.shards:
+        for rel in (shard.images, shard.errors):
+            if rel:
+                with fs.open(fsspec.url_to_fs(join_url(index_url, rel))[1], "rb") as f:
+                    tables[rel] = pq.read_table(f).to_pylist()
+    buckets = {}
+    for part in manifest.partitions:
+        arrays, _ = read_array_group(join_url(index_url, part.path), storage_options)
+        buckets[(part.kind, part.start, part.stop)] = {k: v.tolist() for k, v in arrays.items()}
+    return {
+        "codes": codes[:].tolist(),
+        "tables": tables,
+        "buckets": buckets,
+        "manifest": [manifest.n_images, [s.__dict__ for s in manifest.shards], [(p.kind, p.start, p.stop, p.stats) for p in manifest.partitions]],
+    }
+
+
+@pytest.mark.parametrize("shard_size, partitions", [(128, 1), (100, 3), (700, 2), (64, 7)])
+def test_codes_and_bucket_maps_are_exact(client, tiny_model, corpus_npy, fmnist_train, tmp_path, shard_size, partitions):
+    url = str(tmp_path / "idx")
+    report = index(corpus_npy, url, tiny_model, IndexSettings(shard_size=shard_size, partitions=partitions), client=client)
+    assert report.version == 1 and report.n_new == 700 and report.n_errors_new == 0
+    codes = zarr.open_array(f"{url}/codes", mode="r")
+    assert codes.shape == (700, 7, 7) and codes.dtype == np.uint32 and codes.chunks[0] == shard_size
+    expected = _encode_directly(tiny_model, fmnist_train[:700])
+    np.testing.assert_array_equal(codes[:], expected)  # bit for bit
+    ids = np.arange(700)
+    for kind, positional in (("any", False), ("pos", True)):
+        assert _maps_from_index(url, kind) == _brute_force(expected, ids, positional)
+    manifest = read_manifest(url)
+    # partitions are whole shards, so the count can come out below the one asked for
+    assert manifest.partition_size % shard_size == 0
+    assert len(manifest.partitions_of("any")) == -(-700 // manifest.partition_size) <= partitions
+    table = pq.read_table(f"{url}/{manifest.shards[0].images}").to_pydict()
+    assert table["image_id"][:3] == [0, 1, 2] and table["uri"][0] == f"{corpus_npy}#0"
+
+
+def test_in_process_and_two_process_clusters_build_identical_indexes(client, tiny_model, corpus_npy, tmp_path):
+    a, b = str(tmp_path / "threads"), str(tmp_path / "procs")
+    settings = IndexSettings(shard_size=128, partitions=3)
+    index(corpus_npy, a, tiny_model, settings, client=client)
+    index(corpus_npy, b, tiny_model, settings, ClusterSettings(workers=2, threads_per_worker=1, processes=True))
+    assert _snapshot(a) == _snapshot(b)
+
+
+def test_rerun_is_a_quick_no_op(client, tiny_model, corpus_npy, tmp_path):
+    url = str(tmp_path / "idx")
+    index(corpus_npy, url, tiny_model, IndexSettings(shard_size=200), client=client)
+    before = _snapshot(url)
+    started = time.perf_counter()
+    report = index(corpus_npy, url, None, client=client)
+    assert report.n_new == 0 and report.version == 1
+    assert time.perf_counter() - started < 5
+    assert _snapshot(url) == before
+
+
+def test_append_adds_only_new_images_and_updates_buckets(client, tiny_model, fmnist_train, tmp_path):
+    first, second = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(first, fmnist_train[:250, :, :, 0])
+    np.save(second, fmnist_train[250:600, :, :, 0])
+    url = str(tmp_path / "idx")
+    index(str(first), url, tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
+    v1 = read_manifest(url)
+    report = index(str(second), url, tiny_model, client=client)
+    assert (report.version, report.n_new, report.n_images) == (2, 350, 600)
+    v2 = read_manifest(url)
+    assert v2.parent == 1 and [s["corpus"] for s in v2.sources] == [str(first), str(second)]
+    # the first new shard completes the partial chunk [200, 300); then whole chunks
+    assert [(s.start, s.stop) for s in v2.shards] == [(0, 100), (100, 200), (200, 250), (250, 300), (300, 400), (400, 500), (500, 600)]
+    expected = _encode_directly(tiny_model, fmnist_train[:600])
+    np.testing.assert_array_equal(zarr.open_array(f"{url}/codes", mode="r")[:], expected)
+    for kind, positional in (("any", False), ("pos", True)):
+        assert _maps_from_index(url, kind) == _brute_force(expected, np.arange(600), positional)
+    # partitions of [0, 200) were not touched by the append and are reused as they are
+    reused = [p for p in v2.partitions if p.stop <= 200]
+    assert reused and all(p in v1.partitions for p in reused)
+    # version 1 stays readable and unchanged
+    assert read_manifest(url, version=1).n_images == 250
+    # appending the same files again is a no-op
+    assert index(str(second), url, None, client=client).n_new == 0
+
+
+def test_append_of_new_files_in_a_folder(client, tiny_model, fmnist_train, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in (0, 2, 4):
+        Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i:03d}.png")
+    url = str(tmp_path / "idx")
+    index(str(folder), url, tiny_model, IndexSettings(shard_size=2), client=client)
+    for i in (1, 3, 5):  # new files sort between the old ones
+        Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i:03d}.png")
+    report = index(str(folder), url, None, client=client)
+    assert report.n_new == 3
+    uris = {}
+    for shard in read_manifest(url).shards:
+        t = pq.read_table(f"{url}/{shard.images}").to_pydict()
+        uris.update(zip(t["image_id"], t["uri"]))
+    assert [os.path.basename(uris[i]) for i in range(6)] == ["000.png", "002.png", "004.png", "001.png", "003.png", "005.png"]
+    codes = zarr.open_array(f"{url}/codes", mode="r")[:]
+    np.testing.assert_array_equal(codes, _encode_directly(tiny_model, fmnist_train[[0, 2, 4, 1, 3, 5]]))
+
+
+def test_index_refuses_another_model(client, tiny_model, corpus_npy, tmp_path):
+    url = str(tmp_path / "idx")
+    index(corpus_npy, url, tiny_model, IndexSettings(shard_size=350), client=client)
+    with pytest.raises(ModelMismatchError, match="was built with model 'tiny'"):
+        index(corpus_npy, url, "fashion-mnist", client=client)
+
+
+def test_unreadable_images_are_recorded_and_strict_fails_before_commit(client, tiny_model, fmnist_train, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i}.png")
+    (folder / "2.png").write_bytes(b"not a png")
+    (folder / "9.jpg").write_bytes(b"")
+    strict_url = str(tmp_path / "strict")
+    with pytest.raises(CorpusError, match="--strict"):
+        index(str(folder), strict_url, tiny_model, IndexSettings(shard_size=4, strict=True), client=client)
+    with pytest.raises(IndexNotFoundError):
+        read_manifest(strict_url)
+    url = str(tmp_path / "idx")
+    report = index(str(folder), url, tiny_model, IndexSettings(shard_size=4), client=client)
+    assert (report.n_new, report.n_errors_new) == (6, 2)
+    manifest = read_manifest(url)
+    assert (manifest.n_ok, manifest.n_errors) == (4, 2)
+    errors = {}
+    for shard in manifest.shards:
+        if shard.errors:
+            t = pq.read_table(f"{url}/{shard.errors}").to_pydict()
+            errors.update(zip(t["uri"], t["reason"]))
+    assert sorted(os.path.basename(u) for u in errors) == ["2.png", "9.jpg"]
+    assert all(errors.values())
+    any_ids = set(_maps_from_index(url, "any").values().__iter__().__next__())
+    assert 2 not in {i for v in _maps_from_index(url, "any").values() for i in v} and any_ids
+
+
+def test_memory_index_with_in_process_cluster(client, tiny_model, fmnist_train):
+    src = "memory://patchhash-test/corpus.npy"
+    fs = fsspec.filesystem("memory")
+    with fs.open("/patchhash-test/corpus.npy", "wb") as f:
+        np.save(f, fmnist_train[:300, :, :, 0])
+    url = "memory://patchhash-test/idx"
+    try:
+        report = index(src, url, tiny_model, IndexSettings(shard_size=128), client=client)
+        assert report.n_new == 300
+        codes = zarr.open_array(url + "/codes", mode="r")
+        np.testing.assert_array_equal(codes[:], _encode_directly(tiny_model, fmnist_train[:300]))
+        assert _maps_from_index(url, "any") == _brute_force(codes[:], np.arange(300), False)
+    finally:
+        fs.rm("/patchhash-test", recursive=True)
+
+
+def test_failed_run_resumes_and_ends_identical(client, tiny_model, corpus_npy, tmp_path, monkeypatch):
+    settings = IndexSettings(shard_size=100, partitions=2)
+    reference = str(tmp_path / "reference")
+    index(corpus_npy, reference, tiny_model, settings, client=client)
+
+    url = str(tmp_path / "idx")
+    real_task = index_module.encode_shard_task
+
+    def flaky(index_url, shard, id_start, storage_options):
+        if id_start >= 400:
+            raise RuntimeError("injected worker failure")
+        return real_task(index_url, shard, id_start, storage_options)
+
+    monkeypatch.setattr(index_module, "encode_shard_task", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        index(corpus_npy, url, tiny_model, settings, client=client)
+    with pytest.raises(IndexNotFoundError):
+        read_manifest(url)  # nothing committed
+    monkeypatch.setattr(index_module, "encode_shard_task", real_task)
+    report = index(corpus_npy, url, tiny_model, settings, client=client)
+    assert report.shards_skipped >= 1 and report.shards_skipped + report.shards_done == 7
+    assert _snapshot(url) == _snapshot(reference)
+
+
+def test_sigkilled_cli_run_resumes_and_ends_identical(tiny_model, fmnist_train, tmp_path):
+    corpus = tmp_path / "c.npy"
+    np.save(corpus, fmnist_train[:3000, :, :, 0])
+    args = [sys.executable, "-m", "workflows.cli", "index", "--corpus", str(corpus), "--model", tiny_model,
+            "--workers", "1", "--shard-size", "100", "--partitions", "2"]
+    reference = str(tmp_path / "reference")
+    subprocess.run([*args, "--index", reference], check=True, capture_output=True, timeout=300)
+
+    url = str(tmp_path / "idx")
+    proc = subprocess.Popen([*args, "--index", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done_dir = tmp_path / "idx" / "_staging" / "v000001" / "done"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (done_dir.exists() and len(os.listdir(done_dir)) >= 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done_dir.exists() and not (tmp_path / "idx" / "manifest.json").exists(), "the run should have been killed mid-way"
+    result = subprocess.run([*args, "--index", url], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert _snapshot(url) == _snapshot(reference)

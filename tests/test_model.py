@@ -1,0 +1,179 @@
+"""The autoencoder, its binary layer, bit packing, normalisation, model directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.model import PRESETS, ModelConfig, build_autoencoder, build_encoder
+from pipeline.modelcard import read_card
+from pipeline.normalize import Normalization
+from pipeline.packing import code_dtype, pack_bits, unpack_bits
+from storage import ModelError
+
+
+@given(st.integers(8, 64), st.integers(0, 2**31), st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_pack_unpack_round_trip(bits, seed, n):
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 2, size=(n, 3, bits))
+    codes = pack_bits(raw)
+    assert codes.dtype == code_dtype(bits)
+    assert codes.shape == (n, 3)
+    np.testing.assert_array_equal(unpack_bits(codes, bits), raw)
+    # little-endian: unit j is bit j
+    assert int(codes[0, 0]) == sum(int(raw[0, 0, j]) << j for j in range(bits))
+
+
+def test_pack_uses_the_top_bit_of_uint64():
+    raw = np.zeros((1, 64), np.uint8)
+    raw[0, 63] = 1
+    assert pack_bits(raw)[0] == np.uint64(1) << np.uint64(63)
+
+
+def test_pack_rejects_non_binary_values():
+    with pytest.raises(ValueError, match="exactly 0 or 1"):
+        pack_bits(np.array([[0.5] * 8]))
+
+
+@pytest.mark.parametrize("bits", [7, 65])
+def test_code_dtype_range(bits):
+    with pytest.raises(ValueError, match="between 8 and 64"):
+        code_dtype(bits)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(bits=4), "bits"),
+        (dict(patch=40), "patch"),
+        (dict(stride=9), "stride"),
+        (dict(input_shape=(28, 28, 2)), "channels"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar"])
+def test_presets_reconstruct_their_input_shape(name):
+    config = PRESETS[name]
+    model = build_autoencoder(config)
+    assert model.output_shape[1:] == config.input_shape
+    encoder = build_encoder(model)
+    assert encoder.output_shape[1:] == (*config.grid, config.bits)
+
+
+def test_cifar_preset_is_seed_000_geometry():
+    config = PRESETS["cifar"]
+    assert (config.input_shape, config.bits, config.patch, config.stride, config.grid) == ((32, 32, 3), 28, 16, 2, (16, 16))
+
+
+def test_grid_when_stride_does_not_divide_the_input():
+    config = ModelConfig((28, 28, 1), bits=8, patch=5, stride=3, filters=4, widths=(4,))
+    assert config.grid == (10, 10)
+    assert build_autoencoder(config).output_shape[1:] == (28, 28, 1)
+
+
+def test_codes_are_exactly_binary_before_packing(tiny_model, fmnist_train):
+    from pipeline.encode import load_encoder
+
+    enc = load_encoder(tiny_model)
+    x = enc.card.normalization.apply(fmnist_train[:64])
+    bits = np.asarray(enc._encoder.predict_on_batch(x))
+    assert set(np.unique(bits).tolist()) <= {0.0, 1.0}
+
+
+def test_normalization_matches_seed_000():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 5, 4, 1), dtype=np.uint8)
+    norm = Normalization.fit(pixels, batch=64)
+    x = pixels / 255.0
+    np.testing.assert_allclose(norm.mean, x.mean(axis=0), rtol=1e-6)
+    assert norm.std == pytest.approx(x.std(), rel=1e-9)
+    np.testing.assert_allclose(norm.apply(pixels), (x - x.mean(axis=0)) / x.std(), atol=1e-5)
+
+
+def test_training_lowers_the_loss(fmnist_train):
+    from pipeline.train import TrainSettings, train_autoencoder
+
+    config = ModelConfig((28, 28, 1), bits=16, patch=8, stride=4, filters=16, widths=(16,))
+    result = train_autoencoder(fmnist_train[:1024], config, TrainSettings(epochs=3, batch_size=64, seed=3))
+    loss = result.history["loss"]
+    assert loss[-1] < 0.8 * loss[0]
+
+
+def test_saved_model_reloads_in_safe_mode_and_encodes_identically(tiny_model, fmnist_train, tmp_path):
+    from pipeline.encode import load_encoder
+
+    first = load_encoder(tiny_model, use_cache=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    second = load_encoder(str(copy), use_cache=False)
+    images = fmnist_train[1000:1300]
+    a = first.encode(images)
+    assert a.shape == (300, 7, 7) and a.dtype == np.uint32
+    np.testing.assert_array_equal(a, second.encode(images))
+    # an image's code does not depend on the batch it came in
+    np.testing.assert_array_equal(a[17:18], second.encode(images[17:18]))
+    assert len(np.unique(a)) > 50
+
+
+def test_card_records_geometry_and_training(tiny_model):
+    card = read_card(tiny_model)
+    data = json.loads(open(f"{tiny_model}/card.json").read())
+    assert data["bits"] == 16 and data["grid"] == [7, 7] and data["input_shape"] == [28, 28, 1]
+    assert data["code_dtype"] == "uint32" and data["bit_order"].startswith("little")
+    assert data["training"]["epochs"] == 1 and data["training"]["final_loss"] > 0
+    assert card.normalization.mean.shape == (28, 28, 1)
+
+
+def test_tampered_weights_are_refused(tiny_model, tmp_path):
+    from pipeline.encode import load_encoder
+
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model, copy)
+    with open(copy / "model.keras", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ModelError, match="does not match card.json"):
+        load_encoder(str(copy), use_cache=False)
+
+
+@pytest.mark.parametrize("field", ["bits", "model_sha256", "normalization"])
+def test_broken_card_is_refused(tiny_model, tmp_path, field):
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model, copy)
+    data = json.loads((copy / "card.json").read_text())
+    data[field] = "nonsense" if field != "bits" else 99
+    (copy / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="card.json"):
+        read_card(str(copy))
+
+
+def test_missing_card_says_how_to_fix(tmp_path):
+    with pytest.raises(ModelError, match="patchhash train"):
+        read_card(str(tmp_path))
+
+
+def test_model_with_lambda_layer_is_refused(tiny_model, tmp_path):
+    import keras
+
+    from pipeline.encode import load_encoder
+    from pipeline.modelcard import sha256_bytes
+
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model, copy)
+    model.save(copy / "model.keras")
+    data = json.loads((copy / "card.json").read_text())
+    data["model_sha256"] = sha256_bytes((copy / "model.keras").read_bytes())
+    (copy / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="safe mode"):
+        load_encoder(str(copy), use_cache=False)

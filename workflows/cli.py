@@ -1,0 +1,229 @@
+"""The ``patchhash`` command line: a thin layer over :mod:`workflows`' Python functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from workflows.runtime import quiet_tensorflow, setup_logging
+
+quiet_tensorflow()
+
+app = typer.Typer(
+    name="patchhash",
+    help="Index and search images by per-patch semantic hashing (Keras autoencoder codes, Dask, Zarr, numba).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("patchhash")
+
+StorageOptions = Annotated[
+    Optional[str],
+    typer.Option("--storage-options", help='fsspec storage options as JSON, e.g. \'{"anon": true}\'.'),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _options(raw: str | None) -> dict | None:
+    from storage import ConfigError
+
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"--storage-options is not valid JSON ({exc}); pass e.g. '{{\"anon\": true}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--storage-options must be a JSON object")
+    return value
+
+
+def _shape(raw: str | None) -> tuple[int, int, int] | None:
+    from storage import ConfigError
+
+    if raw is None:
+        return None
+    try:
+        h, w, c = (int(v) for v in raw.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-shape must look like 28x28x1 or 32x32x3, got {raw!r}") from None
+    return h, w, c
+
+
+@app.command()
+def train(
+    corpus: Annotated[str, typer.Option(help="Images to train on: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    out: Annotated[str, typer.Option(help="Model directory to write (any fsspec URL).")],
+    preset: Annotated[str, typer.Option(help="Starting geometry: fashion-mnist or cifar.")] = "fashion-mnist",
+    bits: Annotated[Optional[int], typer.Option(help="Bits per patch code (8-64).")] = None,
+    patch: Annotated[Optional[int], typer.Option(help="Patch (first kernel) size in pixels.")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Patch stride in pixels; sets the code grid.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="Model input HxWxC, e.g. 28x28x1.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train an autoencoder on a corpus and save it as a model directory."""
+    from workflows.train import train as run_train
+
+    setup_logging(verbose)
+    card = run_train(
+        corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
+        epochs=epochs, batch_size=batch_size, sample=sample, seed=seed, name=name,
+        command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
+    )
+    typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
+
+
+@app.command()
+def info(
+    model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name (fashion-mnist).")] = None,
+    index: Annotated[Optional[str], typer.Option(help="Index URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    storage_options: StorageOptions = None,
+) -> None:
+    """Describe a model (its card) or an index (versions, counts, model, bucket statistics)."""
+    from storage import ConfigError
+    from workflows.info import describe_index, describe_model, render
+
+    if (model is None) == (index is None):
+        raise ConfigError("give exactly one of --model or --index")
+    opts = _options(storage_options)
+    data = describe_model(model, opts) if model is not None else describe_index(index, opts)
+    typer.echo(json.dumps(data, indent=1) if as_json else render(data))
+
+
+Scheduler = Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler (tcp://host:8786); default: start a LocalCluster.")]
+Workers = Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core).")]
+ThreadsPerWorker = Annotated[int, typer.Option(help="Threads per LocalCluster worker.")]
+MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
+
+
+@app.command()
+def index(
+    corpus: Annotated[str, typer.Option(help="Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    index: Annotated[str, typer.Option("--index", help="Index URL (created if absent, appended to otherwise).")],
+    model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name; default: the index's own, or fashion-mnist for a new index.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = "auto",
+    shard_size: Annotated[int, typer.Option(help="Images per task and per Zarr chunk (new index only).")] = 10_000,
+    partitions: Annotated[Optional[int], typer.Option(help="Bucket-map partitions (new index only; default: one per worker).")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail before commit if any image cannot be read.")] = False,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Encode a corpus into an index (create, resume, or append only new images)."""
+    from workflows.cluster import ClusterSettings
+    from workflows.index import IndexSettings, index as run_index
+
+    setup_logging(verbose)
+    report = run_index(
+        corpus, index, model,
+        IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict),
+        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _options(storage_options),
+    )
+    if report.n_new == 0:
+        typer.echo(f"nothing new: {index} already holds every image of {corpus} (version {report.version})")
+        return
+    typer.echo(
+        f"indexed {report.n_new - report.n_errors_new} new images into {index} (version {report.version}, "
+        f"{report.n_images} rows) in {report.seconds:.1f} s, {report.images_per_second:.0f} images/s"
+    )
+    if report.n_errors_new:
+        typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index}`", err=True)
+
+
+def _later(command: str, issue: int) -> None:
+    typer.echo(f"patchhash {command}: not implemented yet (tracked in issue {issue}).", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def query(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    out: Annotated[str, typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format).")],
+    k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
+    threshold: Annotated[int, typer.Option(help="Hamming radius t for matching codes.")] = 3,
+    mode: Annotated[str, typer.Option(help="Scoring: default, or seed (seed 000's rule exactly).")] = "default",
+    format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or jsonl.")] = None,
+    report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
+    block_size: Annotated[int, typer.Option(help="Queries per task.")] = 1000,
+    strict: Annotated[bool, typer.Option(help="Exit non-zero if any query cannot be read.")] = False,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = "auto",
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Answer a batch query file against an index (results as Parquet/CSV/JSONL)."""
+    from workflows.cluster import ClusterSettings
+    from workflows.query import QuerySettings
+    from workflows.query import query as run_query
+
+    setup_logging(verbose)
+    result = run_query(
+        index, queries, out,
+        QuerySettings(k=k, threshold=threshold, mode=mode, block_size=block_size, strict=strict, format=format),
+        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _options(storage_options), report=report, report_limit=report_limit,
+    )
+    typer.echo(
+        f"answered {result.n_queries - result.n_failed} queries against {index} (version {result.version}) in "
+        f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query): {result.rows} rows in {out}"
+    )
+    if result.n_failed:
+        typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
+        if strict:
+            raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate() -> None:
+    """Precision@k and mAP of the retrieval modes and pixel baselines on labelled queries."""
+    _later("evaluate", 5)
+
+
+@app.command()
+def demo() -> None:
+    """The embedded default end to end: index Fashion-MNIST, query it, report precision."""
+    _later("demo", 4)
+
+
+def main() -> None:  # noqa: D103
+    """Console entry point: one clear line on stderr and a non-zero exit for any failure."""
+    from storage import PatchhashError
+
+    try:
+        app()
+    except PatchhashError as exc:
+        typer.echo(f"patchhash: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("patchhash: interrupted; rerun the same command to resume.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # anything unexpected still ends with one line (traceback on request)
+        if os.environ.get("PATCHHASH_TRACEBACK"):
+            raise
+        typer.echo(f"patchhash: error: {type(exc).__name__}: {exc} (set PATCHHASH_TRACEBACK=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""``patchhash query``: answer a batch query file against one version of an index.
+
+query file -> blocks (Dask: read, convert, encode with the index's model)
+-> fan-out: one task per (bucket partition, block) running the numba scan
+-> one merge task per block (exact global top-k) -> results file, block by block, in order.
+
+At most ``max_blocks_in_flight`` blocks are in the cluster at once, so memory stays bounded
+whatever the size of the query file. The manifest is read once: every block is answered
+against the same committed version, even if an append commits a new one meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from storage import ConfigError, CorpusError, join_url, open_corpus
+from storage.layout import MODEL_DIR, resolve
+from storage.manifest import Manifest, read_manifest
+from storage.results import RESULTS_SCHEMA, ResultsWriter
+from workflows.cluster import ClusterSettings, dask_client
+
+__all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("default", "seed")
+MAX_K = 10_000
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """Options of a query job, validated up front.
+
+    ``mode="seed"`` is seed 000's scoring rule exactly; ``"default"`` is the best mode
+    patchhash has (today the same rule).
+    """
+
+    k: int = 10
+    threshold: int = 3
+    mode: str = "default"
+    block_size: int = 1000
+    strict: bool = False
+    format: str | None = None
+    max_blocks_in_flight: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= MAX_K:
+            raise ConfigError(f"--k must be between 1 and {MAX_K}, got {self.k}")
+        if self.threshold < 0:
+            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.block_size < 1:
+            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
+        if self.max_blocks_in_flight < 1:
+            raise ConfigError("max_blocks_in_flight must be >= 1")
+
+
+@dataclass
+class QueryReport:
+    index: str
+    version: int
+    out: str
+    n_queries: int = 0
+    n_failed: int = 0
+    n_without_hits: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    mean_candidates: float = 0.0
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def ms_per_query(self) -> float:
+        return 1000 * self.seconds / self.n_queries if self.n_queries else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class QueryBlock:
+    """Encoded queries of one block: ``rows`` are positions in the query file."""
+
+    rows: np.ndarray
+    uris: list[str]
+    codes: np.ndarray
+    errors: list[tuple[int, str, str]]
+
+
+# --------------------------------------------------------------------------- worker tasks
+
+_partitions: OrderedDict[tuple[str, str], object] = OrderedDict()
+_partitions_lock = threading.Lock()
+_PARTITION_CACHE = 32
+
+
+def load_partition(index_url: str, path: str, storage_options=None):
+    """The bucket map at ``path`` (immutable once committed), cached per worker process."""
+    from pipeline.buckets import BucketMap
+    from storage.arrays import read_array_group
+
+    key = (index_url, path)
+    with _partitions_lock:
+        if key in _partitions:
+            _partitions.move_to_end(key)
+            return _partitions[key]
+    arrays, _ = read_array_group(resolve(index_url, path), storage_options)
+    bmap = BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
+    with _partitions_lock:
+        _partitions[key] = bmap
+        while len(_partitions) > _PARTITION_CACHE:
+            _partitions.popitem(last=False)
+    return bmap
+
+
+def encode_block_task(index_url: str, shard, storage_options) -> QueryBlock:
+    from pipeline.encode import load_encoder
+    from storage import ImageSpec
+
+    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    data = shard.read(ImageSpec(*encoder.input_shape))
+    codes = encoder.encode(data.pixels).reshape(len(data.ids), -1)
+    return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
+
+
+def search_task(index_url: str, partition: dict, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
+    from pipeline.search import seed_search
+
+    bmap = load_partition(index_url, partition["path"], storage_options)
+    return seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(partition["start"], partition["stop"]))
+
+
+def merge_task(parts: list, k: int):
+    from pipeline.search import merge_topk
+
+    return merge_topk(parts, k)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def image_uris(index_url: str, manifest: Manifest, storage_options=None) -> np.ndarray:
+    """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
+    from storage.tables import read_parquet
+
+    uris = np.full(manifest.n_images, None, dtype=object)
+    for shard in manifest.shards:
+        table = read_parquet(resolve(index_url, shard.images), storage_options)
+        uris[table.column("image_id").to_numpy()] = table.column("uri").to_numpy(zero_copy_only=False)
+    return uris
+
+
+def _block_table(block: QueryBlock, topk, uris: np.ndarray) -> pa.Table:
+    """Result rows of one block, ordered by query row then rank; unreadable queries get one error row."""
+    q_idx, ranks = np.nonzero(topk.ids >= 0)
+    hit_ids = topk.ids[q_idx, ranks]
+    hits = pa.table(
+        {
+            "query_id": block.rows[q_idx].astype(np.int64),
+            "query_uri": [block.uris[i] for i in q_idx],
+            "rank": (ranks + 1).astype(np.int32),
+            "image_id": hit_ids,
+            "image_uri": uris[hit_ids].tolist(),
+            "score": topk.scores[q_idx, ranks],
+            "error": pa.nulls(len(q_idx), pa.string()),
+        },
+        schema=RESULTS_SCHEMA,
+    )
+    if not block.errors:
+        return hits
+    rows, failed_uris, reasons = zip(*block.errors)
+    n = len(rows)
+    errors = pa.table(
+        {
+            "query_id": pa.array(rows, pa.int64()),
+            "query_uri": list(failed_uris),
+            "rank": pa.nulls(n, pa.int32()),
+            "image_id": pa.nulls(n, pa.int64()),
+            "image_uri": pa.nulls(n, pa.string()),
+            "score": pa.nulls(n, pa.float64()),
+            "error": list(reasons),
+        },
+        schema=RESULTS_SCHEMA,
+    )
+    return pa.concat_tables([hits, errors]).sort_by([("query_id", "ascending"), ("rank", "ascending")])
+
+
+def query(
+    index_url: str,
+    queries: str,
+    out: str,
+    settings: QuerySettings = QuerySettings(),
+    cluster: ClusterSettings = ClusterSettings(),
+    storage_options: dict | None = None,
+    client=None,
+    on_block=None,
+    report: str | None = None,
+    report_limit: int = 50,
+) -> QueryReport:
+    """Answer every image of ``queries`` against ``index_url``; write results to ``out``.
+
+    ``on_block(block, topk)`` (optional) sees each answered block in order, e.g. to collect
+    results for an evaluation. ``report`` names an HTML report of the first
+    ``report_limit`` queries. Returns a :class:`QueryReport`.
+    """
+    if report is not None and report_limit < 1:
+        raise ConfigError(f"--report-limit must be >= 1, got {report_limit}")
+    shown: list[tuple[QueryBlock, object]] = []
+
+    def collect(block: QueryBlock, topk) -> None:
+        if on_block is not None:
+            on_block(block, topk)
+        if report is not None and sum(len(b.rows) + len(b.errors) for b, _ in shown) < report_limit:
+            shown.append((block, topk))
+
+    started = time.perf_counter()
+    manifest = read_manifest(index_url, storage_options)
+    if settings.threshold > manifest.bits:
+        raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
+    source = open_corpus(queries, storage_options)
+    partitions = [p.__dict__ for p in manifest.partitions_of("any")]
+    uris = image_uris(index_url, manifest, storage_options)
+    shards = source.shards(settings.block_size)
+    result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
+    log.info("answering %d queries from %s against %s (version %d, %d partitions, mode %s)",
+             len(source), queries, index_url, manifest.version, len(partitions), settings.mode)
+    candidates = 0
+    window: deque = deque()
+    next_shards = iter(shards)
+    with (
+        dask_client(cluster) if client is None else nullcontext(client) as dask,
+        ResultsWriter(out, settings.format, storage_options) as writer,
+        tqdm(total=len(shards), desc="query", unit="block", dynamic_ncols=True) as bar,
+    ):
+        def refill() -> None:
+            for shard in next_shards:
+                block = dask.submit(encode_block_task, index_url, shard, storage_options, pure=False)
+                parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False)
+                         for p in partitions]
+                window.append((block, dask.submit(merge_task, parts, settings.k, pure=False)))
+                if len(window) >= settings.max_blocks_in_flight:
+                    return
+
+        try:
+            refill()
+            while window:  # answer blocks in file order; later blocks keep the cluster busy
+                block_future, merged_future = window.popleft()
+                block, topk = block_future.result(), merged_future.result()
+                refill()
+                writer.write(_block_table(block, topk, uris))
+                result.n_failed += len(block.errors)
+                result.n_without_hits += int(np.sum(topk.ids[:, 0] < 0))
+                candidates += int(topk.n_candidates.sum())
+                result.errors.extend({"query_id": int(r), "uri": u, "reason": why} for r, u, why in block.errors[: max(0, 20 - len(result.errors))])
+                collect(block, topk)
+                bar.update(1)
+        finally:
+            pending = [f for pair in window for f in pair]
+            if pending:
+                dask.cancel(pending)
+    result.rows = writer.rows
+    answered = result.n_queries - result.n_failed
+    result.mean_candidates = candidates / answered if answered else 0.0
+    result.seconds = time.perf_counter() - started
+    for err in result.errors[:5]:
+        log.warning("query %d (%s) could not be read: %s", err["query_id"], err["uri"], err["reason"])
+    if result.n_failed == result.n_queries:
+        raise CorpusError(f"{queries}: none of the {result.n_queries} queries could be read (see the errors above); nothing to answer")
+    log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
+             answered, result.seconds, result.ms_per_query, result.rows, out, result.n_failed, result.n_without_hits)
+    if report is not None:
+        _write_report(report, shown, uris, source, manifest, settings, result, storage_options)
+    return result
+
+
+def _write_report(url: str, shown, uris, source, manifest: Manifest, settings: QuerySettings, result: QueryReport, storage_options) -> None:
+    """HTML report of the collected blocks: query images beside their hits."""
+    from storage import ImageSpec
+    from storage.corpus import UriListCorpus
+    from workflows.report import ReportHit, ReportQuery, write_report
+
+    from pipeline.modelcard import read_card
+
+    card = read_card(join_url(result.index, MODEL_DIR), storage_options)
+    spec = ImageSpec(*card.config.input_shape)
+    rows = []
+    for block, topk in shown:
+        for i, row in enumerate(block.rows):
+            rows.append((int(row), block.uris[i], topk.ids[i], topk.scores[i], None))
+        rows.extend((int(r), u, None, None, why) for r, u, why in block.errors)
+    rows.sort(key=lambda r: r[0])
+    hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
+    hit_pixels = {}
+    if hit_ids:
+        data = UriListCorpus("report hits", storage_options, [uris[i] for i in hit_ids]).read(spec)
+        hit_pixels = {hit_ids[int(j)]: px for j, px in zip(data.ids, data.pixels)}
+    first = min(len(source), max((r[0] for r in rows), default=-1) + 1)
+    query_data = source.read(spec, 0, first)
+    query_pixels = dict(zip(query_data.ids.tolist(), query_data.pixels))
+    queries = []
+    for row, uri, ids, scores, error in rows:
+        hits = () if ids is None else tuple(
+            ReportHit(rank=r + 1, image_id=int(i), uri=str(uris[i]), score=float(s), pixels=hit_pixels.get(int(i)))
+            for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
+        )
+        queries.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error))
+    summary = {
+        "index": result.index, "version": str(result.version), "mode": settings.mode, "k": str(settings.k),
+        "threshold": str(settings.threshold), "queries": str(result.n_queries), "unreadable": str(result.n_failed),
+        "time": f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query)",
+    }
+    write_report(url, queries, title=f"patchhash results: {source.url}", summary=summary, storage_options=storage_options)
+    log.info("report of %d queries written to %s", len(queries), url)

@@ -1,0 +1,99 @@
+"""``patchhash train``: sample a corpus, train an autoencoder, save a model directory."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.model import PRESETS, ModelConfig
+from pipeline.modelcard import ModelCard
+from storage import ConfigError, CorpusError, ImageSpec, open_corpus
+
+__all__ = ["train", "read_sample"]
+
+log = logging.getLogger(__name__)
+
+
+def read_sample(corpus, spec: ImageSpec, sample: int | None, seed: int) -> tuple[np.ndarray, int]:
+    """Read ``sample`` images drawn without replacement (all when ``None``); returns pixels and error count."""
+    n = len(corpus)
+    if sample is None or sample >= n:
+        rows = np.arange(n)
+    else:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    # contiguous runs of rows become one read each
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, breaks) if len(r)]
+    parts, errors = [], 0
+    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc="read", unit="img", leave=False) as bar:
+        for data in pool.map(lambda run: corpus.read(spec, *run), runs):
+            parts.append(data.pixels)
+            errors += len(data.errors)
+            for err in data.errors[:3]:
+                log.warning("unreadable image %s: %s", err.uri, err.reason)
+            bar.update(len(data.pixels) + len(data.errors))
+    pixels = np.concatenate(parts) if parts else np.empty((0, spec.height, spec.width, spec.channels), np.uint8)
+    return pixels, errors
+
+
+def train(
+    corpus: str,
+    out: str,
+    *,
+    preset: str = "fashion-mnist",
+    bits: int | None = None,
+    patch: int | None = None,
+    stride: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    epochs: int = 5,
+    batch_size: int = 128,
+    sample: int | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    command: str | None = None,
+    storage_options: dict | None = None,
+) -> ModelCard:
+    """Train a model on (a sample of) ``corpus`` and save it to ``out``.
+
+    The geometry starts from ``preset`` and is overridden by any of ``bits``, ``patch``,
+    ``stride``, ``input_shape``. ``command`` is recorded in the card (the CLI passes its own
+    command line). Returns the saved model's card.
+    """
+    from pipeline.train import TrainSettings, save_model, train_autoencoder
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if sample is not None and sample < 2:
+        raise ConfigError(f"--sample must be at least 2, got {sample}")
+    overrides = {k: v for k, v in dict(bits=bits, patch=patch, stride=stride, input_shape=input_shape).items() if v is not None}
+    try:
+        config: ModelConfig = replace(PRESETS[preset], **overrides)
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    spec = ImageSpec(*config.input_shape)
+    source = open_corpus(corpus, storage_options)
+    log.info("corpus %s: %d images (%s)", corpus, len(source), source.kind)
+    pixels, errors = read_sample(source, spec, sample, seed)
+    if len(pixels) < 2:
+        raise CorpusError(f"{corpus}: only {len(pixels)} readable images; training needs at least 2")
+    log.info("training %s on %d images (%d unreadable skipped), %d epochs", config, len(pixels), errors, epochs)
+    with tqdm(total=epochs, desc="train", unit="epoch") as bar:
+        def on_epoch(epoch: int, logs: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+            log.info("epoch %d/%d loss %.5f", epoch + 1, epochs, logs.get("loss", float("nan")))
+
+        result = train_autoencoder(pixels, config, settings, on_epoch=on_epoch)
+    training = {
+        "corpus": corpus,
+        "n_unreadable": int(errors),
+        "sample": sample,
+        "preset": preset,
+        "command": command,
+    }
+    return save_model(out, name or preset, config, result, training, storage_options)
