@@ -87,7 +87,7 @@ def search(query_codes, table: SemanticHashTable, threshold: int = 3, top_n: int
     Parameters
     ----------
     query_codes : sequence of int
-        The G' codes of one query image (repeated codes count once each).
+        The G' codes of one query image; a code that appears r times counts r times.
     table : SemanticHashTable
         The indexed images.
     threshold : int

@@ -30,6 +30,11 @@ __all__ = [
     "scan_within",
     "enumerate_within",
     "ball_size",
+    "mih_split",
+    "mih_table_bits",
+    "mih_cost",
+    "mih_build",
+    "mih_within",
 ]
 
 # Keys are tested in blocks of this many: first a pass that only asks whether the block
@@ -257,3 +262,181 @@ def _next_combination(pos, r, n):
     for j in range(i + 1, r):
         pos[j] = pos[j - 1] + 1
     return True
+
+
+# --- multi-index hashing ---------------------------------------------------------------
+#
+# Norouzi, Punjani & Fleet, "Fast search in Hamming space with multi-index hashing" (CVPR
+# 2012). The code is cut into m disjoint substrings; if two codes are within distance t,
+# then (pigeonhole) on at least one substring they are within t // m of each other. Each
+# substring has a table of the keys grouped by the substring's value (hashed when the
+# substring is wider than the table); a query probes, per substring, every value within
+# t // m of its own substring, and verifies the keys found there by their full distance.
+
+_MIH_MAX_TABLE_BITS = 20
+"""Largest substring table: 2**20 buckets (4 MiB of int32 offsets) per substring."""
+
+_FIB_HASH = 0x9E3779B97F4A7C15
+"""Fibonacci-hashing multiplier (2**64 / golden ratio), for substrings wider than a table."""
+
+
+def mih_split(bits: int, n_substrings: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shifts and widths of ``n_substrings`` disjoint substrings covering ``bits`` bits.
+
+    Widths differ by at most one; substring ``s`` is bits ``[shift, shift + width)``.
+    """
+    if not 1 <= n_substrings <= bits:
+        raise ValueError(f"cannot cut {bits} bits into {n_substrings} substrings")
+    widths = np.full(n_substrings, bits // n_substrings, np.int64)
+    widths[: bits % n_substrings] += 1
+    shifts = np.zeros(n_substrings, np.int64)
+    np.cumsum(widths[:-1], out=shifts[1:])
+    return shifts, widths
+
+
+def mih_table_bits(widths: np.ndarray, n_keys: int) -> np.ndarray:
+    """Bucket-index width of each substring's table: the substring itself when that keeps
+    the table within about twice the number of keys, else a hash of it."""
+    fit = max(1, int(n_keys).bit_length() + 1)
+    return np.minimum(np.asarray(widths, np.int64), min(fit, _MIH_MAX_TABLE_BITS))
+
+
+def mih_cost(bits: int, t: int, n_substrings: int, n_keys: int) -> tuple[float, float]:
+    """``(probes, candidates)`` per query code of a multi-index search, assuming keys
+    spread uniformly over each substring's values (real codes cluster: more candidates)."""
+    _, widths = mih_split(bits, n_substrings)
+    radius = t // n_substrings
+    probes = candidates = 0.0
+    for w, tb in zip(widths.tolist(), mih_table_bits(widths, n_keys).tolist()):
+        ball = ball_size(w, radius)
+        probes += ball
+        # A probe reads one bucket of the table: all the keys hashed there.
+        candidates += n_keys * min(1.0, ball / 2.0**tb)
+    return probes, candidates
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mih_bucket(sub, width, table_bits):
+    """Table bucket of substring value ``sub``: the value itself, or its hash."""
+    if table_bits == width:
+        return np.int64(sub)
+    return np.int64((np.uint64(sub) * np.uint64(_FIB_HASH)) >> np.uint64(64 - table_bits))
+
+
+@njit(nogil=True, cache=True)
+def mih_build(keys, shifts, widths, table_bits):
+    """Substring tables of ``keys`` (uint32 or uint64 codes, any order).
+
+    Returns ``order`` (int32 [m, K]: key positions grouped by bucket, ascending within a
+    bucket), ``table_keys`` ([m, K]: ``keys[order]``, so that verification reads keys
+    sequentially) and ``starts`` (int32 [m, 2**max(table_bits) + 1]: bucket ``b`` of
+    substring ``s`` is ``order[s, starts[s, b]:starts[s, b + 1]]``). A counting sort: a
+    few linear passes over the keys per substring.
+    """
+    m = shifts.size
+    n = keys.size
+    n_buckets = 1 << table_bits.max()
+    order = np.empty((m, n), np.int32)
+    table_keys = np.empty((m, n), keys.dtype)
+    starts = np.zeros((m, n_buckets + 1), np.int32)
+    bucket_of = np.empty(n, np.int64)
+    for s in range(m):
+        width = widths[s]
+        tb = table_bits[s]
+        shift = keys.dtype.type(shifts[s])
+        mask = (keys.dtype.type(1) << keys.dtype.type(width)) - keys.dtype.type(1) if width < 8 * keys.itemsize else ~keys.dtype.type(0)
+        counts = starts[s]
+        for j in range(n):
+            b = _mih_bucket((keys[j] >> shift) & mask, width, tb)
+            bucket_of[j] = b
+            counts[b + 1] += 1
+        for b in range(n_buckets):
+            counts[b + 1] += counts[b]
+        cursor = counts[:n_buckets].copy()
+        for j in range(n):
+            b = bucket_of[j]
+            pos = cursor[b]
+            order[s, pos] = j
+            table_keys[s, pos] = keys[j]
+            cursor[b] = pos + 1
+    return order, table_keys, starts
+
+
+@njit(nogil=True, cache=True)
+def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, out_idx,
+               out_dist):
+    """Find every key within distance ``t`` of ``query`` with the tables of :func:`mih_build`.
+
+    Exact: each substring ``s`` is probed at every value within ``r = t // m`` of the
+    query's substring, and a key is reported only from the first substring on which it is
+    within ``r`` of the query, so each matching key is reported exactly once.
+
+    Parameters
+    ----------
+    query : int
+        Query code (cast to the dtype of ``table_keys``).
+    t : int
+        Distance threshold (inclusive).
+    shifts, widths, table_bits : numpy.ndarray
+        The substrings (:func:`mih_split`) and table widths (:func:`mih_table_bits`) the
+        tables were built with.
+    order, table_keys, starts : numpy.ndarray
+        The tables (:func:`mih_build`).
+    out_idx, out_dist : numpy.ndarray
+        ``int64`` buffers large enough for every match (at most the number of keys);
+        receive the positions of the matching keys and their distances, in no particular
+        order.
+
+    Returns
+    -------
+    int
+        Number of matches written.
+    """
+    dtype = table_keys.dtype
+    q = dtype.type(query)
+    m = shifts.size
+    radius = t // m
+    pos = np.empty(max(radius, 1), np.int64)
+    full = ~dtype.type(0)
+    masks = np.empty(m, dtype)  # substring s in place (not shifted down)
+    for s in range(m):
+        if widths[s] < 8 * table_keys.itemsize:
+            masks[s] = ((dtype.type(1) << dtype.type(widths[s])) - dtype.type(1)) << dtype.type(shifts[s])
+        else:
+            masks[s] = full
+    n = 0
+    for s in range(m):
+        width = widths[s]
+        tb = table_bits[s]
+        shift = dtype.type(shifts[s])
+        q_sub = (q & masks[s]) >> shift
+        hashed = tb < width
+        for r in range(min(radius, width) + 1):
+            for i in range(r):
+                pos[i] = i
+            while True:
+                probe = q_sub
+                for i in range(r):
+                    probe ^= dtype.type(1) << dtype.type(pos[i])
+                b = _mih_bucket(probe, width, tb)
+                for j in range(starts[s, b], starts[s, b + 1]):
+                    key = table_keys[s, j]
+                    x = key ^ q
+                    d = np.int64(_ctpop(x))
+                    if d > t:
+                        continue
+                    if hashed and ((key & masks[s]) >> shift) != probe:
+                        continue
+                    # Report the key from the first substring within the radius only.
+                    first = True
+                    for s2 in range(s):
+                        if np.int64(_ctpop(x & masks[s2])) <= radius:
+                            first = False
+                            break
+                    if first:
+                        out_idx[n] = order[s, j]
+                        out_dist[n] = d
+                        n += 1
+                if not _next_combination(pos, r, width):
+                    break
+    return n

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 from PIL import Image
+from reference import brute_force_buckets
 
 from storage import CorpusError, IndexNotFoundError, ModelMismatchError, join_url
 from storage.arrays import read_array_group
@@ -48,11 +49,7 @@ def _encode_directly(model: str, images: np.ndarray) -> np.ndarray:
 
 
 def _brute_force(codes: np.ndarray, ids: np.ndarray, positional: bool) -> dict:
-    table = defaultdict(set)
-    for image_id in ids:
-        for pos, code in enumerate(codes[image_id].ravel()):
-            table[(pos if positional else 0, int(code))].add(int(image_id))
-    return {k: sorted(v) for k, v in table.items()}
+    return brute_force_buckets(codes[ids].reshape(len(ids), -1), ids, positional)
 
 
 def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
@@ -67,7 +64,7 @@ def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
                 bucket = ids[offsets[i] : offsets[i + 1]]
                 assert np.all(np.diff(bucket) > 0), "bucket ids must be sorted and unique"
                 assert np.all((bucket >= part.start) & (bucket < part.stop))
-                table[(block, int(keys[i]))].update(bucket.tolist())
+                table[(block, int(keys[i])) if kind == "pos" else int(keys[i])].update(bucket.tolist())
     return {k: sorted(v) for k, v in table.items()}
 
 

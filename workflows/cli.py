@@ -201,9 +201,25 @@ def evaluate() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the index, results and report.")] = "patchhash-demo",
+    mode: Annotated[str, typer.Option(help="Scoring mode: default or seed.")] = "default",
+    workers: Workers = None,
+    verbose: Verbose = False,
+) -> None:
     """The embedded default end to end: index Fashion-MNIST, query it, report precision."""
-    _later("demo", 4)
+    from workflows.cluster import ClusterSettings
+    from workflows.demo import demo as run_demo
+
+    setup_logging(verbose)
+    result = run_demo(out, ClusterSettings(workers=workers), mode=mode)
+    typer.echo(
+        f"\nFashion-MNIST demo ({mode} mode)\n"
+        f"  index   {result.n_index} train images in {result.index_seconds:.1f} s\n"
+        f"  query   {result.n_queries} test images in {result.query_seconds:.1f} s ({result.ms_per_query:.2f} ms/query)\n"
+        f"  precision@10 by label: {result.precision_at_10:.3f}\n"
+        f"  results {result.results}\n  report  {result.report}"
+    )
 
 
 def main() -> None:  # noqa: D103

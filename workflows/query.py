@@ -125,7 +125,8 @@ def encode_block_task(index_url: str, shard, storage_options) -> QueryBlock:
 
     encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
-    codes = encoder.encode(data.pixels).reshape(len(data.ids), -1)
+    gh, gw = encoder.card.grid
+    codes = encoder.encode(data.pixels).reshape(len(data.ids), gh * gw)
     return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
 
 
@@ -202,12 +203,14 @@ def query(
     on_block=None,
     report: str | None = None,
     report_limit: int = 50,
+    report_labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> QueryReport:
     """Answer every image of ``queries`` against ``index_url``; write results to ``out``.
 
     ``on_block(block, topk)`` (optional) sees each answered block in order, e.g. to collect
     results for an evaluation. ``report`` names an HTML report of the first
-    ``report_limit`` queries. Returns a :class:`QueryReport`.
+    ``report_limit`` queries; ``report_labels`` (label of each image id, label of each query
+    row) marks in it which hits share the query's label. Returns a :class:`QueryReport`.
     """
     if report is not None and report_limit < 1:
         raise ConfigError(f"--report-limit must be >= 1, got {report_limit}")
@@ -275,11 +278,11 @@ def query(
     log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
              answered, result.seconds, result.ms_per_query, result.rows, out, result.n_failed, result.n_without_hits)
     if report is not None:
-        _write_report(report, shown, uris, source, manifest, settings, result, storage_options)
+        _write_report(report, shown, report_limit, report_labels, uris, source, settings, result, storage_options)
     return result
 
 
-def _write_report(url: str, shown, uris, source, manifest: Manifest, settings: QuerySettings, result: QueryReport, storage_options) -> None:
+def _write_report(url: str, shown, limit: int, labels, uris, source, settings: QuerySettings, result: QueryReport, storage_options) -> None:
     """HTML report of the collected blocks: query images beside their hits."""
     from storage import ImageSpec
     from storage.corpus import UriListCorpus
@@ -294,7 +297,7 @@ def _write_report(url: str, shown, uris, source, manifest: Manifest, settings: Q
         for i, row in enumerate(block.rows):
             rows.append((int(row), block.uris[i], topk.ids[i], topk.scores[i], None))
         rows.extend((int(r), u, None, None, why) for r, u, why in block.errors)
-    rows.sort(key=lambda r: r[0])
+    rows = sorted(rows, key=lambda r: r[0])[:limit]
     hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
     hit_pixels = {}
     if hit_ids:
@@ -306,10 +309,12 @@ def _write_report(url: str, shown, uris, source, manifest: Manifest, settings: Q
     queries = []
     for row, uri, ids, scores, error in rows:
         hits = () if ids is None else tuple(
-            ReportHit(rank=r + 1, image_id=int(i), uri=str(uris[i]), score=float(s), pixels=hit_pixels.get(int(i)))
+            ReportHit(rank=r + 1, image_id=int(i), uri=str(uris[i]), score=float(s), pixels=hit_pixels.get(int(i)),
+                      label=None if labels is None else str(labels[0][i]))
             for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
         )
-        queries.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error))
+        queries.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error,
+                                   label=None if labels is None else str(labels[1][row])))
     summary = {
         "index": result.index, "version": str(result.version), "mode": settings.mode, "k": str(settings.k),
         "threshold": str(settings.threshold), "queries": str(result.n_queries), "unreadable": str(result.n_failed),

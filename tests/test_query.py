@@ -1,0 +1,154 @@
+"""Batch queries: exact seed-mode results, error rows, formats, the HTML report, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from PIL import Image
+from reference import reference_seed_search
+
+from storage import ConfigError, CorpusError
+from workflows.index import IndexSettings, index
+from workflows.query import QuerySettings, query
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, client, tiny_model, fmnist_train):
+    """An index of 500 real images cut into 4 partitions."""
+    root = tmp_path_factory.mktemp("q")
+    corpus = root / "corpus.npy"
+    np.save(corpus, fmnist_train[:500, :, :, 0])
+    url = str(root / "idx")
+    index(str(corpus), url, tiny_model, IndexSettings(shard_size=64, partitions=4), client=client)
+    return url
+
+
+@pytest.fixture(scope="module")
+def query_npy(tmp_path_factory, fmnist_train):
+    path = tmp_path_factory.mktemp("queries") / "q.npy"
+    # 40 unseen images and 10 indexed ones (which must find themselves first)
+    np.save(path, np.concatenate([fmnist_train[1000:1040, :, :, 0], fmnist_train[100:110, :, :, 0]]))
+    return str(path)
+
+
+def _encode(model_dir: str, images: np.ndarray) -> np.ndarray:
+    from pipeline.encode import load_encoder
+
+    return load_encoder(model_dir).encode(images).reshape(len(images), -1)
+
+
+def _results(path: str) -> dict[int, list[tuple[int, float]]]:
+    table = pq.read_table(path).to_pydict()
+    out: dict[int, list] = {}
+    for q, r, i, s in zip(table["query_id"], table["rank"], table["image_id"], table["score"]):
+        out.setdefault(q, []).append((r, i, s))
+    return {q: [(i, s) for _, i, s in sorted(v)] for q, v in out.items()}
+
+
+@pytest.mark.parametrize("threshold, k", [(3, 10), (0, 5), (2, 40), (5, 3)])
+def test_seed_mode_equals_brute_force_reference(client, small_index, query_npy, tmp_path, threshold, k):
+    out = str(tmp_path / "r.parquet")
+    report = query(small_index, query_npy, out, QuerySettings(k=k, threshold=threshold, mode="seed", block_size=16), client=client)
+    assert report.n_queries == 50 and report.n_failed == 0
+    codes = zarr.open_array(f"{small_index}/codes", mode="r")[:].reshape(500, -1)
+    queries = _encode(f"{small_index}/model", np.load(query_npy)[..., None])
+    expected = reference_seed_search(queries, codes, np.arange(500), threshold, k)
+    got = _results(out)
+    for q in range(50):
+        assert got.get(q, []) == [(i, float(s)) for i, s in expected[q]], f"query {q}"
+    assert all(got[q][0][0] == 100 + (q - 40) for q in range(40, 50))  # indexed images find themselves
+
+
+def test_results_do_not_depend_on_blocks_or_window(client, small_index, query_npy, tmp_path):
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    query(small_index, query_npy, a, QuerySettings(mode="seed", block_size=7, max_blocks_in_flight=1), client=client)
+    query(small_index, query_npy, b, QuerySettings(mode="seed", block_size=1000), client=client)
+    assert pq.read_table(a).equals(pq.read_table(b))
+
+
+def test_csv_and_jsonl_hold_the_same_rows(client, small_index, query_npy, tmp_path):
+    base = pq.read_table(_run(client, small_index, query_npy, tmp_path / "r.parquet")).to_pylist()
+    csv_rows = pacsv.read_csv(_run(client, small_index, query_npy, tmp_path / "r.csv")).to_pylist()
+    jsonl = [json.loads(line) for line in open(_run(client, small_index, query_npy, tmp_path / "r.jsonl"))]
+    assert jsonl == base
+    assert [(r["query_id"], r["rank"], r["image_id"], r["score"]) for r in csv_rows] == [
+        (r["query_id"], r["rank"], r["image_id"], r["score"]) for r in base
+    ]
+
+
+def _run(client, index_url, queries, out) -> str:
+    query(index_url, queries, str(out), QuerySettings(mode="seed"), client=client)
+    return str(out)
+
+
+def test_unreadable_queries_get_an_error_row_and_the_others_are_answered(client, small_index, fmnist_train, tmp_path):
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(fmnist_train[100 + i, :, :, 0]).save(folder / f"{i}.png")
+    (folder / "1.png").write_bytes(b"\x89PNG truncated")
+    out = str(tmp_path / "r.parquet")
+    report = query(small_index, str(folder), out, QuerySettings(mode="seed", k=3), client=client)
+    assert (report.n_queries, report.n_failed) == (4, 1)
+    rows = pq.read_table(out).to_pylist()
+    errors = [r for r in rows if r["error"]]
+    assert len(errors) == 1 and errors[0]["query_id"] == 1 and errors[0]["query_uri"].endswith("1.png")
+    assert errors[0]["image_id"] is None and errors[0]["rank"] is None and errors[0]["score"] is None
+    answered = {r["query_id"] for r in rows if not r["error"]}
+    assert answered == {0, 2, 3}
+    assert [r["query_id"] for r in rows] == sorted(r["query_id"] for r in rows)
+
+
+def test_every_query_unreadable_fails(client, small_index, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"nope")
+    with pytest.raises(CorpusError, match="none of the 1 queries"):
+        query(small_index, str(folder), str(tmp_path / "r.parquet"), client=client)
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=0), dict(threshold=-1), dict(mode="fast"), dict(block_size=0)])
+def test_options_are_validated(kwargs):
+    with pytest.raises(ConfigError):
+        QuerySettings(**kwargs)
+
+
+def test_threshold_above_code_length_is_refused(client, small_index, query_npy, tmp_path):
+    with pytest.raises(ConfigError, match="code length 16"):
+        query(small_index, query_npy, str(tmp_path / "r.parquet"), QuerySettings(threshold=17), client=client)
+
+
+def test_html_report_is_self_contained(client, small_index, query_npy, tmp_path):
+    out, html = str(tmp_path / "r.parquet"), tmp_path / "report.html"
+    query(small_index, query_npy, out, QuerySettings(mode="seed", k=5), client=client, report=str(html), report_limit=6)
+    text = html.read_text()
+    assert text.count("data:image/png;base64,") == 6 * (1 + 5)
+    assert "http://" not in text and "https://" not in text
+    assert "query #5" in text and "query #6" not in text
+
+
+def test_query_cli_end_to_end(small_index, query_npy, tmp_path):
+    out = tmp_path / "r.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", query_npy, "--out", str(out),
+         "--mode", "seed", "--k", "4", "--workers", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "answered 50 queries" in result.stdout and "dashboard" in result.stderr
+    assert pacsv.read_csv(out).num_rows == 50 * 4
