@@ -12,9 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import keras
-
-from pipeline.binarize import Binarize
 from pipeline.packing import MAX_BITS, MIN_BITS
 
 __all__ = ["ModelConfig", "PRESETS", "ENCODING_LAYER", "build_autoencoder", "build_encoder"]
@@ -91,12 +88,18 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def _conv1x1(x, width: int, activation: str = "relu"):
+    import keras
+
     x = keras.layers.Conv2D(width, 1, activation=activation)(x)
     return keras.layers.BatchNormalization()(x)
 
 
-def build_autoencoder(config: ModelConfig) -> keras.Model:
+def build_autoencoder(config: ModelConfig) -> "keras.Model":  # noqa: F821
     """The trainable autoencoder: image in, reconstructed (normalised) image out."""
+    import keras  # imported here so that ModelConfig and model cards need no TensorFlow
+
+    from pipeline.binarize import Binarize
+
     h, w, c = config.input_shape
     inputs = keras.Input(shape=config.input_shape, name="image")
     x = keras.layers.Conv2D(config.filters, config.patch, strides=config.stride, padding="same", activation="relu")(inputs)
@@ -117,6 +120,8 @@ def build_autoencoder(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs, x, name="patchhash_autoencoder")
 
 
-def build_encoder(autoencoder: keras.Model) -> keras.Model:
+def build_encoder(autoencoder: "keras.Model") -> "keras.Model":  # noqa: F821
     """The encoder half: image in, ``[grid_h, grid_w, bits]`` of exact 0/1 out."""
+    import keras
+
     return keras.Model(autoencoder.input, autoencoder.get_layer(ENCODING_LAYER).output, name="patchhash_encoder")

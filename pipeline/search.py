@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,22 +25,58 @@ from .buckets import BucketMap
 
 # numba's cache does not notice edits to kernels of other modules that a cached kernel
 # calls: after changing pipeline/hamming.py, delete pipeline/__pycache__/search*.nb[ic].
-from .hamming import ball_size, enumerate_within, scan_within
+from .hamming import (
+    ball_size,
+    enumerate_within,
+    mih_build,
+    mih_cost,
+    mih_split,
+    mih_table_bits,
+    mih_within,
+    prefetch,
+    scan_within,
+)
 
-__all__ = ["SCORE_DTYPE", "TopK", "seed_search", "merge_topk", "choose_method"]
+__all__ = ["SCORE_DTYPE", "TopK", "SearchIndex", "prepare_index", "seed_search", "merge_topk",
+           "choose_method"]
 
 logger = logging.getLogger(__name__)
 
 SCORE_DTYPE = np.int64
-"""Integer type in which seed scores are accumulated (they are sums of powers of two)."""
+"""Integer type in which seed scores are reported before the cast to float64 (they are
+sums of powers of two); the kernels accumulate in int32 whenever no total can overflow it."""
 
-METHODS = ("auto", "scan", "enumerate")
+METHODS = ("auto", "scan", "enumerate", "mih")
+_SCAN, _ENUMERATE, _MIH = 0, 1, 2
 
-# Cost of one binary-search step of a Hamming-ball probe, in units of one popcount
-# comparison of a key scan. Measured on an AMD EPYC (Zen 1, 2 GHz): a scan compares
-# ~2.4e9 uint32 keys/s; a probe step costs 3.5-4 ns (10k to 4M keys). With this value the
-# model picked the faster method in every case tried (d = 16, 32, 64; t = 2, 3; 10k-4M keys).
+# Costs in units of one popcount comparison of a key scan. Measured on an AMD EPYC (Zen 1,
+# 2 GHz): a scan compares ~2.4e9 uint32 keys/s; a probe step of a binary search costs
+# 3.5-4 ns (10k to 4M keys). With this value the model picked the faster of scan and
+# enumerate in every case tried (d = 16, 32, 64; t = 2, 3; 10k-4M keys).
 _PROBE_STEP_COST = 10.0
+# A multi-index probe reads a bucket start and the bucket: one or two cache misses on a
+# large table (~40 ns). Real codes cluster, so a probe finds several times the candidates
+# that uniform keys would give (x7 on Fashion-MNIST codes); each costs ~1.5 ns to verify.
+_MIH_PROBE_COST = 100.0
+_MIH_CANDIDATE_COST = 25.0
+
+# Scoring (see _score_queries): a query whose codes hit at least n_range / _DENSE_DIV
+# (key, image) pairs keeps its totals dense over the id range (no list of touched images;
+# the top-k is one pass over the range). Within such a query, a code with at least
+# n_range / _HEAVY_DIV hits is first reduced to its per-image best weight in a dense array,
+# with no per-hit branch, then added to the totals in one vectorised pass.
+_DENSE_DIV = 4
+_HEAVY_DIV = 8
+# Buckets of most matching keys are small and scattered: the hit loops prefetch the bucket
+# of the match this many matches ahead (-30% time on the Fashion-MNIST light codes).
+_PREFETCH_AHEAD = 8
+# The dense top-k skips chunks of this many images whose best total cannot enter the top-k.
+_TOPK_CHUNK = 64
+# A heavy code used by several (dense) queries of a block has its per-image best weights
+# computed once and kept for the block, most-saving codes first, within this many bytes.
+# On Fashion-MNIST codes the ~200 most shared codes of a 500-query block (6 MB) cut the
+# (key, image) visits per query by 6x.
+_SHARED_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,16 +104,130 @@ class TopK:
         return self.ids.shape[1]
 
 
+@dataclass(frozen=True, eq=False)
+class SearchIndex:
+    """Multi-index-hashing tables over the keys of one position-free bucket map.
+
+    Built by :func:`prepare_index` (which caches it on the map) and used by
+    :func:`seed_search` with ``method="mih"``. The ``bits``-bit codes are cut into
+    ``n_substrings`` disjoint substrings (:func:`pipeline.hamming.mih_split`); a search of
+    radius ``t`` probes each substring's table within radius ``t // n_substrings``. The
+    tables serve any radius; their cost is best for the radius they were planned for.
+
+    Attributes
+    ----------
+    bits : int
+        Code width the substrings cut.
+    n_keys : int
+        Number of keys of the map (a consistency check).
+    shifts, widths, table_bits : numpy.ndarray
+        ``int64`` [m]: the substrings and the bucket-index width of each table.
+    order, table_keys, starts : numpy.ndarray
+        The tables (:func:`pipeline.hamming.mih_build`): 8 bytes per key per substring
+        for 32-bit keys (12 for 64-bit ones), plus 4 bytes per bucket.
+    """
+
+    bits: int
+    n_keys: int
+    shifts: np.ndarray
+    widths: np.ndarray
+    table_bits: np.ndarray
+    order: np.ndarray
+    table_keys: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def n_substrings(self) -> int:
+        return int(self.shifts.size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.order.nbytes + self.table_keys.nbytes + self.starts.nbytes)
+
+
+# Indexes built by prepare_index, per bucket map (a map is immutable once built; partitions
+# are cached per worker process, so each map's index is built once). Values must not refer
+# to their map, or the map would never be collected.
+_index_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_index_cache_lock = threading.Lock()
+
+
+def mih_substrings(n_keys: int, bits: int, threshold: int) -> int:
+    """Number of substrings minimising the multi-index cost model for a search radius."""
+    costs = {m: _mih_cost_units(n_keys, bits, threshold, m)
+             for m in range(1, min(threshold + 1, bits) + 1)}
+    return min(costs, key=costs.get)
+
+
+def _mih_cost_units(n_keys: int, bits: int, threshold: int, m: int) -> float:
+    probes, candidates = mih_cost(bits, threshold, m, n_keys)
+    return probes * _MIH_PROBE_COST + candidates * _MIH_CANDIDATE_COST
+
+
+def prepare_index(bmap: BucketMap, bits: int, threshold: int,
+                  n_substrings: int | None = None) -> SearchIndex:
+    """The multi-index-hashing tables of a position-free map, built once and cached on it.
+
+    Parameters
+    ----------
+    bmap : BucketMap
+        Position-free bucket map (fewer than 2**31 keys).
+    bits : int
+        Code width (8..64), as for :func:`seed_search`.
+    threshold : int
+        The search radius to plan the substrings for.
+    n_substrings : int, optional
+        Force the number of substrings (1..bits) instead of the cost model's choice.
+
+    Returns
+    -------
+    SearchIndex
+        Cached per ``(map, bits, n_substrings)``: later calls return the same object.
+        Building is a counting sort of the keys per substring (tens of ms for 1M keys).
+    """
+    bits, threshold = operator.index(bits), operator.index(threshold)
+    keys = bmap.block_keys(0)
+    if bmap.positional:
+        raise ValueError("prepare_index needs a position-free bucket map")
+    if not 8 <= bits <= 64 or bits > 8 * keys.dtype.itemsize:
+        raise ValueError(f"bits must be in 8..64 and fit the map's {keys.dtype} keys, got {bits}")
+    if keys.size >= 2**31:
+        raise ValueError(f"multi-index hashing needs fewer than 2**31 keys, got {keys.size}")
+    m = (mih_substrings(keys.size, bits, threshold) if n_substrings is None
+         else operator.index(n_substrings))
+    with _index_cache_lock:
+        cached = _index_cache.get(bmap, {}).get((bits, m))
+    if cached is not None:
+        return cached
+    shifts, widths = mih_split(bits, m)
+    table_bits = mih_table_bits(widths, keys.size)
+    order, table_keys, starts = mih_build(keys, shifts, widths, table_bits)
+    index = SearchIndex(bits, int(keys.size), shifts, widths, table_bits, order, table_keys,
+                        starts)
+    logger.debug("built a %d-substring index of %d keys (%d bits): %.1f MB",
+                 m, keys.size, bits, index.nbytes / 1e6)
+    with _index_cache_lock:
+        # Two threads may race to build the same index: keep the first.
+        return _index_cache.setdefault(bmap, {}).setdefault((bits, m), index)
+
+
 def choose_method(n_keys: int, bits: int, threshold: int) -> str:
-    """Pick ``"scan"`` or ``"enumerate"`` for a key block by a cost model.
+    """Pick ``"scan"``, ``"enumerate"`` or ``"mih"`` for a key block by a cost model.
 
     A scan costs one comparison per key; enumerating costs, per probe of the Hamming
     ball, a binary search of about ``log2(n_keys) + 1`` steps, each worth
-    ``_PROBE_STEP_COST`` comparisons.
+    ``_PROBE_STEP_COST`` comparisons; multi-index hashing costs its probes and the
+    candidates they find (:func:`pipeline.hamming.mih_cost`), for the best number of
+    substrings. The one-off cost of building the multi-index tables is not counted.
     """
     probes = ball_size(bits, threshold)
-    enumerate_cost = probes * (math.log2(max(n_keys, 1)) + 1) * _PROBE_STEP_COST
-    return "enumerate" if enumerate_cost < n_keys else "scan"
+    costs = {
+        "scan": float(n_keys),
+        "enumerate": probes * (math.log2(max(n_keys, 1)) + 1) * _PROBE_STEP_COST,
+        "mih": _mih_cost_units(n_keys, bits, threshold,
+                               mih_substrings(n_keys, bits, threshold)),
+    }
+    return min(costs, key=costs.get)
 
 
 def seed_search(
@@ -86,6 +238,7 @@ def seed_search(
     k: int,
     id_range: tuple[int, int] | None = None,
     method: str = "auto",
+    index: SearchIndex | None = None,
 ) -> TopK:
     """Score a block of queries against one position-free partition with seed 000's rule.
 
@@ -107,9 +260,13 @@ def seed_search(
         Number of images to return per query (>= 1).
     id_range : (int, int), optional
         ``(start, stop)``: the partition's image ids; defaults to the span of the map's ids.
-    method : {"auto", "scan", "enumerate"}
+    method : {"auto", "scan", "enumerate", "mih"}
         How to find the indexed codes near a query code; all give identical results.
-        ``"auto"`` chooses by :func:`choose_method`.
+        ``"mih"`` is multi-index hashing (:class:`SearchIndex`). ``"auto"`` chooses by
+        :func:`choose_method`, or takes ``"mih"`` when ``index`` is given.
+    index : SearchIndex, optional
+        Multi-index tables of ``bmap`` from :func:`prepare_index` (for ``"mih"``); by
+        default they are built on first use and cached on the map.
 
     Returns
     -------
@@ -118,26 +275,71 @@ def seed_search(
 
     Notes
     -----
-    Work per query is the scan (or probes) for each distinct query code plus one visit
-    per (matching key, image) pair; scratch memory is 24 bytes per id of ``id_range``.
+    The distinct codes of the whole block are matched against the keys once (a code shared
+    by several queries is searched once); then each query visits one (matching key, image)
+    pair per hit of each of its distinct codes. Scratch memory: 16 bytes per id of
+    ``id_range``, 5 bytes per (distinct block code, matching key), and the scan's buffers
+    (16 bytes per key).
     """
     threshold, bits, k = (operator.index(v) for v in (threshold, bits, k))
     queries = _check_queries(query_codes, bmap, bits)
     _check_search_args(bmap, threshold, bits, k, method, queries.shape[1])
     start, stop = _check_id_range(bmap, id_range)
     keys = bmap.block_keys(0)
+    if keys.size >= 2**31:
+        raise ValueError(f"seed_search handles fewer than 2**31 keys, got {keys.size}")
     if method == "auto":
-        method = choose_method(keys.size, bits, threshold)
+        method = "mih" if index is not None else choose_method(keys.size, bits, threshold)
+    if method == "mih":
+        if index is None:
+            index = prepare_index(bmap, bits, threshold)
+        elif index.n_keys != keys.size or index.bits != bits \
+                or index.table_keys.dtype != keys.dtype:
+            raise ValueError("index was not prepared for this bucket map and code width")
+        tables = (index.shifts, index.widths, index.table_bits, index.order,
+                  index.table_keys, index.starts)
+    else:
+        tables = _NO_TABLES.get(keys.dtype) or _no_tables(keys.dtype)
     logger.debug("seed_search: %d queries, %d keys, ids [%d, %d), method %s",
                  queries.shape[0], keys.size, start, stop, method)
     n_queries = queries.shape[0]
     ids = np.full((n_queries, k), -1, np.int64)
     scores = np.zeros((n_queries, k), SCORE_DTYPE)
     n_candidates = np.zeros(n_queries, np.int64)
-    # Sorted rows put repeated query codes side by side, to be scored once.
-    _seed_scores(np.sort(queries, axis=1), keys, bmap.offsets, bmap.ids, start, stop - start,
-                 threshold, bits, method == "enumerate", ids, scores, n_candidates)
+    if n_queries == 0 or queries.shape[1] == 0:
+        return TopK(ids, scores.astype(np.float64), n_candidates)
+    # The block's distinct codes, searched once each; each query row as indices into
+    # them, sorted so that a repeated code is one run (scored once, with its multiplicity).
+    codes, inverse = np.unique(queries, return_inverse=True)
+    code_of = np.sort(inverse.reshape(queries.shape).astype(np.int32), axis=1)
+    method_code = {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}[method]
+    match_starts, match_keys, match_dists, code_hits = _block_matches(
+        codes, keys, bmap.offsets, bits, threshold, method_code, *tables)
+    # Totals of a query are at most G' * 2**t: int32 accumulators whenever that fits; a
+    # code's best weight is at most 2**t: one byte while that fits.
+    n_range = stop - start
+    max_total = queries.shape[1] << threshold
+    acc_dtype = np.int16 if max_total < 2**15 else np.int32 if max_total < 2**31 else np.int64
+    best_dtype = np.uint8 if threshold < 8 else acc_dtype
+    max_shared = _SHARED_BYTES // max(1, n_range * np.dtype(best_dtype).itemsize)
+    slot_of, n_shared = _plan_shared(code_of, code_hits, n_range, max_shared)
+    _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, bmap.offsets,
+                   bmap.ids, start, threshold, np.zeros(n_range, acc_dtype),
+                   np.zeros(n_range, best_dtype), slot_of,
+                   np.zeros((n_shared, n_range), best_dtype), ids, scores, n_candidates)
     return TopK(ids, scores.astype(np.float64), n_candidates)
+
+
+_NO_TABLES: dict = {}
+
+
+def _no_tables(dtype) -> tuple:
+    """Placeholder multi-index tables (of the right types) for the other methods."""
+    empty = np.zeros(1, np.int64)
+    tables = (empty, empty, empty, np.zeros((1, 1), np.int32), np.zeros((1, 1), dtype),
+              np.zeros((1, 2), np.int32))
+    _NO_TABLES[dtype] = tables
+    return tables
 
 
 def _check_queries(query_codes, bmap: BucketMap, bits: int) -> np.ndarray:
@@ -188,73 +390,289 @@ def _check_id_range(bmap: BucketMap, id_range) -> tuple[int, int]:
 
 
 @njit(nogil=True, cache=True)
-def _seed_scores(sorted_queries, keys, offsets, bucket_ids, start, n_range, t, bits,
-                 use_enumerate, out_ids, out_scores, out_candidates):
-    """Seed scores of every query, reduced to each query's top-k (written to ``out_*``).
+def _block_matches(codes, keys, offsets, bits, t, method, shifts, widths, table_bits, order,
+                   table_keys, starts):
+    """Keys within distance ``t`` of each of the block's distinct ``codes``.
 
-    Each row of ``sorted_queries`` holds one query's codes in ascending order; a code
-    repeated r times is scored once, with weight r.
-
-    Per-image totals live in a dense array over the partition's id range; a list of the
-    images touched by the current query makes resetting it cost the hits, not the range.
+    Returns ``match_starts`` (int64 [n+1]), ``match_keys`` (int32) and ``match_dists``
+    (int8): code ``c``'s matching key positions and distances are
+    ``match_*[match_starts[c]:match_starts[c + 1]]``, by non-decreasing distance; and
+    ``code_hits`` (int64 [n]): the number of (key, image) pairs of code ``c``'s matches.
     """
-    weights = np.empty(t + 1, np.int64)
-    for d in range(t + 1):
-        weights[d] = np.int64(1) << (t - d)
-    totals = np.zeros(n_range, np.int64)
-    # stamp[i] == current marks image i as already scored for the current query code.
-    stamp = np.zeros(n_range, np.int64)
-    touched = np.empty(n_range, np.int64)
-    match_idx = np.empty(keys.size, np.int64)
-    match_dist = np.empty(keys.size, np.int64)
-    current = 0
-    for qi in range(sorted_queries.shape[0]):
-        codes = sorted_queries[qi]
-        n_touched = 0
-        j = 0
-        while j < codes.size:
-            run = 1
-            while j + run < codes.size and codes[j + run] == codes[j]:
-                run += 1
-            if use_enumerate:
-                n_match = enumerate_within(codes[j], keys, bits, t, match_idx, match_dist)
-            else:
-                n_match = scan_within(codes[j], keys, t, match_idx, match_dist)
-            current += 1
-            n_touched = _add_code_scores(match_idx, match_dist, n_match, t, run, weights,
-                                         offsets, bucket_ids, start, totals, stamp, current,
-                                         touched, n_touched)
-            j += run
-        out_candidates[qi] = n_touched
-        _select_topk(touched, n_touched, totals, start, out_ids[qi], out_scores[qi])
-        for i in range(n_touched):
-            totals[touched[i]] = 0
+    n_codes = codes.size
+    match_starts = np.zeros(n_codes + 1, np.int64)
+    code_hits = np.zeros(n_codes, np.int64)
+    capacity = max(1024, 64 * n_codes)
+    match_keys = np.empty(capacity, np.int32)
+    match_dists = np.empty(capacity, np.int8)
+    found_idx = np.empty(keys.size + 1, np.int64)
+    found_dist = np.empty(keys.size + 1, np.int64)
+    per_dist = np.zeros(t + 2, np.int64)
+    n = 0
+    for c in range(n_codes):
+        if method == _SCAN:
+            n_found = scan_within(codes[c], keys, t, found_idx, found_dist)
+        elif method == _ENUMERATE:
+            n_found = enumerate_within(codes[c], keys, bits, t, found_idx, found_dist)
+        else:
+            n_found = mih_within(codes[c], t, shifts, widths, table_bits, order, table_keys,
+                                 starts, found_idx, found_dist)
+        if n + n_found > capacity:
+            capacity = max(2 * capacity, n + n_found)
+            match_keys = _grow(match_keys, n, capacity)
+            match_dists = _grow(match_dists, n, capacity)
+        # Counting sort by distance (scoring relies on it), stable in key order.
+        per_dist[:] = 0
+        hits = 0
+        for j in range(n_found):
+            per_dist[found_dist[j] + 1] += 1
+            key = found_idx[j]
+            hits += offsets[key + 1] - offsets[key]
+        for d in range(t + 1):
+            per_dist[d + 1] += per_dist[d]
+        for j in range(n_found):
+            pos = n + per_dist[found_dist[j]]
+            per_dist[found_dist[j]] += 1
+            match_keys[pos] = found_idx[j]
+            match_dists[pos] = found_dist[j]
+        n += n_found
+        match_starts[c + 1] = n
+        code_hits[c] = hits
+    return match_starts, match_keys[:n], match_dists[:n], code_hits
 
 
 @njit(nogil=True, cache=True)
-def _add_code_scores(match_idx, match_dist, n_match, t, multiplicity, weights, offsets,
-                     bucket_ids, start, totals, stamp, current, touched, n_touched):
+def _grow(arr, n, capacity):
+    out = np.empty(capacity, arr.dtype)
+    out[:n] = arr[:n]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _query_is_dense(row, code_hits, n_range):
+    """Whether a query (a sorted row of code indices) hits enough (key, image) pairs to
+    be scored densely over the id range."""
+    hits = 0
+    for j in range(row.size):
+        if j == 0 or row[j] != row[j - 1]:
+            hits += code_hits[row[j]]
+    return hits >= n_range // _DENSE_DIV
+
+
+@njit(nogil=True, cache=True)
+def _plan_shared(code_of, code_hits, n_range, max_shared):
+    """Which heavy codes keep their best weights for the whole block.
+
+    Returns ``slot_of`` (int32 per distinct code: its row of the shared array, or -1) and
+    the number of rows. A code qualifies when several dense queries use it; the
+    ``max_shared`` that save the most (key, image) visits are kept.
+    """
+    n_codes = code_hits.size
+    uses = np.zeros(n_codes, np.int64)
+    heavy_hits = max(1, n_range // _HEAVY_DIV)
+    for qi in range(code_of.shape[0]):
+        row = code_of[qi]
+        if not _query_is_dense(row, code_hits, n_range):
+            continue
+        for j in range(row.size):
+            c = row[j]
+            if (j == 0 or c != row[j - 1]) and code_hits[c] >= heavy_hits:
+                uses[c] += 1
+    saving = np.zeros(n_codes, np.int64)
+    for c in range(n_codes):
+        if uses[c] >= 2:
+            saving[c] = (uses[c] - 1) * code_hits[c]
+    slot_of = np.full(n_codes, -1, np.int32)
+    n_shared = 0
+    for c in np.argsort(-saving, kind="mergesort"):
+        if n_shared >= max_shared or saving[c] == 0:
+            break
+        slot_of[c] = n_shared
+        n_shared += 1
+    return slot_of, n_shared
+
+
+@njit(nogil=True, cache=True)
+def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, offsets,
+                   bucket_ids, start, t, totals, best, slot_of, shared, out_ids, out_scores,
+                   out_candidates):
+    """Seed scores of every query, reduced to each query's top-k (written to ``out_*``).
+
+    Row ``q`` of ``code_of`` holds query ``q``'s codes as ascending indices into the
+    block's distinct codes (whose matches come from :func:`_block_matches`); a code
+    repeated r times is scored once, with weight r. ``totals`` (accumulator dtype) and
+    ``best`` (best-weight dtype) are zeroed scratch over the id range; ``shared`` holds a
+    row of best weights for each code given a slot by :func:`_plan_shared`.
+
+    A query with few hits keeps a list of the images it touched (so that resetting and
+    ranking cost the hits, not the range); one with many scores densely over the range,
+    its heavy codes through per-image best weights (kept for the block if shared).
+    """
+    n_range = totals.size
+    weights = np.empty(t + 1, totals.dtype)
+    best_weights = np.empty(t + 1, best.dtype)
+    for d in range(t + 1):
+        weights[d] = 1 << (t - d)
+        best_weights[d] = 1 << (t - d)
+    # stamp[i] == current marks image i as already scored for the current query code.
+    stamp = np.zeros(n_range, np.int32)
+    touched = np.empty(n_range, np.int32)
+    built = np.zeros(shared.shape[0], np.bool_)
+    current = 0
+    heavy_hits = max(1, n_range // _HEAVY_DIV)
+    for qi in range(code_of.shape[0]):
+        row = code_of[qi]
+        dense = _query_is_dense(row, code_hits, n_range)
+        n_touched = 0
+        j = 0
+        while j < row.size:
+            c = row[j]
+            run = 1
+            while j + run < row.size and row[j + run] == c:
+                run += 1
+            j += run
+            lo = match_starts[c]
+            hi = match_starts[c + 1]
+            if dense and code_hits[c] >= heavy_hits:
+                slot = slot_of[c]
+                if slot >= 0:
+                    if not built[slot]:
+                        _best_weights(match_keys, match_dists, lo, hi, best_weights, offsets,
+                                      bucket_ids, start, shared[slot])
+                        built[slot] = True
+                    _add_best(totals, shared[slot], run, False)
+                else:
+                    _best_weights(match_keys, match_dists, lo, hi, best_weights, offsets,
+                                  bucket_ids, start, best)
+                    _add_best(totals, best, run, True)
+            else:
+                if current == 2**31 - 1:
+                    stamp[:] = 0
+                    current = 0
+                current += 1
+                if dense:
+                    _add_code_dense(match_keys, match_dists, lo, hi, run, weights, offsets,
+                                    bucket_ids, start, totals, stamp, current)
+                else:
+                    n_touched = _add_code_sparse(match_keys, match_dists, lo, hi, run,
+                                                 weights, offsets, bucket_ids, start, totals,
+                                                 stamp, current, touched, n_touched)
+        if dense:
+            out_candidates[qi] = _select_topk_dense(totals, start, out_ids[qi], out_scores[qi])
+            totals[:] = 0
+        else:
+            out_candidates[qi] = n_touched
+            _select_topk(touched, n_touched, totals, start, out_ids[qi], out_scores[qi])
+            for i in range(n_touched):
+                totals[touched[i]] = 0
+
+
+@njit(nogil=True, cache=True)
+def _add_best(totals, best, multiplicity, clear):
+    """``totals += multiplicity * best`` (then ``best[:] = 0`` if ``clear``)."""
+    m = totals.dtype.type(multiplicity)
+    for i in range(totals.size):
+        totals[i] += m * totals.dtype.type(best[i])
+    if clear:
+        best[:] = 0
+
+
+@njit(nogil=True, cache=True)
+def _best_weights(match_keys, match_dists, lo, hi, weights, offsets, bucket_ids, start, best):
+    """``best[i]``: the largest weight of image ``i`` among matches ``lo:hi`` (0 if none).
+
+    Branch-free, for codes with many hits (most images met more than once).
+    """
+    for m in range(lo, hi):
+        if m + _PREFETCH_AHEAD < hi:
+            prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
+        key = match_keys[m]
+        w = weights[match_dists[m]]
+        for p in range(offsets[key], offsets[key + 1]):
+            i = bucket_ids[p] - start
+            best[i] = max(best[i], w)
+
+
+@njit(nogil=True, cache=True)
+def _add_code_dense(match_keys, match_dists, lo, hi, multiplicity, weights, offsets,
+                    bucket_ids, start, totals, stamp, current):
     """Add one query code's scores (times ``multiplicity``) to the image totals.
 
-    Matches are visited by increasing distance, so the first time an image is met is with
-    its best (maximum) score for this code; later meetings are skipped via ``stamp``.
-    Returns the new number of touched images.
+    Matches come by increasing distance, so the first time an image is met is with its
+    best (maximum) score for this code; later meetings are skipped via ``stamp``.
     """
-    for d in range(t + 1):
-        w = multiplicity * weights[d]
-        for m in range(n_match):
-            if match_dist[m] != d:
-                continue
-            key = match_idx[m]
-            for p in range(offsets[key], offsets[key + 1]):
-                i = bucket_ids[p] - start
-                if stamp[i] != current:
-                    stamp[i] = current
-                    if totals[i] == 0:
-                        touched[n_touched] = i
-                        n_touched += 1
-                    totals[i] += w
+    for m in range(lo, hi):
+        if m + _PREFETCH_AHEAD < hi:
+            prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
+        key = match_keys[m]
+        w = multiplicity * weights[match_dists[m]]
+        for p in range(offsets[key], offsets[key + 1]):
+            i = bucket_ids[p] - start
+            if stamp[i] != current:
+                stamp[i] = current
+                totals[i] += w
+
+
+@njit(nogil=True, cache=True)
+def _add_code_sparse(match_keys, match_dists, lo, hi, multiplicity, weights, offsets,
+                     bucket_ids, start, totals, stamp, current, touched, n_touched):
+    """:func:`_add_code_dense` that also lists the images it touches first; returns the
+    new number of touched images."""
+    for m in range(lo, hi):
+        if m + _PREFETCH_AHEAD < hi:
+            prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
+        key = match_keys[m]
+        w = multiplicity * weights[match_dists[m]]
+        for p in range(offsets[key], offsets[key + 1]):
+            i = bucket_ids[p] - start
+            if stamp[i] != current:
+                stamp[i] = current
+                if totals[i] == 0:
+                    touched[n_touched] = i
+                    n_touched += 1
+                totals[i] += w
     return n_touched
+
+
+@njit(nogil=True, cache=True)
+def _select_topk_dense(totals, start, out_ids, out_scores):
+    """:func:`_select_topk` over every image of the range with a non-zero total; returns
+    their number.
+
+    Images come by ascending id, so one that ties the worst kept loses. The range goes by
+    chunks: a vectorised pass takes each chunk's maximum (and counts its non-zero totals),
+    and only a chunk whose maximum beats the worst kept is ranked image by image.
+    """
+    k = out_ids.size
+    heap_scores = np.empty(k, np.int64)
+    heap_ids = np.empty(k, np.int64)
+    size = 0
+    n_nonzero = 0
+    for base in range(0, totals.size, _TOPK_CHUNK):
+        end = min(base + _TOPK_CHUNK, totals.size)
+        chunk_max = totals.dtype.type(0)
+        n_chunk = 0
+        for i in range(base, end):
+            chunk_max = max(chunk_max, totals[i])
+            n_chunk += totals[i] != 0
+        n_nonzero += n_chunk
+        if chunk_max == 0 or (size == k and np.int64(chunk_max) <= heap_scores[0]):
+            continue
+        for i in range(base, end):
+            score = np.int64(totals[i])
+            if score == 0:
+                continue
+            if size < k:
+                heap_scores[size] = score
+                heap_ids[size] = i + start
+                _sift_up(heap_scores, heap_ids, size)
+                size += 1
+            elif score > heap_scores[0]:
+                heap_scores[0] = score
+                heap_ids[0] = i + start
+                _sift_down(heap_scores, heap_ids, size, 0)
+    _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
+    return n_nonzero
 
 
 @njit(nogil=True, cache=True)
@@ -316,6 +734,12 @@ def _select_topk(touched, n_touched, totals, start, out_ids, out_scores):
             heap_scores[0] = score
             heap_ids[0] = image
             _sift_down(heap_scores, heap_ids, size, 0)
+    _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
+
+
+@njit(nogil=True, cache=True)
+def _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores):
+    """Write a worst-at-root heap of ``size`` entries into ``out_*``, best first."""
     for pos in range(size - 1, -1, -1):
         out_scores[pos] = heap_scores[0]
         out_ids[pos] = heap_ids[0]

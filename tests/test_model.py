@@ -177,3 +177,13 @@ def test_model_with_lambda_layer_is_refused(tiny_model, tmp_path):
     (copy / "card.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="safe mode"):
         load_encoder(str(copy), use_cache=False)
+
+
+def test_training_is_reproducible_with_a_seed(fmnist_train):
+    from pipeline.train import TrainSettings, train_autoencoder
+
+    config = ModelConfig((28, 28, 1), bits=8, patch=8, stride=4, filters=8, widths=(8,))
+    runs = [train_autoencoder(fmnist_train[:256], config, TrainSettings(epochs=1, batch_size=64, seed=5)) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    for a, b in zip(runs[0].autoencoder.get_weights(), runs[1].autoencoder.get_weights()):
+        np.testing.assert_array_equal(a, b)

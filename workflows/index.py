@@ -144,18 +144,21 @@ def build_partition_task(index_url: str, kind: str, start: int, stop: int, table
 # --------------------------------------------------------------------------- planning
 
 
-def _indexed_uris(index_url: str, manifest: Manifest | None, storage_options) -> pa.ChunkedArray:
-    """Every uri the index already holds, indexed or recorded as unreadable."""
+def _new_rows(uris: list[str], index_url: str, manifest: Manifest | None, storage_options) -> np.ndarray:
+    """Positions of ``uris`` the index holds neither as an image nor as an unreadable one."""
     from storage.tables import read_parquet
 
     if manifest is None:
-        return pa.chunked_array([], pa.string())
-    chunks = []
-    for s in manifest.shards:
-        for table in (s.images, s.errors):
-            if table:
-                chunks.extend(read_parquet(join_url(index_url, table), storage_options, ["uri"]).column("uri").chunks)
-    return pa.chunked_array(chunks, pa.string())
+        return np.arange(len(uris))
+    chunks = [
+        chunk
+        for s in manifest.shards
+        for table in (s.images, s.errors) if table
+        for chunk in read_parquet(join_url(index_url, table), storage_options, ["uri"]).column("uri").chunks
+    ]
+    known = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    seen = pc.is_in(pa.array(uris, pa.string()), value_set=known).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(~seen)
 
 
 def _plan_shards(corpus, rows: np.ndarray, n_old: int, shard_size: int) -> list[tuple[object, int]]:
@@ -280,9 +283,7 @@ def index(
         _check_model(index_url, model, storage_options)
     source = open_corpus(corpus, storage_options)
     uris = source.uris()
-    known = _indexed_uris(index_url, manifest, storage_options)
-    is_new = ~np.asarray(pc.is_in(pa.array(uris, pa.string()), value_set=pa.concat_arrays(known.chunks) if known.num_chunks else pa.array([], pa.string())).to_numpy(zero_copy_only=False), bool)
-    rows = np.flatnonzero(is_new)
+    rows = _new_rows(uris, index_url, manifest, storage_options)
     n_old = manifest.n_images if manifest else 0
     if len(rows) == 0:
         log.info("nothing new to index: all %d images of %s are already in %s (version %s)", len(uris), corpus, index_url, manifest.version if manifest else None)
@@ -293,95 +294,48 @@ def index(
     if manifest is None:
         _install_model(index_url, model, storage_options)
     card = read_card(join_url(index_url, MODEL_DIR), storage_options)
-    shard_size = manifest.shard_size if manifest else settings.shard_size
-    n_new = n_old + len(rows)
-    version = (manifest.version if manifest else 0) + 1
-    plan = _plan_shards(source, rows, n_old, shard_size)
-    plan_doc = {
-        "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
-        "uris_sha256": hashlib.sha256("\n".join(uris[r] for r in rows).encode()).hexdigest(),
-        "shards": [[int(s.start), int(s.stop), int(i)] for s, i in plan],
-    }
-    done = _staging_plan(index_url, version, plan_doc, storage_options)
-    stage = join_url(index_url, staging_dir(version))
-
-    from storage.arrays import create_codes_array, open_array
-
-    if manifest is None and not done:
-        create_codes_array(join_url(index_url, CODES), n_new, card.grid, card.code_dtype, shard_size, storage_options)
-    else:
-        codes = open_array(join_url(index_url, CODES), storage_options, mode="r+")
-        if codes.shape[0] != n_new:
-            codes.resize((n_new, *card.grid))
-
-    report = IndexReport(index_url, None, n_new, len(rows), 0)
-    entries: dict[int, ShardEntry] = {}
-    todo = []
-    for shard, id_start in plan:
-        marker = f"{id_start:012d}.done.json"
-        if marker in done:
-            entries[id_start] = ShardEntry(**read_json(join_url(stage, "done", marker), storage_options)["entry"])
-            report.shards_skipped += 1
-        else:
-            todo.append((shard, id_start))
-    if report.shards_skipped:
-        log.info("resuming: %d of %d shards already done, skipped", report.shards_skipped, len(plan))
-
-    partition_size = manifest.partition_size if manifest else None
+    report = IndexReport(index_url, None, n_old + len(rows), len(rows), 0)
     with dask_client(cluster) if client is None else nullcontext(client) as dask:
-        encode_started = time.perf_counter()
-        futures = {
-            dask.submit(encode_shard_task, index_url, shard, id_start, storage_options, pure=False): id_start
-            for shard, id_start in todo
+        if manifest is not None:
+            shard_size, partition_size = manifest.shard_size, manifest.partition_size
+        else:
+            shard_size = settings.shard_size
+            n_parts = settings.partitions or max(1, len(dask.nthreads()))
+            partition_size = shard_size * max(1, math.ceil(report.n_images / n_parts / shard_size))
+        version = (manifest.version if manifest else 0) + 1
+        plan = _plan_shards(source, rows, n_old, shard_size)
+        plan_doc = {
+            "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old,
+            "n_new": report.n_images, "shard_size": shard_size, "partition_size": partition_size,
+            "uris_sha256": hashlib.sha256("\n".join(uris[r] for r in rows).encode()).hexdigest(),
+            "shards": [[int(s.start), int(s.stop), int(i)] for s, i in plan],
         }
-        for future in track(futures, total=len(futures), desc="encode", unit="shard"):
-            summary = future.result()
-            entry = ShardEntry(**summary["entry"])
-            write_json_atomic(join_url(stage, "done", f"{entry.start:012d}.done.json"), summary, storage_options)
-            entries[entry.start] = entry
-            report.shards_done += 1
-            for err in summary["errors"]:
-                log.warning("unreadable image %s: %s", err["uri"], err["reason"])
-        report.encode_seconds = time.perf_counter() - encode_started
-
-        new_entries = [entries[k] for k in sorted(entries)]
-        report.n_errors_new = sum(e.n_errors for e in new_entries)
+        stage = join_url(index_url, staging_dir(version))
+        done = _staging_plan(index_url, version, plan_doc, storage_options)
+        _prepare_codes(index_url, manifest is None and not done, report.n_images, card, shard_size, storage_options)
+        new_shards = _encode_phase(dask, index_url, plan, done, stage, report, storage_options)
+        report.n_errors_new = sum(e.n_errors for e in new_shards)
         if settings.strict and report.n_errors_new:
             raise CorpusError(
                 f"{report.n_errors_new} unreadable image(s) in {corpus} and --strict is set; nothing was committed. "
                 "Fix or remove them (the warnings above name them) and rerun: shards already encoded are kept."
             )
-        all_shards = (manifest.shards if manifest else ()) + tuple(new_entries)
-        if partition_size is None:
-            n_parts = settings.partitions or max(1, len(dask.nthreads()))
-            partition_size = max(shard_size, math.ceil(math.ceil(n_new / n_parts) / shard_size) * shard_size)
-        ranges = _partition_ranges(n_old, n_new, partition_size)
-        part_futures = []
-        for kind in PARTITION_KINDS:
-            for start, stop in ranges:
-                tables = [s.images for s in all_shards if s.start < stop and s.stop > start]
-                marker = f"{kind}-{start:012d}.done.json"
-                if marker in done:
-                    continue
-                part_futures.append(dask.submit(build_partition_task, index_url, kind, start, stop, tables, version, storage_options, pure=False))
-        for future in track(part_futures, total=len(part_futures), desc="buckets", unit="partition"):
-            entry = future.result()
-            write_json_atomic(join_url(stage, "done", f"{entry['kind']}-{entry['start']:012d}.done.json"), entry, storage_options)
-            report.partitions_built += 1
+        all_shards = (manifest.shards if manifest else ()) + tuple(new_shards)
+        ranges = _partition_ranges(n_old, report.n_images, partition_size)
+        fresh = _partition_phase(dask, index_url, all_shards, ranges, version, done, stage, report, storage_options)
 
-    rebuilt = {(k, s) for k in PARTITION_KINDS for s, _ in ranges}
+    rebuilt = {(p.kind, p.start) for p in fresh}
     kept = [p for p in (manifest.partitions if manifest else ()) if (p.kind, p.start) not in rebuilt]
-    fresh = [PartitionEntry(**read_json(join_url(stage, "done", f"{k}-{s:012d}.done.json"), storage_options)) for k in PARTITION_KINDS for s, _ in ranges]
     partitions = tuple(sorted(kept + fresh, key=lambda p: (p.kind, p.start)))
     source_record = {"corpus": corpus, "kind": source.kind, "n_new": len(rows), "n_errors": report.n_errors_new, "version": version, "committed": utc_now()}
     if manifest is None:
         new_manifest = Manifest(
             version=1, model={**card.identity, "path": MODEL_DIR}, bits=card.bits, grid=card.grid, code_dtype=card.code_dtype.name,
-            shard_size=shard_size, partition_size=partition_size, n_images=n_new, shards=all_shards, partitions=partitions,
-            sources=(source_record,), created=utc_now(), parent=None,
+            shard_size=shard_size, partition_size=partition_size, n_images=report.n_images, shards=all_shards,
+            partitions=partitions, sources=(source_record,), created=utc_now(), parent=None,
         )
     else:
-        new_manifest = manifest.next(n_images=n_new, shards=all_shards, partitions=partitions, sources=manifest.sources + (source_record,))
+        new_manifest = manifest.next(n_images=report.n_images, shards=all_shards, partitions=partitions, sources=manifest.sources + (source_record,))
     commit_manifest(index_url, new_manifest, storage_options)
     _cleanup_staging(index_url, version, storage_options)
     report.version = new_manifest.version
@@ -391,6 +345,65 @@ def index(
         report.version, index_url, report.n_new, report.n_errors_new, report.seconds, report.images_per_second,
     )
     return report
+
+
+def _prepare_codes(index_url: str, create: bool, n_images: int, card, shard_size: int, storage_options) -> None:
+    """Create the codes array, or grow it to ``n_images`` rows (old rows are never touched)."""
+    from storage.arrays import create_codes_array, open_array
+
+    url = join_url(index_url, CODES)
+    if create:
+        create_codes_array(url, n_images, card.grid, card.code_dtype, shard_size, storage_options)
+        return
+    codes = open_array(url, storage_options, mode="r+")
+    if codes.shape[0] != n_images:
+        codes.resize((n_images, *card.grid))
+
+
+def _encode_phase(dask, index_url: str, plan, done: set[str], stage: str, report: IndexReport, storage_options) -> list[ShardEntry]:
+    """Run the encode tasks of shards without a done-marker; entries of every planned shard."""
+    entries: dict[int, ShardEntry] = {}
+    todo = []
+    for shard, id_start in plan:
+        marker = f"{id_start:012d}.done.json"
+        if marker in done:
+            entries[id_start] = ShardEntry(**read_json(join_url(stage, "done", marker), storage_options)["entry"])
+        else:
+            todo.append((shard, id_start))
+    report.shards_skipped = len(entries)
+    if entries:
+        log.info("resuming: %d of %d shards already done, skipped", len(entries), len(plan))
+    started = time.perf_counter()
+    futures = [dask.submit(encode_shard_task, index_url, shard, id_start, storage_options, pure=False) for shard, id_start in todo]
+    for future in track(futures, total=len(futures), desc="encode", unit="shard"):
+        summary = future.result()
+        entry = ShardEntry(**summary["entry"])
+        write_json_atomic(join_url(stage, "done", f"{entry.start:012d}.done.json"), summary, storage_options)
+        entries[entry.start] = entry
+        report.shards_done += 1
+        for err in summary["errors"]:
+            log.warning("unreadable image %s: %s", err["uri"], err["reason"])
+    report.encode_seconds = time.perf_counter() - started
+    return [entries[k] for k in sorted(entries)]
+
+
+def _partition_phase(dask, index_url: str, shards, ranges, version: int, done: set[str], stage: str, report: IndexReport, storage_options) -> list[PartitionEntry]:
+    """Build (or take from done-markers) both bucket maps of every partition range."""
+    futures = []
+    for kind in PARTITION_KINDS:
+        for start, stop in ranges:
+            if f"{kind}-{start:012d}.done.json" in done:
+                continue
+            tables = [s.images for s in shards if s.start < stop and s.stop > start]
+            futures.append(dask.submit(build_partition_task, index_url, kind, start, stop, tables, version, storage_options, pure=False))
+    for future in track(futures, total=len(futures), desc="buckets", unit="partition"):
+        entry = future.result()
+        write_json_atomic(join_url(stage, "done", f"{entry['kind']}-{entry['start']:012d}.done.json"), entry, storage_options)
+        report.partitions_built += 1
+    return [
+        PartitionEntry(**read_json(join_url(stage, "done", f"{kind}-{start:012d}.done.json"), storage_options))
+        for kind in PARTITION_KINDS for start, _ in ranges
+    ]
 
 
 def _cleanup_staging(index_url: str, version: int, storage_options) -> None:
