@@ -12,7 +12,10 @@ Two ways to find the keys within distance ``t`` of a query code:
 
 * :func:`scan_within` tests every key (cost ~ number of keys);
 * :func:`enumerate_within` probes the Hamming ball of radius ``t`` around the query in the
-  sorted keys (cost ~ :func:`ball_size` x log2 of the number of keys).
+  sorted keys (cost ~ :func:`ball_size` x log2 of the number of keys);
+* :func:`mih_within` probes multi-index hashing tables (:func:`mih_build`): per substring
+  of the code, the small ball of radius ``t // m`` around the query's substring, then
+  verifies the keys found there (cost ~ probes + keys sharing a probed substring).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "mih_cost",
     "mih_build",
     "mih_within",
+    "prefetch",
 ]
 
 # Keys are tested in blocks of this many: first a pass that only asks whether the block
@@ -61,12 +65,14 @@ def _ctpop(typingctx, x):
 def prefetch(typingctx, arr, index):
     """Hint the CPU to load ``arr[index]`` into cache (``llvm.prefetch``; no bounds check,
     no effect on results). For kernels whose next memory reads are known but random."""
-    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(index, types.Integer):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and isinstance(index, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        address = builder.bitcast(builder.gep(array.data, [args[1]]), ir.IntType(8).as_pointer())
+        element = builder.gep(array.data, [args[1]])
+        address = builder.bitcast(element, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
@@ -338,6 +344,16 @@ def mih_cost(bits: int, t: int, n_substrings: int, n_keys: int) -> tuple[float, 
     return probes, candidates
 
 
+@njit(nogil=True, cache=True)
+def _substring_mask(keys, width, shift):
+    """Mask of bits ``[shift, shift + width)``, in the dtype of ``keys``."""
+    if width >= 64:
+        mask = ~np.uint64(0)
+    else:
+        mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+    return keys.dtype.type(mask << np.uint64(shift))
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _mih_bucket(sub, width, table_bits):
     """Table bucket of substring value ``sub``: the value itself, or its hash."""
@@ -367,7 +383,7 @@ def mih_build(keys, shifts, widths, table_bits):
         width = widths[s]
         tb = table_bits[s]
         shift = keys.dtype.type(shifts[s])
-        mask = (keys.dtype.type(1) << keys.dtype.type(width)) - keys.dtype.type(1) if width < 8 * keys.itemsize else ~keys.dtype.type(0)
+        mask = _substring_mask(keys, width, 0)
         counts = starts[s]
         for j in range(n):
             b = _mih_bucket((keys[j] >> shift) & mask, width, tb)
@@ -420,13 +436,9 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
     m = shifts.size
     radius = t // m
     pos = np.empty(max(radius, 1), np.int64)
-    full = ~dtype.type(0)
     masks = np.empty(m, dtype)  # substring s in place (not shifted down)
     for s in range(m):
-        if widths[s] < 8 * table_keys.itemsize:
-            masks[s] = ((dtype.type(1) << dtype.type(widths[s])) - dtype.type(1)) << dtype.type(shifts[s])
-        else:
-            masks[s] = full
+        masks[s] = _substring_mask(table_keys, widths[s], shifts[s])
     n = 0
     for s in range(m):
         width = widths[s]
@@ -434,6 +446,10 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
         shift = dtype.type(shifts[s])
         q_sub = (q & masks[s]) >> shift
         hashed = tb < width
+        # Rows of the tables, indexed unsigned: no negative-index wraparound code.
+        s_keys = table_keys[s]
+        s_order = order[s]
+        s_starts = starts[s]
         for r in range(min(radius, width) + 1):
             for i in range(r):
                 pos[i] = i
@@ -441,9 +457,9 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
                 probe = q_sub
                 for i in range(r):
                     probe ^= dtype.type(1) << dtype.type(pos[i])
-                b = _mih_bucket(probe, width, tb)
-                for j in range(starts[s, b], starts[s, b + 1]):
-                    key = table_keys[s, j]
+                b = np.uint64(_mih_bucket(probe, width, tb))
+                for j in range(np.uint64(s_starts[b]), np.uint64(s_starts[b + np.uint64(1)])):
+                    key = s_keys[j]
                     x = key ^ q
                     d = np.int64(_ctpop(x))
                     if d > t:
@@ -457,7 +473,7 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
                             first = False
                             break
                     if first:
-                        out_idx[n] = order[s, j]
+                        out_idx[n] = s_order[j]
                         out_dist[n] = d
                         n += 1
                 if not _next_combination(pos, r, width):

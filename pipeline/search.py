@@ -38,13 +38,14 @@ from .hamming import (
 )
 
 __all__ = ["SCORE_DTYPE", "TopK", "SearchIndex", "prepare_index", "seed_search", "merge_topk",
-           "choose_method"]
+           "choose_method", "mih_substrings"]
 
 logger = logging.getLogger(__name__)
 
 SCORE_DTYPE = np.int64
 """Integer type in which seed scores are reported before the cast to float64 (they are
-sums of powers of two); the kernels accumulate in int32 whenever no total can overflow it."""
+sums of powers of two); the kernels accumulate in the narrowest of int16, int32 and int64
+that no total can overflow."""
 
 METHODS = ("auto", "scan", "enumerate", "mih")
 _SCAN, _ENUMERATE, _MIH = 0, 1, 2
@@ -55,28 +56,34 @@ _SCAN, _ENUMERATE, _MIH = 0, 1, 2
 # enumerate in every case tried (d = 16, 32, 64; t = 2, 3; 10k-4M keys).
 _PROBE_STEP_COST = 10.0
 # A multi-index probe reads a bucket start and the bucket: one or two cache misses on a
-# large table (~40 ns). Real codes cluster, so a probe finds several times the candidates
-# that uniform keys would give (x7 on Fashion-MNIST codes); each costs ~1.5 ns to verify.
+# large table (~40 ns). Candidates are estimated for uniformly spread keys; real codes
+# cluster, so a probe finds several times more (x7 on Fashion-MNIST codes), at ~1.5 ns
+# each. With these values the model picked the fastest method, or one within 25% of it,
+# for 300 to 429k Fashion-MNIST keys (t = 2, 3; same machine).
 _MIH_PROBE_COST = 100.0
 _MIH_CANDIDATE_COST = 25.0
 
-# Scoring (see _score_queries): a query whose codes hit at least n_range / _DENSE_DIV
-# (key, image) pairs keeps its totals dense over the id range (no list of touched images;
-# the top-k is one pass over the range). Within such a query, a code with at least
-# n_range / _HEAVY_DIV hits is first reduced to its per-image best weight in a dense array,
-# with no per-hit branch, then added to the totals in one vectorised pass.
+# Scoring (see _score_queries): once a query's codes have hit n_range / _DENSE_DIV (key,
+# image) pairs, it stops listing the images it touches and ranks by one pass over the id
+# range. A code with at least n_range / _HEAVY_DIV hits (on Fashion-MNIST, half of a
+# query's codes, with ~97% of its hits) is first reduced to its per-image best weight in a
+# dense array, with no per-hit branch, then added to the totals in one vectorised pass.
+# Results hardly depend on the two values (+-5% for divisors 2-8 and 4-64).
 _DENSE_DIV = 4
-_HEAVY_DIV = 8
+_HEAVY_DIV = 16
 # Buckets of most matching keys are small and scattered: the hit loops prefetch the bucket
 # of the match this many matches ahead (-30% time on the Fashion-MNIST light codes).
 _PREFETCH_AHEAD = 8
 # The dense top-k skips chunks of this many images whose best total cannot enter the top-k.
 _TOPK_CHUNK = 64
-# A heavy code used by several (dense) queries of a block has its per-image best weights
-# computed once and kept for the block, most-saving codes first, within this many bytes.
-# On Fashion-MNIST codes the ~200 most shared codes of a 500-query block (6 MB) cut the
-# (key, image) visits per query by 6x.
+# A heavy code used by several queries of a block has its per-image best weights computed
+# once and kept for the block, most-saving codes first, within this many bytes (one byte
+# per image of the range while t < 8). On Fashion-MNIST the ~200 most shared codes of a
+# 500-query block (6 MB) cut the (key, image) visits per query by 6x.
 _SHARED_BYTES = 16 << 20
+# Matches of codes that several queries of a block use are found once and kept, most-used
+# codes first, within this many bytes (5 per match); other codes are matched per query.
+_SHARED_MATCHES_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,7 +197,9 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
     if bmap.positional:
         raise ValueError("prepare_index needs a position-free bucket map")
     if not 8 <= bits <= 64 or bits > 8 * keys.dtype.itemsize:
-        raise ValueError(f"bits must be in 8..64 and fit the map's {keys.dtype} keys, got {bits}")
+        raise ValueError(
+            f"bits must be in 8..64 and fit the map's {keys.dtype} keys, got {bits}"
+        )
     if keys.size >= 2**31:
         raise ValueError(f"multi-index hashing needs fewer than 2**31 keys, got {keys.size}")
     m = (mih_substrings(keys.size, bits, threshold) if n_substrings is None
@@ -275,11 +284,13 @@ def seed_search(
 
     Notes
     -----
-    The distinct codes of the whole block are matched against the keys once (a code shared
-    by several queries is searched once); then each query visits one (matching key, image)
-    pair per hit of each of its distinct codes. Scratch memory: 16 bytes per id of
-    ``id_range``, 5 bytes per (distinct block code, matching key), and the scan's buffers
-    (16 bytes per key).
+    A code that several queries of the block use is matched against the keys once; and if
+    it hits many images, its per-image best weights are computed once too (see
+    ``_SHARED_BYTES``, ``_SHARED_MATCHES_BYTES``). Otherwise each query visits one
+    (matching key, image) pair per hit of each of its distinct codes. Scratch memory: up
+    to 80 MiB for the block-level sharing, 11 to 17 bytes per id of ``id_range``, 21
+    bytes per key, and the multi-index tables (cached on the map; see
+    :class:`SearchIndex`).
     """
     threshold, bits, k = (operator.index(v) for v in (threshold, bits, k))
     queries = _check_queries(query_codes, bmap, bits)
@@ -308,26 +319,38 @@ def seed_search(
     n_candidates = np.zeros(n_queries, np.int64)
     if n_queries == 0 or queries.shape[1] == 0:
         return TopK(ids, scores.astype(np.float64), n_candidates)
-    # The block's distinct codes, searched once each; each query row as indices into
-    # them, sorted so that a repeated code is one run (scored once, with its multiplicity).
+    # The block's distinct codes; each query row as indices into them, sorted so that a
+    # repeated code is one run (scored once, with its multiplicity).
     codes, inverse = np.unique(queries, return_inverse=True)
     code_of = np.sort(inverse.reshape(queries.shape).astype(np.int32), axis=1)
     method_code = {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}[method]
-    match_starts, match_keys, match_dists, code_hits = _block_matches(
-        codes, keys, bmap.offsets, bits, threshold, method_code, *tables)
-    # Totals of a query are at most G' * 2**t: int32 accumulators whenever that fits; a
-    # code's best weight is at most 2**t: one byte while that fits.
+    uses = _code_uses(code_of, codes.size)
+    # Codes shared by several queries are matched once for the block (5 bytes a match).
+    match_lo, match_hi, code_hits, match_keys, match_dists = _shared_matches(
+        codes, uses, keys, bmap.offsets, bits, threshold, method_code, tables,
+        _SHARED_MATCHES_BYTES // 5)
+    # Totals of a query are at most G' * 2**t: the narrowest integer accumulators that
+    # hold that; a code's best weight is at most 2**t: one byte while that fits.
     n_range = stop - start
     max_total = queries.shape[1] << threshold
     acc_dtype = np.int16 if max_total < 2**15 else np.int32 if max_total < 2**31 else np.int64
     best_dtype = np.uint8 if threshold < 8 else acc_dtype
-    max_shared = _SHARED_BYTES // max(1, n_range * np.dtype(best_dtype).itemsize)
-    slot_of, n_shared = _plan_shared(code_of, code_hits, n_range, max_shared)
-    _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, bmap.offsets,
-                   bmap.ids, start, threshold, np.zeros(n_range, acc_dtype),
-                   np.zeros(n_range, best_dtype), slot_of,
-                   np.zeros((n_shared, n_range), best_dtype), ids, scores, n_candidates)
+    dense_hits, heavy_hits = _scoring_thresholds(n_range)
+    row_bytes = n_range * np.dtype(best_dtype).itemsize
+    max_shared = _SHARED_BYTES // row_bytes if row_bytes else 0
+    slot_of, n_shared = _plan_shared(uses, code_hits, heavy_hits, max_shared)
+    _score_queries(code_of, codes, keys, bmap.offsets, bmap.ids, bits, threshold, method_code,
+                   tables, match_lo, match_hi, code_hits, match_keys, match_dists, start,
+                   np.zeros(n_range, acc_dtype), np.zeros(n_range, best_dtype), dense_hits,
+                   heavy_hits, slot_of, np.zeros((n_shared, n_range), best_dtype), ids, scores,
+                   n_candidates)
     return TopK(ids, scores.astype(np.float64), n_candidates)
+
+
+def _scoring_thresholds(n_range: int) -> tuple[int, int]:
+    """``(dense_hits, heavy_hits)`` for an id range of ``n_range`` images (see
+    :func:`_score_queries`); the tests replace it to force each scoring path."""
+    return max(1, n_range // _DENSE_DIV), max(1, n_range // _HEAVY_DIV)
 
 
 _NO_TABLES: dict = {}
@@ -390,55 +413,93 @@ def _check_id_range(bmap: BucketMap, id_range) -> tuple[int, int]:
 
 
 @njit(nogil=True, cache=True)
-def _block_matches(codes, keys, offsets, bits, t, method, shifts, widths, table_bits, order,
-                   table_keys, starts):
-    """Keys within distance ``t`` of each of the block's distinct ``codes``.
+def _find_sorted(code, keys, offsets, bits, t, method, tables, found_idx, found_dist,
+                 per_dist, out_keys, out_dists, pos):
+    """Find the keys within ``t`` of ``code`` and write them to ``out_*[pos:]`` by
+    non-decreasing distance (scoring relies on it).
 
-    Returns ``match_starts`` (int64 [n+1]), ``match_keys`` (int32) and ``match_dists``
-    (int8): code ``c``'s matching key positions and distances are
-    ``match_*[match_starts[c]:match_starts[c + 1]]``, by non-decreasing distance; and
-    ``code_hits`` (int64 [n]): the number of (key, image) pairs of code ``c``'s matches.
+    ``tables`` are the multi-index tables (used by ``method == _MIH`` only);
+    ``found_*`` and ``per_dist`` are scratch. Returns the number of matches and their
+    number of (key, image) pairs.
+    """
+    if method == _SCAN:
+        n_found = scan_within(code, keys, t, found_idx, found_dist)
+    elif method == _ENUMERATE:
+        n_found = enumerate_within(code, keys, bits, t, found_idx, found_dist)
+    else:
+        n_found = mih_within(code, t, tables[0], tables[1], tables[2], tables[3], tables[4],
+                             tables[5], found_idx, found_dist)
+    # Counting sort by distance, stable in the finder's order.
+    per_dist[:] = 0
+    hits = 0
+    for j in range(n_found):
+        per_dist[found_dist[j] + 1] += 1
+        key = found_idx[j]
+        hits += offsets[key + 1] - offsets[key]
+    for d in range(t + 1):
+        per_dist[d + 1] += per_dist[d]
+    for j in range(n_found):
+        at = pos + per_dist[found_dist[j]]
+        per_dist[found_dist[j]] += 1
+        out_keys[at] = found_idx[j]
+        out_dists[at] = found_dist[j]
+    return n_found, hits
+
+
+@njit(nogil=True, cache=True)
+def _code_uses(code_of, n_codes):
+    """Number of queries using each of the block's distinct codes."""
+    uses = np.zeros(n_codes, np.int64)
+    for qi in range(code_of.shape[0]):
+        row = code_of[qi]
+        for j in range(row.size):
+            if j == 0 or row[j] != row[j - 1]:
+                uses[row[j]] += 1
+    return uses
+
+
+@njit(nogil=True, cache=True)
+def _shared_matches(codes, uses, keys, offsets, bits, t, method, tables, max_matches):
+    """Matches of the codes that several queries of the block use, found once.
+
+    Most-used codes first, until ``max_matches`` matches are kept. Returns ``match_lo``,
+    ``match_hi`` (int64 per code: its matches are ``match_*[lo:hi]``; -1 if not kept),
+    ``code_hits`` (int64 per code: (key, image) pairs of its matches; -1 if not kept),
+    ``match_keys`` (int32 key positions) and ``match_dists`` (int8), by non-decreasing
+    distance within a code.
     """
     n_codes = codes.size
-    match_starts = np.zeros(n_codes + 1, np.int64)
-    code_hits = np.zeros(n_codes, np.int64)
-    capacity = max(1024, 64 * n_codes)
+    match_lo = np.full(n_codes, -1, np.int64)
+    match_hi = np.full(n_codes, -1, np.int64)
+    code_hits = np.full(n_codes, -1, np.int64)
+    capacity = 1024
     match_keys = np.empty(capacity, np.int32)
     match_dists = np.empty(capacity, np.int8)
-    found_idx = np.empty(keys.size + 1, np.int64)
-    found_dist = np.empty(keys.size + 1, np.int64)
+    found_idx = np.empty(keys.size, np.int64)
+    found_dist = np.empty(keys.size, np.int64)
+    sorted_keys = np.empty(keys.size, np.int32)
+    sorted_dists = np.empty(keys.size, np.int8)
     per_dist = np.zeros(t + 2, np.int64)
     n = 0
-    for c in range(n_codes):
-        if method == _SCAN:
-            n_found = scan_within(codes[c], keys, t, found_idx, found_dist)
-        elif method == _ENUMERATE:
-            n_found = enumerate_within(codes[c], keys, bits, t, found_idx, found_dist)
-        else:
-            n_found = mih_within(codes[c], t, shifts, widths, table_bits, order, table_keys,
-                                 starts, found_idx, found_dist)
+    for c in np.argsort(-uses, kind="mergesort"):
+        if uses[c] < 2:
+            break
+        n_found, hits = _find_sorted(codes[c], keys, offsets, bits, t, method, tables,
+                                     found_idx, found_dist, per_dist, sorted_keys,
+                                     sorted_dists, 0)
+        if n + n_found > max_matches:
+            break
         if n + n_found > capacity:
-            capacity = max(2 * capacity, n + n_found)
+            capacity = min(max(2 * capacity, n + n_found), max(max_matches, n + n_found))
             match_keys = _grow(match_keys, n, capacity)
             match_dists = _grow(match_dists, n, capacity)
-        # Counting sort by distance (scoring relies on it), stable in key order.
-        per_dist[:] = 0
-        hits = 0
-        for j in range(n_found):
-            per_dist[found_dist[j] + 1] += 1
-            key = found_idx[j]
-            hits += offsets[key + 1] - offsets[key]
-        for d in range(t + 1):
-            per_dist[d + 1] += per_dist[d]
-        for j in range(n_found):
-            pos = n + per_dist[found_dist[j]]
-            per_dist[found_dist[j]] += 1
-            match_keys[pos] = found_idx[j]
-            match_dists[pos] = found_dist[j]
-        n += n_found
-        match_starts[c + 1] = n
+        match_keys[n:n + n_found] = sorted_keys[:n_found]
+        match_dists[n:n + n_found] = sorted_dists[:n_found]
+        match_lo[c] = n
+        match_hi[c] = n + n_found
         code_hits[c] = hits
-    return match_starts, match_keys[:n], match_dists[:n], code_hits
+        n += n_found
+    return match_lo, match_hi, code_hits, match_keys[:n], match_dists[:n]
 
 
 @njit(nogil=True, cache=True)
@@ -449,38 +510,18 @@ def _grow(arr, n, capacity):
 
 
 @njit(nogil=True, cache=True)
-def _query_is_dense(row, code_hits, n_range):
-    """Whether a query (a sorted row of code indices) hits enough (key, image) pairs to
-    be scored densely over the id range."""
-    hits = 0
-    for j in range(row.size):
-        if j == 0 or row[j] != row[j - 1]:
-            hits += code_hits[row[j]]
-    return hits >= n_range // _DENSE_DIV
-
-
-@njit(nogil=True, cache=True)
-def _plan_shared(code_of, code_hits, n_range, max_shared):
-    """Which heavy codes keep their best weights for the whole block.
+def _plan_shared(uses, code_hits, heavy_hits, max_shared):
+    """Which heavy codes keep their per-image best weights for the whole block.
 
     Returns ``slot_of`` (int32 per distinct code: its row of the shared array, or -1) and
-    the number of rows. A code qualifies when several dense queries use it; the
-    ``max_shared`` that save the most (key, image) visits are kept.
+    the number of rows: the ``max_shared`` codes, among those with known hits
+    (``code_hits >= 0``) that are heavy and used by several queries, that save the most
+    (key, image) visits.
     """
-    n_codes = code_hits.size
-    uses = np.zeros(n_codes, np.int64)
-    heavy_hits = max(1, n_range // _HEAVY_DIV)
-    for qi in range(code_of.shape[0]):
-        row = code_of[qi]
-        if not _query_is_dense(row, code_hits, n_range):
-            continue
-        for j in range(row.size):
-            c = row[j]
-            if (j == 0 or c != row[j - 1]) and code_hits[c] >= heavy_hits:
-                uses[c] += 1
+    n_codes = uses.size
     saving = np.zeros(n_codes, np.int64)
     for c in range(n_codes):
-        if uses[c] >= 2:
+        if uses[c] >= 2 and code_hits[c] >= heavy_hits:
             saving[c] = (uses[c] - 1) * code_hits[c]
     slot_of = np.full(n_codes, -1, np.int32)
     n_shared = 0
@@ -493,20 +534,23 @@ def _plan_shared(code_of, code_hits, n_range, max_shared):
 
 
 @njit(nogil=True, cache=True)
-def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, offsets,
-                   bucket_ids, start, t, totals, best, slot_of, shared, out_ids, out_scores,
+def _score_queries(code_of, codes, keys, offsets, bucket_ids, bits, t, method, tables,
+                   match_lo, match_hi, code_hits, match_keys, match_dists, start, totals, best,
+                   dense_hits, heavy_hits, slot_of, shared, out_ids, out_scores,
                    out_candidates):
     """Seed scores of every query, reduced to each query's top-k (written to ``out_*``).
 
     Row ``q`` of ``code_of`` holds query ``q``'s codes as ascending indices into the
-    block's distinct codes (whose matches come from :func:`_block_matches`); a code
-    repeated r times is scored once, with weight r. ``totals`` (accumulator dtype) and
-    ``best`` (best-weight dtype) are zeroed scratch over the id range; ``shared`` holds a
-    row of best weights for each code given a slot by :func:`_plan_shared`.
+    block's distinct ``codes``; a code repeated r times is scored once, with weight r. A
+    code's matches come from the block's shared matches (:func:`_shared_matches`) or are
+    found here. ``totals`` (accumulator dtype) and ``best`` (best-weight dtype) are zeroed
+    scratch over the id range; ``shared`` holds a row of best weights for each code given
+    a slot by :func:`_plan_shared`, filled on first use.
 
-    A query with few hits keeps a list of the images it touched (so that resetting and
-    ranking cost the hits, not the range); one with many scores densely over the range,
-    its heavy codes through per-image best weights (kept for the block if shared).
+    A query keeps a list of the images it touches (so that resetting and ranking cost the
+    hits, not the range) until its hits reach a fraction of the range, or it meets a heavy
+    code; from then on it scores densely over the range, its heavy codes through per-image
+    best weights added in one vectorised pass.
     """
     n_range = totals.size
     weights = np.empty(t + 1, totals.dtype)
@@ -518,11 +562,16 @@ def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, of
     stamp = np.zeros(n_range, np.int32)
     touched = np.empty(n_range, np.int32)
     built = np.zeros(shared.shape[0], np.bool_)
+    found_idx = np.empty(keys.size, np.int64)
+    found_dist = np.empty(keys.size, np.int64)
+    own_keys = np.empty(keys.size, np.int32)
+    own_dists = np.empty(keys.size, np.int8)
+    per_dist = np.zeros(t + 2, np.int64)
     current = 0
-    heavy_hits = max(1, n_range // _HEAVY_DIV)
     for qi in range(code_of.shape[0]):
         row = code_of[qi]
-        dense = _query_is_dense(row, code_hits, n_range)
+        dense = False
+        query_hits = 0
         n_touched = 0
         j = 0
         while j < row.size:
@@ -531,18 +580,33 @@ def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, of
             while j + run < row.size and row[j + run] == c:
                 run += 1
             j += run
-            lo = match_starts[c]
-            hi = match_starts[c + 1]
-            if dense and code_hits[c] >= heavy_hits:
+            if match_lo[c] >= 0:
+                src_keys = match_keys
+                src_dists = match_dists
+                lo = match_lo[c]
+                hi = match_hi[c]
+                hits = code_hits[c]
+            else:
+                src_keys = own_keys
+                src_dists = own_dists
+                lo = 0
+                hi, hits = _find_sorted(codes[c], keys, offsets, bits, t, method, tables,
+                                        found_idx, found_dist, per_dist, own_keys,
+                                        own_dists, 0)
+            query_hits += hits
+            heavy = hits >= heavy_hits
+            # The touched list is abandoned once dense: the top-k then scans the range.
+            dense = dense or heavy or query_hits >= dense_hits
+            if heavy:
                 slot = slot_of[c]
                 if slot >= 0:
                     if not built[slot]:
-                        _best_weights(match_keys, match_dists, lo, hi, best_weights, offsets,
+                        _best_weights(src_keys, src_dists, lo, hi, best_weights, offsets,
                                       bucket_ids, start, shared[slot])
                         built[slot] = True
                     _add_best(totals, shared[slot], run, False)
                 else:
-                    _best_weights(match_keys, match_dists, lo, hi, best_weights, offsets,
+                    _best_weights(src_keys, src_dists, lo, hi, best_weights, offsets,
                                   bucket_ids, start, best)
                     _add_best(totals, best, run, True)
             else:
@@ -551,12 +615,12 @@ def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, of
                     current = 0
                 current += 1
                 if dense:
-                    _add_code_dense(match_keys, match_dists, lo, hi, run, weights, offsets,
+                    _add_code_dense(src_keys, src_dists, lo, hi, run, weights, offsets,
                                     bucket_ids, start, totals, stamp, current)
                 else:
-                    n_touched = _add_code_sparse(match_keys, match_dists, lo, hi, run,
-                                                 weights, offsets, bucket_ids, start, totals,
-                                                 stamp, current, touched, n_touched)
+                    n_touched = _add_code_sparse(src_keys, src_dists, lo, hi, run, weights,
+                                                 offsets, bucket_ids, start, totals, stamp,
+                                                 current, touched, n_touched)
         if dense:
             out_candidates[qi] = _select_topk_dense(totals, start, out_ids[qi], out_scores[qi])
             totals[:] = 0
@@ -571,7 +635,7 @@ def _score_queries(code_of, match_starts, match_keys, match_dists, code_hits, of
 def _add_best(totals, best, multiplicity, clear):
     """``totals += multiplicity * best`` (then ``best[:] = 0`` if ``clear``)."""
     m = totals.dtype.type(multiplicity)
-    for i in range(totals.size):
+    for i in range(np.uint64(totals.size)):
         totals[i] += m * totals.dtype.type(best[i])
     if clear:
         best[:] = 0
@@ -588,8 +652,9 @@ def _best_weights(match_keys, match_dists, lo, hi, weights, offsets, bucket_ids,
             prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
         key = match_keys[m]
         w = weights[match_dists[m]]
-        for p in range(offsets[key], offsets[key + 1]):
-            i = bucket_ids[p] - start
+        # Unsigned indices: numba then skips its negative-index wraparound (-30% time).
+        for p in range(np.uint64(offsets[key]), np.uint64(offsets[key + 1])):
+            i = np.uint64(bucket_ids[p] - start)
             best[i] = max(best[i], w)
 
 
@@ -606,8 +671,8 @@ def _add_code_dense(match_keys, match_dists, lo, hi, multiplicity, weights, offs
             prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
         key = match_keys[m]
         w = multiplicity * weights[match_dists[m]]
-        for p in range(offsets[key], offsets[key + 1]):
-            i = bucket_ids[p] - start
+        for p in range(np.uint64(offsets[key]), np.uint64(offsets[key + 1])):
+            i = np.uint64(bucket_ids[p] - start)
             if stamp[i] != current:
                 stamp[i] = current
                 totals[i] += w
@@ -623,8 +688,8 @@ def _add_code_sparse(match_keys, match_dists, lo, hi, multiplicity, weights, off
             prefetch(bucket_ids, offsets[match_keys[m + _PREFETCH_AHEAD]])
         key = match_keys[m]
         w = multiplicity * weights[match_dists[m]]
-        for p in range(offsets[key], offsets[key + 1]):
-            i = bucket_ids[p] - start
+        for p in range(np.uint64(offsets[key]), np.uint64(offsets[key + 1])):
+            i = np.uint64(bucket_ids[p] - start)
             if stamp[i] != current:
                 stamp[i] = current
                 if totals[i] == 0:

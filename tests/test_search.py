@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import platform
+import weakref
 
 import numba
 import numpy as np
@@ -12,11 +15,41 @@ from hypothesis import strategies as st
 from reference import hamming, reference_seed_search
 
 from pipeline import hamming as hm
+from pipeline import search
 from pipeline.buckets import build_bucket_map
-from pipeline.search import TopK, choose_method, merge_topk, seed_search
+from pipeline.search import TopK, choose_method, merge_topk, prepare_index, seed_search
 
-METHODS = ("scan", "enumerate", "auto")
+METHODS = ("scan", "enumerate", "mih", "auto")
 PARTITIONS = (1, 2, 3, 7)
+
+# Settings of seed_search's internal thresholds and budgets (read on each call) that force
+# each of its scoring paths: a list of touched images or dense totals, per-hit stamps or
+# per-image best weights ("heavy" codes), best weights and matches kept for the block or
+# not, and a query switching from one to the other part way.
+NEVER = 2**62
+TUNINGS = {
+    "default": {},
+    "sparse only": dict(_scoring_thresholds=lambda n: (NEVER, NEVER)),
+    "dense, light codes": dict(_scoring_thresholds=lambda n: (1, NEVER)),
+    "dense, heavy codes": dict(_scoring_thresholds=lambda n: (1, 1)),
+    "heavy, nothing shared": dict(_scoring_thresholds=lambda n: (1, 1), _SHARED_BYTES=0,
+                                  _SHARED_MATCHES_BYTES=0),
+    "switch part way": dict(_scoring_thresholds=lambda n: (4, 3)),
+    "small budgets": dict(_scoring_thresholds=lambda n: (2, 2), _SHARED_BYTES=300,
+                          _SHARED_MATCHES_BYTES=60),
+}
+
+
+@contextlib.contextmanager
+def tuning(name):
+    saved = {attr: getattr(search, attr) for attr in TUNINGS[name]}
+    try:
+        for attr, value in TUNINGS[name].items():
+            setattr(search, attr, value)
+        yield
+    finally:
+        for attr, value in saved.items():
+            setattr(search, attr, value)
 
 
 def key_dtype(bits):
@@ -197,6 +230,89 @@ def test_seed_search_rejects_bad_arguments():
         seed_search(np.array([1, 2], np.uint32), bmap, 1, 8, 2)
 
 
+@pytest.mark.parametrize("tuned", sorted(TUNINGS))
+@pytest.mark.parametrize("bits, t", [(16, 1), (32, 3), (64, 2)])
+def test_scoring_paths_match_reference(tuned, bits, t):
+    rng = np.random.default_rng(bits + t)
+    # Many queries sharing codes, so that block-level sharing has something to share.
+    codes, ids, queries = make_case(rng, bits, m=60, n_queries=12, n_query_codes=7)
+    with tuning(tuned):
+        for method in ("mih", "scan"):
+            for k, n_parts in ((1, 1), (5, 3), (100, 2)):
+                result = partitioned_search(queries, codes, ids, t, bits, k, n_parts, method)
+                assert_matches_reference(result, queries, codes, ids, t, k)
+
+
+@pytest.mark.parametrize("bits, t, n_query_codes", [(16, 8, 5), (16, 12, 9), (16, 16, 9),
+                                                    (32, 28, 8)])
+def test_wide_radii_and_accumulators(bits, t, n_query_codes):
+    # Totals up to n_query_codes * 2**t: int16, int32 and int64 accumulators; best weights
+    # wider than a byte; t == bits matches every key.
+    rng = np.random.default_rng(t)
+    codes, ids, queries = make_case(rng, bits, n_query_codes=n_query_codes)
+    for tuned in ("default", "dense, heavy codes"):
+        with tuning(tuned):
+            for method in ("mih", "scan"):
+                result = partitioned_search(queries, codes, ids, t, bits, 7, 2, method)
+                assert_matches_reference(result, queries, codes, ids, t, 7)
+
+
+def test_prepare_index_is_built_once_per_map():
+    rng = np.random.default_rng(5)
+    codes, ids, queries = make_case(rng, 32)
+    bmap = build_bucket_map(codes, ids, False)
+    index = prepare_index(bmap, 32, 3)
+    assert prepare_index(bmap, 32, 3) is index
+    assert prepare_index(bmap, 32, 2, n_substrings=index.n_substrings) is index
+    one = prepare_index(bmap, 32, 3, n_substrings=1)
+    assert one is not index and one.n_substrings == 1
+    assert prepare_index(build_bucket_map(codes, ids, False), 32, 3) is not index
+    assert index.nbytes > 0
+    # Any index of the map serves any radius; "auto" takes a given index.
+    for t in (0, 3, 4):
+        for given in (index, one):
+            for method in ("auto", "mih"):
+                result = seed_search(queries, bmap, t, 32, 5, method=method, index=given)
+                assert_matches_reference(result, queries, codes, ids, t, 5)
+    # The cache does not keep maps alive.
+    alive = weakref.ref(bmap)
+    del bmap
+    gc.collect()
+    assert alive() is None
+
+
+def test_prepare_index_rejects_bad_arguments():
+    codes = np.array([[1, 2], [3, 4]], np.uint32)
+    bmap = build_bucket_map(codes, np.array([10, 11]), False)
+    with pytest.raises(ValueError, match="position-free"):
+        prepare_index(build_bucket_map(codes, np.array([10, 11]), True), 8, 1)
+    with pytest.raises(ValueError, match="bits"):
+        prepare_index(bmap, 33, 1)
+    with pytest.raises(ValueError, match="substrings"):
+        prepare_index(bmap, 8, 1, n_substrings=9)
+    other = build_bucket_map(np.array([[1, 2, 5]], np.uint32), np.array([0]), False)
+    with pytest.raises(ValueError, match="index"):
+        seed_search(codes, bmap, 1, 8, 2, method="mih", index=prepare_index(other, 8, 1))
+    with pytest.raises(ValueError, match="index"):
+        seed_search(codes, bmap, 1, 8, 2, method="mih", index=prepare_index(bmap, 16, 1))
+
+
+def test_dense_topk_selection():
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 63, 64, 65, 130, 1000):
+        for k in (1, 3, 10, 70):
+            for high in (1, 6, 1000):  # all ties, many ties, few ties
+                totals = rng.integers(0, high + 1, n) * (rng.random(n) < 0.7)
+                totals = totals.astype(np.int16)
+                out_ids = np.full(k, -1, np.int64)
+                out_scores = np.zeros(k, np.int64)
+                n_nonzero = search._select_topk_dense(totals, 100, out_ids, out_scores)
+                ranked = sorted((-int(v), i + 100) for i, v in enumerate(totals) if v)[:k]
+                assert n_nonzero == np.count_nonzero(totals)
+                assert out_ids.tolist() == [i for _, i in ranked] + [-1] * (k - len(ranked))
+                assert out_scores.tolist() == [-v for v, _ in ranked] + [0] * (k - len(ranked))
+
+
 def test_merge_topk():
     a = TopK(np.array([[4, 2, -1]]), np.array([[3.0, 1.0, 0.0]]), np.array([2]))
     b = TopK(np.array([[7, 9, 1]]), np.array([[3.0, 2.0, 1.0]]), np.array([3]))
@@ -220,10 +336,14 @@ def test_merge_topk():
 
 def test_choose_method_cost_model():
     assert choose_method(0, 32, 3) == "scan"
-    assert choose_method(20_000, 32, 3) == "scan"
-    assert choose_method(50_000_000, 32, 3) == "enumerate"
+    assert choose_method(300, 32, 3) == "scan"
+    assert choose_method(20_000, 32, 3) == "mih"
+    assert choose_method(50_000_000, 32, 3) == "mih"
     assert choose_method(1_000_000, 16, 1) == "enumerate"
-    assert choose_method(1_000_000, 64, 4) == "scan"
+    assert choose_method(1_000_000, 64, 4) == "mih"
+    # Fashion-MNIST partitions: 429k 32-bit keys, t = 3: two 16-bit substrings, radius 1.
+    assert search.mih_substrings(429_000, 32, 3) == 2
+    assert search.mih_substrings(1_000_000, 64, 3) == 4
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -236,8 +356,9 @@ def test_choose_method_cost_model():
     k=st.integers(1, 12),
     n_parts=st.sampled_from(PARTITIONS),
     method=st.sampled_from(METHODS),
+    tuned=st.sampled_from(sorted(TUNINGS)),
 )
-def test_property_matches_reference(data, bits, t, m, n_positions, k, n_parts, method):
+def test_property_matches_reference(data, bits, t, m, n_positions, k, n_parts, method, tuned):
     if method == "enumerate" and hm.ball_size(bits, t) > 50_000:
         method = "scan"
     alphabet = data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=1, max_size=6, unique=True))
@@ -252,7 +373,8 @@ def test_property_matches_reference(data, bits, t, m, n_positions, k, n_parts, m
     rows = data.draw(st.lists(st.lists(near, min_size=1, max_size=5), min_size=1, max_size=3))
     rows = [row + row[:1] * (5 - len(row)) for row in rows]
     queries = np.array(rows, dtype=np.uint64).astype(dtype)
-    result = partitioned_search(queries, codes, ids, t, bits, k, n_parts, method)
+    with tuning(tuned):
+        result = partitioned_search(queries, codes, ids, t, bits, k, n_parts, method)
     assert_matches_reference(result, queries, codes, ids, t, k)
 
 
@@ -286,6 +408,53 @@ def test_scan_and_enumerate_find_the_same_keys(bits):
             n = hm.enumerate_within(query, keys, bits, t, out_idx, out_dist)
             assert dict(zip(out_idx[:n].tolist(), out_dist[:n].tolist())) == expected
             assert np.all(np.diff(out_dist[:n]) >= 0), "enumeration yields by distance"
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_mih_finds_each_key_once(bits):
+    rng = np.random.default_rng(bits + 1)
+    pool = clustered_pool(rng, bits, n_centres=10, per_centre=40)
+    keys = np.unique(pool)
+    out_idx = np.empty(keys.size, np.int64)
+    out_dist = np.empty(keys.size, np.int64)
+    far = rng.integers(0, 2**bits - 1, 3, dtype=np.uint64).astype(keys.dtype)
+    queries = list(pool[::9]) + list(far)
+    for t in range(5):
+        expected = [{i: hamming(int(q), int(key)) for i, key in enumerate(keys)
+                     if hamming(int(q), int(key)) <= t} for q in queries]
+        for m in range(1, t + 3):  # m = t + 2: more substrings than the pigeonhole needs
+            shifts, widths = hm.mih_split(bits, m)
+            if sum(hm.ball_size(int(w), t // m) for w in widths) > 5_000:
+                continue
+            # The planned tables; tables as wide as the substrings (no hashing, up to 16
+            # bits); tiny hashed tables (many substrings per bucket).
+            for table_bits in (hm.mih_table_bits(widths, keys.size), np.minimum(widths, 16),
+                               np.minimum(widths, 2)):
+                order, table_keys, starts = hm.mih_build(keys, shifts, widths, table_bits)
+                for s in range(m):
+                    assert sorted(order[s].tolist()) == list(range(keys.size))
+                    assert np.array_equal(table_keys[s], keys[order[s]])
+                    assert np.all(np.diff(starts[s]) >= 0) and starts[s, -1] == keys.size
+                for q, want in zip(queries, expected):
+                    n = hm.mih_within(q, t, shifts, widths, table_bits, order, table_keys,
+                                      starts, out_idx, out_dist)
+                    assert sorted(out_idx[:n].tolist()) == sorted(want), (t, m, table_bits)
+                    assert dict(zip(out_idx[:n].tolist(), out_dist[:n].tolist())) == want
+
+
+def test_mih_split_and_cost():
+    for bits in (8, 13, 32, 64):
+        for m in range(1, 9):
+            shifts, widths = hm.mih_split(bits, m)
+            assert widths.sum() == bits and widths.max() - widths.min() <= 1
+            assert shifts.tolist() == np.concatenate([[0], np.cumsum(widths)[:-1]]).tolist()
+    with pytest.raises(ValueError):
+        hm.mih_split(8, 9)
+    with pytest.raises(ValueError):
+        hm.mih_split(8, 0)
+    # 429k keys, 32 bits, t = 3, two substrings: 2 x 17 probes of tables of 2**16 buckets.
+    probes, candidates = hm.mih_cost(32, 3, 2, 429_000)
+    assert probes == 34 and candidates == pytest.approx(34 * 429_000 / 2**16)
 
 
 def test_ball_size():
