@@ -164,5 +164,5 @@ def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tmp_path):
     assert lenient.returncode == 0, lenient.stderr
     assert "1 query row(s) could not be read" in lenient.stderr
     strict = subprocess.run([*base, "--out", str(tmp_path / "b.parquet"), "--strict"], capture_output=True, text=True, timeout=600)
-    assert strict.returncode == 1
+    assert strict.returncode == 1 and "--strict is set" in strict.stderr
     assert pq.read_table(tmp_path / "b.parquet").num_rows == 1 + 10  # the error row is still written

@@ -190,8 +190,6 @@ def query(
     )
     if result.n_failed:
         typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
-        if strict:
-            raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

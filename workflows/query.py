@@ -41,7 +41,8 @@ class QuerySettings:
     """Options of a query job, validated up front.
 
     ``mode="seed"`` is seed 000's scoring rule exactly; ``"default"`` is the best mode
-    patchhash has (today the same rule).
+    patchhash has (today the same rule). ``strict`` makes any unreadable query row an error
+    (raised after the results file, error rows included, is written).
     """
 
     k: int = 10
@@ -275,6 +276,11 @@ def query(
         log.warning("query %d (%s) could not be read: %s", err["query_id"], err["uri"], err["reason"])
     if result.n_failed == result.n_queries:
         raise CorpusError(f"{queries}: none of the {result.n_queries} queries could be read (see the errors above); nothing to answer")
+    if settings.strict and result.n_failed:
+        raise CorpusError(
+            f"{queries}: {result.n_failed} query row(s) could not be read and --strict is set "
+            f"(the results, with an error row for each, are in {out})"
+        )
     log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
              answered, result.seconds, result.ms_per_query, result.rows, out, result.n_failed, result.n_without_hits)
     if report is not None:
