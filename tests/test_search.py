@@ -270,9 +270,9 @@ def test_prepare_index_is_built_once_per_map():
     assert index.nbytes > 0
     # Any index of the map serves any radius; "auto" takes a given index.
     for t in (0, 3, 4):
-        for given in (index, one):
+        for prepared in (index, one):
             for method in ("auto", "mih"):
-                result = seed_search(queries, bmap, t, 32, 5, method=method, index=given)
+                result = seed_search(queries, bmap, t, 32, 5, method=method, index=prepared)
                 assert_matches_reference(result, queries, codes, ids, t, 5)
     # The cache does not keep maps alive.
     alive = weakref.ref(bmap)

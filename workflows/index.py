@@ -31,7 +31,7 @@ from storage import (
     url_to_fs,
 )
 from storage.atomic import read_json, write_json_atomic
-from storage.layout import CODES, MODEL_DIR, partition_path, resolve, shard_table_path, staging_dir
+from storage.layout import CODES, MODEL_DIR, partition_path, shard_table_path, staging_dir
 from storage.manifest import Manifest, PartitionEntry, ShardEntry, commit_manifest, read_manifest, utc_now
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.progress import track
