@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from storage import CorpusError, read_labels
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.index import index
 from workflows.query import QuerySettings, query
 
-__all__ = ["FASHION_MNIST_DIR", "CLASS_NAMES", "DemoReport", "demo", "result_matrix"]
+__all__ = ["FASHION_MNIST_DIR", "CLASS_NAMES", "DemoReport", "demo"]
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +50,6 @@ def _fmnist(name: str) -> str:
     return path
 
 
-def result_matrix(results: str, n_queries: int, k: int) -> np.ndarray:
-    """``[n_queries, k]`` image ids from a results file (``-1`` where a query has fewer hits)."""
-    table = pq.read_table(results, columns=["query_id", "rank", "image_id", "error"]).to_pydict()
-    ids = np.full((n_queries, k), -1, np.int64)
-    for q, r, i, err in zip(table["query_id"], table["rank"], table["image_id"], table["error"]):
-        if err is None and r <= k:
-            ids[q, r - 1] = i
-    return ids
-
-
 def demo(out: str = "patchhash-demo", cluster: ClusterSettings = ClusterSettings(), mode: str = "default", k: int = 10) -> DemoReport:
     """Run the demo into folder ``out``; returns its figures."""
     from pipeline.metrics import precision_at_k
@@ -71,14 +60,18 @@ def demo(out: str = "patchhash-demo", cluster: ClusterSettings = ClusterSettings
     os.makedirs(out, exist_ok=True)
     index_url = os.path.join(out, "fashion-mnist.index")
     results, report = os.path.join(out, "results.parquet"), os.path.join(out, "report.html")
+    ids = np.full((len(test_labels), k), -1, np.int64)
+
+    def keep(block, topk) -> None:  # the answers as they are written, for precision@10
+        ids[block.rows] = topk.ids
+
     with dask_client(cluster) as client:
         started = time.perf_counter()
         built = index(train, index_url, "fashion-mnist", client=client)
         index_seconds = time.perf_counter() - started
         answered = query(
-            index_url, test, results, QuerySettings(k=k, mode=mode), client=client, report=report,
+            index_url, test, results, QuerySettings(k=k, mode=mode), client=client, on_block=keep, report=report,
             report_labels=(np.array(CLASS_NAMES)[train_labels], np.array(CLASS_NAMES)[test_labels]),
         )
-    ids = result_matrix(results, answered.n_queries, k)
     p10 = precision_at_k(ids, train_labels, test_labels, min(10, k))
     return DemoReport(out, index_seconds, answered.seconds, built.n_images, answered.n_queries, p10, answered.ms_per_query, results, report)
