@@ -36,6 +36,10 @@ class ModelConfig:
         Output channels of the patch convolution.
     widths
         Widths of the 1x1 convolutions between the patch convolution and the bottleneck.
+    stem
+        Widths of 3x3 convolutions (``same`` padding, stride 1) applied to the whole image
+        before the patch convolution; empty for seed 000's single-layer patch encoder. Each
+        adds one pixel of context on every side of a patch.
     """
 
     input_shape: tuple[int, int, int] = (28, 28, 1)
@@ -44,10 +48,12 @@ class ModelConfig:
     stride: int = 4
     filters: int = 128
     widths: tuple[int, ...] = field(default=(128, 64))
+    stem: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
         object.__setattr__(self, "widths", tuple(int(v) for v in self.widths))
+        object.__setattr__(self, "stem", tuple(int(v) for v in self.stem))
         h, w, c = self.input_shape if len(self.input_shape) == 3 else (0, 0, 0)
         if len(self.input_shape) != 3 or h < 1 or w < 1 or c not in (1, 3):
             raise ValueError(
@@ -59,8 +65,8 @@ class ModelConfig:
             raise ValueError(f"patch must be between 1 and {min(h, w)} for input {self.input_shape}, got {self.patch}")
         if not 1 <= self.stride <= self.patch:
             raise ValueError(f"stride must be between 1 and the patch size {self.patch}, got {self.stride}")
-        if self.filters < 1 or any(v < 1 for v in self.widths):
-            raise ValueError("filters and widths must be positive")
+        if self.filters < 1 or any(v < 1 for v in self.widths) or any(v < 1 for v in self.stem):
+            raise ValueError("filters, widths and stem widths must be positive")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -71,17 +77,19 @@ class ModelConfig:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["widths"] = list(self.widths)
+        d["stem"] = list(self.stem)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {k: d[k] for k in ("input_shape", "bits", "patch", "stride", "filters", "widths") if k in d}
+        known = {k: d[k] for k in ("input_shape", "bits", "patch", "stride", "filters", "widths", "stem") if k in d}
         return cls(**known)
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Fashion-MNIST / MNIST: 28x28 grey, 8x8 patches every 4 pixels -> 7x7 grid of 32-bit codes.
-    "fashion-mnist": ModelConfig((28, 28, 1), bits=32, patch=8, stride=4, filters=128, widths=(128, 64)),
+    # Fashion-MNIST / MNIST: 28x28 grey, two 3x3 convolutions, then 8x8 patches every 4 pixels
+    # -> 7x7 grid of 32-bit codes (docs/QUALITY.md: the stem lifts precision@10 by ~0.02).
+    "fashion-mnist": ModelConfig((28, 28, 1), bits=32, patch=8, stride=4, filters=128, widths=(128, 64), stem=(32, 64)),
     # Seed 000's CIFAR network: 16x16 patches, stride 2 -> 16x16 grid of 28-bit codes.
     "cifar": ModelConfig((32, 32, 3), bits=28, patch=16, stride=2, filters=336, widths=(1024, 512, 256, 128, 64)),
 }
@@ -102,7 +110,11 @@ def build_autoencoder(config: ModelConfig) -> "keras.Model":  # noqa: F821
 
     h, w, c = config.input_shape
     inputs = keras.Input(shape=config.input_shape, name="image")
-    x = keras.layers.Conv2D(config.filters, config.patch, strides=config.stride, padding="same", activation="relu")(inputs)
+    x = inputs
+    for width in config.stem:
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2D(config.filters, config.patch, strides=config.stride, padding="same", activation="relu")(x)
     x = keras.layers.BatchNormalization()(x)
     for width in config.widths:
         x = _conv1x1(x, width)

@@ -1,4 +1,12 @@
-"""Training an autoencoder on a sample of images and saving it as a model directory."""
+"""Training an autoencoder on a sample of images and saving it as a model directory.
+
+With labels, training is *label-aware* (supervised hashing, as in seed 004's learning to
+hash): a linear classifier reads the whole grid of binary codes (as +-1) and its
+cross-entropy, weighted by ``label_weight``, is added to the reconstruction loss. The
+gradient reaches the codes through the straight-through bottleneck, so images of the same
+class get codes that are close in Hamming distance. The classifier is a training aid only:
+the saved model is the autoencoder, and indexing and querying never see labels.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.model import ModelConfig, build_autoencoder
+from pipeline.model import ENCODING_LAYER, ModelConfig, build_autoencoder
 from pipeline.modelcard import CARD_FILE, MODEL_FILE, ModelCard, sha256_bytes
 from pipeline.normalize import Normalization
 from storage import join_url, url_to_fs
@@ -29,6 +37,7 @@ class TrainSettings:
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 0
+    label_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -37,6 +46,8 @@ class TrainSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.label_weight >= 0:
+            raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +58,7 @@ class TrainResult:
     seconds: float
     settings: TrainSettings
     n_images: int
+    n_classes: int = 0
 
 
 def train_autoencoder(
@@ -54,9 +66,12 @@ def train_autoencoder(
     config: ModelConfig,
     settings: TrainSettings = TrainSettings(),
     on_epoch: Callable[[int, dict], None] | None = None,
+    labels: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit a fresh autoencoder to reconstruct ``pixels`` (uint8 ``[n, h, w, c]``).
 
+    ``labels`` (one per image, any integer or string values) makes the training
+    label-aware with weight ``settings.label_weight`` (see the module docstring).
     Reproducible for a given ``settings.seed`` on a given machine (Keras seeds and TF op
     determinism are set).
     """
@@ -67,23 +82,55 @@ def train_autoencoder(
         raise ValueError(f"training images must have shape [n, {config.input_shape}], got {pixels.shape}")
     if len(pixels) < 2:
         raise ValueError("need at least 2 training images")
+    classes = None
+    if labels is not None:
+        if len(labels) != len(pixels):
+            raise ValueError(f"got {len(labels)} labels for {len(pixels)} training images")
+        classes, targets = np.unique(np.asarray(labels), return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError("label-aware training needs at least 2 distinct labels")
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
     normalization = Normalization.fit(pixels)
     x = normalization.apply(pixels)
-    model = build_autoencoder(config)
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
+    autoencoder = build_autoencoder(config)
+    optimizer = keras.optimizers.Adam(settings.learning_rate)
+    if classes is None or settings.label_weight == 0:
+        model, y = autoencoder, x
+        model.compile(optimizer=optimizer, loss="mse")
+    else:
+        model = label_aware_model(autoencoder, len(classes))
+        y = {"reconstruction": x, "label": targets.astype("int32")}
+        model.compile(
+            optimizer=optimizer,
+            loss={"reconstruction": "mse", "label": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+            loss_weights={"reconstruction": 1.0, "label": settings.label_weight},
+        )
     callbacks = []
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch, dict(logs or {}))))
     started = time.perf_counter()
     history = model.fit(
-        x, x, epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
+        x, y, epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
         verbose=0, callbacks=callbacks,
     )
     seconds = time.perf_counter() - started
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return TrainResult(model, normalization, hist, seconds, settings, len(pixels))
+    return TrainResult(autoencoder, normalization, hist, seconds, settings, len(pixels),
+                       0 if classes is None else len(classes))
+
+
+def label_aware_model(autoencoder: "keras.Model", n_classes: int) -> "keras.Model":  # noqa: F821
+    """The autoencoder with a linear classifier on its whole code grid, as a second output.
+
+    Shares every layer with ``autoencoder``; outputs ``{"reconstruction", "label"}`` (logits).
+    """
+    import keras
+
+    codes = autoencoder.get_layer(ENCODING_LAYER).output
+    signs = keras.layers.Rescaling(2.0, offset=-1.0, name="code_signs")(keras.layers.Flatten(name="code_grid")(codes))
+    logits = keras.layers.Dense(n_classes, name="label")(signs)
+    return keras.Model(autoencoder.input, {"reconstruction": autoencoder.output, "label": logits}, name="patchhash_label_aware")
 
 
 def _software_versions() -> dict[str, str]:
@@ -125,9 +172,13 @@ def save_model(
             "batch_size": result.settings.batch_size,
             "learning_rate": result.settings.learning_rate,
             "seed": result.settings.seed,
+            "label_weight": result.settings.label_weight if result.n_classes else 0.0,
+            "n_classes": result.n_classes,
             "seconds": round(result.seconds, 1),
             "final_loss": result.history["loss"][-1],
             "loss_history": result.history["loss"],
+            **({"final_reconstruction_loss": result.history["reconstruction_loss"][-1],
+                "final_label_loss": result.history["label_loss"][-1]} if "label_loss" in result.history else {}),
         },
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         software=_software_versions(),

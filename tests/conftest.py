@@ -43,3 +43,12 @@ def tiny_model(tmp_path_factory, fmnist_train) -> str:
     out = str(tmp_path_factory.mktemp("models") / "tiny")
     save_model(out, "tiny", config, result, {"corpus": "fashion-mnist[:512]"})
     return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One in-process cluster (2 workers x 1 thread) shared by the tests of a module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c

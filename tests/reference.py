@@ -70,3 +70,27 @@ def _score_items(query_code: int, table: dict, t: int) -> dict:
             for item_id in bucket:
                 item_scores[item_id] = max(2 ** (t - d), item_scores.get(item_id, 0))
     return item_scores
+
+
+def reference_rerank_search(query_codes, codes, ids, t: int, bits: int, k: int, shortlist: int,
+                            max_bucket: int | None = None) -> list:
+    """The default mode (``pipeline.rerank``) stated directly with dicts and sets.
+
+    Returns, per query, ``[(image_id, equal_bits), ...]`` best first (equal bits descending,
+    then id ascending), at most ``k`` entries.
+    """
+    table = brute_force_buckets(codes, ids, positional=True)
+    grid_of = {image_id: row for image_id, row in zip(np.asarray(ids).tolist(), np.asarray(codes).tolist())}
+    shortlist = max(shortlist, k)
+    results = []
+    for query in np.asarray(query_codes).tolist():
+        votes: dict = {}
+        for (position, code), bucket in table.items():
+            if hamming(code, query[position]) <= t and (max_bucket is None or len(bucket) <= max_bucket):
+                for image_id in bucket:
+                    votes[image_id] = votes.get(image_id, 0) + 1
+        cut = max((c for c in range(1, len(query) + 1) if sum(v >= c for v in votes.values()) >= shortlist), default=1)
+        chosen = [i for i, v in votes.items() if v >= cut]
+        equal = {i: bits * len(query) - sum(hamming(a, b) for a, b in zip(grid_of[i], query)) for i in chosen}
+        results.append(sorted(equal.items(), key=lambda item: (-item[1], item[0]))[:k])
+    return results

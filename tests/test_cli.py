@@ -40,6 +40,28 @@ def test_train_then_info(tmp_path, fmnist_train):
     assert "bits: 16" in text.stdout
 
 
+def test_train_with_labels_records_them(tmp_path, fmnist_train):
+    import gzip
+
+    from conftest import FMNIST_TRAIN_LABELS
+
+    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:400]
+    corpus, label_file = tmp_path / "sample.npy", tmp_path / "labels.npy"
+    np.save(corpus, fmnist_train[:400, :, :, 0])
+    np.save(label_file, labels.astype(np.int64))
+    out = tmp_path / "model"
+    result = run("train", "--corpus", str(corpus), "--labels", str(label_file), "--label-weight", "2", "--out", str(out),
+                 "--bits", "8", "--epochs", "1", "--batch-size", "64", "--sample", "200", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    training = json.loads(run("info", "--model", str(out), "--json").stdout)["training"]
+    assert (training["labels"], training["n_classes"], training["label_weight"]) == (str(label_file), 10, 2.0)
+    assert training["final_label_loss"] > 0 and training["n_images"] == 200
+    np.save(label_file, labels[:10].astype(np.int64))
+    bad = run("train", "--corpus", str(corpus), "--labels", str(label_file), "--out", str(tmp_path / "m2"), "--epochs", "1")
+    assert bad.returncode == 1 and "holds 10 labels but the corpus has 400 images" in bad.stderr
+
+
 def test_shipped_model_card():
     result = run("info", "--model", "fashion-mnist", "--json")
     assert result.returncode == 0, result.stderr

@@ -26,15 +26,6 @@ from workflows.index import IndexSettings, index
 
 
 @pytest.fixture(scope="module")
-def client():
-    """One in-process cluster (2 workers x 1 thread) shared by the tests of this module."""
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def corpus_npy(tmp_path_factory, fmnist_train) -> str:
     path = tmp_path_factory.mktemp("corpus") / "images.npy"
     np.save(path, fmnist_train[:700, :, :, 0])

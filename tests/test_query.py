@@ -12,19 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 from PIL import Image
-from reference import reference_seed_search
+from reference import reference_rerank_search, reference_seed_search
 
 from storage import ConfigError, CorpusError
 from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +64,26 @@ def test_seed_mode_equals_brute_force_reference(client, small_index, query_npy, 
     for q in range(50):
         assert got.get(q, []) == [(i, float(s)) for i, s in expected[q]], f"query {q}"
     assert all(got[q][0][0] == 100 + (q - 40) for q in range(40, 50))  # indexed images find themselves
+
+
+@pytest.mark.parametrize("threshold, k, shortlist", [(1, 10, 100), (0, 5, 20), (2, 3, 1)])
+def test_default_mode_equals_reference_per_partition(client, small_index, query_npy, tmp_path, threshold, k, shortlist):
+    """The whole job (4 partitions, Dask, merge) against the reference run on each partition."""
+    from storage.manifest import read_manifest
+
+    out = str(tmp_path / "r.parquet")
+    query(small_index, query_npy, out, QuerySettings(k=k, threshold=threshold, shortlist=shortlist, block_size=16), client=client)
+    codes = zarr.open_array(f"{small_index}/codes", mode="r")[:].reshape(500, -1)
+    queries = _encode(f"{small_index}/model", np.load(query_npy)[..., None])
+    parts = [reference_rerank_search(queries, codes[p.start:p.stop], np.arange(p.start, p.stop), threshold, 16, k, shortlist)
+             for p in read_manifest(small_index).partitions_of("pos")]
+    assert len(parts) == 4
+    got = _results(out)
+    for q in range(50):
+        expected = sorted((hit for part in parts for hit in part[q]), key=lambda h: (-h[1], h[0]))[:k]
+        assert got.get(q, []) == [(i, float(s)) for i, s in expected], f"query {q}"
+    # indexed images find themselves (or an identical code grid) first, with every bit equal
+    assert all(got[q][0][1] == 16 * 49 for q in range(40, 50))
 
 
 def test_results_do_not_depend_on_blocks_or_window(client, small_index, query_npy, tmp_path):
@@ -122,7 +134,13 @@ def test_every_query_unreadable_fails(client, small_index, tmp_path):
         query(small_index, str(folder), str(tmp_path / "r.parquet"), client=client)
 
 
-@pytest.mark.parametrize("kwargs", [dict(k=0), dict(threshold=-1), dict(mode="fast"), dict(block_size=0)])
+def test_threshold_defaults_per_mode():
+    assert QuerySettings().threshold == 1 and QuerySettings(mode="seed").threshold == 3
+    assert QuerySettings(mode="seed", threshold=0).threshold == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(k=0), dict(threshold=-1), dict(mode="fast"), dict(block_size=0), dict(shortlist=0),
+                                    dict(max_bucket_fraction=0), dict(max_bucket_fraction=1.5)])
 def test_options_are_validated(kwargs):
     with pytest.raises(ConfigError):
         QuerySettings(**kwargs)

@@ -68,6 +68,8 @@ def train(
     input_shape: Annotated[Optional[str], typer.Option(help="Model input HxWxC, e.g. 28x28x1.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    labels: Annotated[Optional[str], typer.Option(help="Labels of the corpus images (IDX1, .npy, or CSV uri,label): label-aware training.")] = None,
+    label_weight: Annotated[float, typer.Option(help="Weight of the label loss against the reconstruction loss (with --labels).")] = 3.0,
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
@@ -80,7 +82,7 @@ def train(
     setup_logging(verbose)
     card = run_train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
-        epochs=epochs, batch_size=batch_size, sample=sample, seed=seed, name=name,
+        epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
@@ -108,6 +110,7 @@ Scheduler = Annotated[Optional[str], typer.Option(help="Address of a running Das
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core).")]
 ThreadsPerWorker = Annotated[int, typer.Option(help="Threads per LocalCluster worker.")]
 MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
+Shortlist = Annotated[int, typer.Option(help="Default mode: images re-ranked per query and partition.")]
 
 
 @app.command()
@@ -147,19 +150,16 @@ def index(
         typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index}`", err=True)
 
 
-def _later(command: str, issue: int) -> None:
-    typer.echo(f"patchhash {command}: not implemented yet (tracked in issue {issue}).", err=True)
-    raise typer.Exit(2)
-
-
 @app.command()
 def query(
     index: Annotated[str, typer.Option("--index", help="Index URL.")],
     queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
     out: Annotated[str, typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format).")],
     k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
-    threshold: Annotated[int, typer.Option(help="Hamming radius t for matching codes.")] = 3,
-    mode: Annotated[str, typer.Option(help="Scoring: default, or seed (seed 000's rule exactly).")] = "default",
+    threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 1 in default mode, 3 in seed mode).")] = None,
+    mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
+    shortlist: Shortlist = 100,
+    max_bucket_fraction: Annotated[float, typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images.")] = 1.0,
     format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or jsonl.")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
     report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
@@ -180,7 +180,8 @@ def query(
     setup_logging(verbose)
     result = run_query(
         index, queries, out,
-        QuerySettings(k=k, threshold=threshold, mode=mode, block_size=block_size, strict=strict, format=format),
+        QuerySettings(k=k, threshold=threshold, mode=mode, shortlist=shortlist, max_bucket_fraction=max_bucket_fraction,
+                      block_size=block_size, strict=strict, format=format),
         ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
         _options(storage_options), report=report, report_limit=report_limit,
     )
@@ -192,10 +193,58 @@ def query(
         typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Precision@k and mAP of the retrieval modes and pixel baselines on labelled queries."""
-    _later("evaluate", 5)
+def _int_list(raw: str | None, option: str) -> tuple[int, ...]:
+    from storage import ConfigError
+
+    if raw is None or not raw.strip():
+        return ()
+    try:
+        return tuple(int(v) for v in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} takes integers separated by commas (e.g. 1,10,100), got {raw!r}") from None
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in raw.split(",") if v.strip() and v.strip() != "none")
+
+
+@app.command()
+def evaluate(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    queries: Annotated[str, typer.Option(help="Labelled query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    labels: Annotated[str, typer.Option(help="Labels of the indexed images: IDX1 or .npy (by image id), or CSV uri,label.")],
+    query_labels: Annotated[Optional[str], typer.Option(help="Labels of the queries (default: --labels).")] = None,
+    k: Annotated[str, typer.Option("--k", help="Ranks for precision@k, comma-separated.")] = "1,10,100",
+    modes: Annotated[str, typer.Option(help="Query modes to measure (seed, default), comma-separated; 'none' for none.")] = "seed,default",
+    baselines: Annotated[str, typer.Option(help="Pixel baselines: pixel-knn, lsh-B (B random hyperplanes), comma-separated; 'none' for none.")] = "pixel-knn,lsh-64,lsh-256",
+    thresholds: Annotated[Optional[str], typer.Option(help="Run each mode at each of these thresholds t (default: the mode's own).")] = None,
+    shortlist: Shortlist = 100,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N queries only.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
+    plot: Annotated[Optional[str], typer.Option(help="Draw precision@k curves and precision@10 against t into this PNG.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = "auto",
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Precision@k, mAP@100, candidates and ms/query of the query modes and pixel baselines on labelled queries."""
+    from workflows.cluster import ClusterSettings
+    from workflows.evaluate import EvaluateSettings, render_table
+    from workflows.evaluate import evaluate as run_evaluate
+
+    setup_logging(verbose)
+    settings = EvaluateSettings(
+        ks=_int_list(k, "--k"), modes=_name_list(modes), baselines=_name_list(baselines),
+        thresholds=_int_list(thresholds, "--thresholds"), shortlist=shortlist, limit=limit,
+    )
+    result = run_evaluate(
+        index, queries, labels, query_labels, settings,
+        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _options(storage_options), out=out, plot=plot,
+    )
+    typer.echo(render_table(result))
 
 
 @app.command()

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from storage import ConfigError, CorpusError, join_url, open_corpus
+from storage import ConfigError, Corpus, CorpusError, join_url, open_corpus
 from storage.layout import MODEL_DIR, resolve
 from storage.manifest import Manifest, read_manifest
 from storage.results import RESULTS_SCHEMA, ResultsWriter
@@ -34,20 +34,30 @@ log = logging.getLogger(__name__)
 
 MODES = ("default", "seed")
 MAX_K = 10_000
+# Per-position Hamming radius when none is given: seed 000's t=3 for its rule; for the
+# default mode's shortlist, the value docs/QUALITY.md chose.
+DEFAULT_THRESHOLD = {"seed": 3, "default": 1}
+PARTITION_KIND = {"seed": "any", "default": "pos"}
 
 
 @dataclass(frozen=True)
 class QuerySettings:
     """Options of a query job, validated up front.
 
-    ``mode="seed"`` is seed 000's scoring rule exactly; ``"default"`` is the best mode
-    patchhash has (today the same rule). ``strict`` makes any unreadable query row an error
-    (raised after the results file, error rows included, is written).
+    ``mode="seed"`` is seed 000's scoring rule exactly (position-free buckets); ``"default"``
+    shortlists by positional buckets and re-ranks by the Hamming distance of the whole code
+    grid (:mod:`pipeline.rerank`; ``shortlist`` images per query and partition, buckets of
+    more than ``max_bucket_fraction`` of a partition's images skipped). ``threshold`` is the
+    per-code Hamming radius; ``None`` takes the mode's default (:data:`DEFAULT_THRESHOLD`).
+    ``strict`` makes any unreadable query row an error (raised after the results file,
+    error rows included, is written).
     """
 
     k: int = 10
-    threshold: int = 3
+    threshold: int | None = None
     mode: str = "default"
+    shortlist: int = 100
+    max_bucket_fraction: float = 1.0
     block_size: int = 1000
     strict: bool = False
     format: str | None = None
@@ -56,10 +66,16 @@ class QuerySettings:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_K:
             raise ConfigError(f"--k must be between 1 and {MAX_K}, got {self.k}")
-        if self.threshold < 0:
-            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLD[self.mode])
+        if self.threshold < 0:
+            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
+        if self.shortlist < 1:
+            raise ConfigError(f"--shortlist must be >= 1, got {self.shortlist}")
+        if not 0 < self.max_bucket_fraction <= 1:
+            raise ConfigError(f"--max-bucket-fraction must be in (0, 1], got {self.max_bucket_fraction}")
         if self.block_size < 1:
             raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
         if self.max_blocks_in_flight < 1:
@@ -120,6 +136,29 @@ def load_partition(index_url: str, path: str, storage_options=None):
     return bmap
 
 
+_codes: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+
+
+def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> np.ndarray:
+    """Flattened ``[stop - start, G]`` codes of images ``start..stop`` (committed rows never
+    change), cached per worker process like the bucket maps."""
+    from storage.arrays import open_array
+    from storage.layout import CODES
+
+    key = (index_url, start, stop)
+    with _partitions_lock:
+        if key in _codes:
+            _codes.move_to_end(key)
+            return _codes[key]
+    array = open_array(join_url(index_url, CODES), storage_options)
+    codes = np.asarray(array[start:stop]).reshape(stop - start, -1)
+    with _partitions_lock:
+        _codes[key] = codes
+        while len(_codes) > _PARTITION_CACHE:
+            _codes.popitem(last=False)
+    return codes
+
+
 def encode_block_task(index_url: str, shard, storage_options) -> QueryBlock:
     from pipeline.encode import load_encoder
     from storage import ImageSpec
@@ -132,10 +171,17 @@ def encode_block_task(index_url: str, shard, storage_options) -> QueryBlock:
 
 
 def search_task(index_url: str, partition: dict, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
+    from pipeline.rerank import rerank_search
     from pipeline.search import seed_search
 
     bmap = load_partition(index_url, partition["path"], storage_options)
-    return seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(partition["start"], partition["stop"]))
+    start, stop = partition["start"], partition["stop"]
+    if settings.mode == "seed":
+        return seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
+    codes = load_codes(index_url, start, stop, storage_options)
+    max_bucket = int(settings.max_bucket_fraction * (stop - start))
+    return rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
+                         max_bucket, id_range=(start, stop))
 
 
 def merge_task(parts: list, k: int):
@@ -195,7 +241,7 @@ def _block_table(block: QueryBlock, topk, uris: np.ndarray) -> pa.Table:
 
 def query(
     index_url: str,
-    queries: str,
+    queries: "str | Corpus",
     out: str,
     settings: QuerySettings = QuerySettings(),
     cluster: ClusterSettings = ClusterSettings(),
@@ -207,6 +253,9 @@ def query(
     report_labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> QueryReport:
     """Answer every image of ``queries`` against ``index_url``; write results to ``out``.
+
+    ``queries`` is a corpus URL (folder, glob, IDX, npy, Zarr, uri list) or an opened
+    :class:`storage.Corpus`.
 
     ``on_block(block, topk)`` (optional) sees each answered block in order, e.g. to collect
     results for an evaluation. ``report`` names an HTML report of the first
@@ -227,8 +276,9 @@ def query(
     manifest = read_manifest(index_url, storage_options)
     if settings.threshold > manifest.bits:
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
-    source = open_corpus(queries, storage_options)
-    partitions = [p.__dict__ for p in manifest.partitions_of("any")]
+    source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
+    queries = source.url
+    partitions = [p.__dict__ for p in manifest.partitions_of(PARTITION_KIND[settings.mode])]
     uris = image_uris(index_url, manifest, storage_options)
     shards = source.shards(settings.block_size)
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))

@@ -1,0 +1,172 @@
+"""The default retrieval mode: a positional shortlist from the bucket maps, re-ranked by the
+Hamming distance of the whole code grid (Krizhevsky & Hinton's short-list-then-re-rank).
+
+For one partition and each query:
+
+1. **Candidates.** At every grid position ``g`` the positional bucket map gives the images
+   whose code at ``g`` lies within Hamming distance ``threshold`` of the query's code at
+   ``g``. An image's *votes* are the number of positions at which it matched. Buckets
+   holding more than ``max_bucket`` images (codes nearly every image shares, such as the
+   blank background) are skipped: they cost the most and say the least.
+2. **Shortlist.** The images with the most votes: the largest vote count ``c`` such that at
+   least ``shortlist`` images have ``c`` votes or more; all of those images (ties included,
+   so the shortlist never depends on visiting order).
+3. **Re-rank.** Each shortlisted image is scored by the number of equal bits of its whole
+   code grid and the query's (``G * bits`` minus the Hamming distance of the concatenated
+   codes); the best ``k`` by that score, then by image id, are returned.
+
+Images outside every matching bucket are never looked at: this is a hashing index, not a
+brute-force scan. ``n_candidates`` counts the images with at least one vote.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+from numba import njit
+
+from .buckets import BucketMap
+from .hamming import _distance, ball_size, enumerate_within, scan_within
+from .search import TopK, _check_id_range, _select_topk
+
+__all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
+
+DEFAULT_SHORTLIST = 100
+"""Images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
+
+# Enumerating the Hamming ball costs about this many key comparisons per probe (one binary
+# search step ~ 10 comparisons of a scan, see pipeline.search._PROBE_STEP_COST).
+_PROBE_STEP_COST = 10.0
+
+
+def rerank_search(
+    query_codes: np.ndarray,
+    bmap: BucketMap,
+    codes: np.ndarray,
+    threshold: int,
+    bits: int,
+    k: int,
+    shortlist: int = DEFAULT_SHORTLIST,
+    max_bucket: int | None = None,
+    id_range: tuple[int, int] | None = None,
+) -> TopK:
+    """Answer a block of queries against one partition in the default mode (module docstring).
+
+    Parameters
+    ----------
+    query_codes : numpy.ndarray
+        Integer ``[q, G]`` code grids (flattened), below ``2**bits``.
+    bmap : BucketMap
+        Positional bucket map of the partition (``G`` key blocks).
+    codes : numpy.ndarray
+        ``[n, G]`` code grids of the partition's images; row ``i`` is image ``start + i``.
+    threshold : int
+        Per-position Hamming radius for candidates, ``0 <= threshold <= bits``.
+    bits : int
+        Code width (8..64).
+    k : int
+        Images returned per query (>= 1).
+    shortlist : int
+        Minimum number of images re-ranked per query (>= 1; raised to ``k``).
+    max_bucket : int, optional
+        Skip buckets with more images than this (default: none skipped).
+    id_range : (int, int), optional
+        The partition's ``(start, stop)`` image ids; defaults to the span of the map's ids.
+
+    Returns
+    -------
+    TopK
+        Per query, the best ``k`` shortlisted images; scores are numbers of equal bits.
+    """
+    threshold, bits, k, shortlist = (operator.index(v) for v in (threshold, bits, k, shortlist))
+    if not 8 <= bits <= 64:
+        raise ValueError(f"bits must be between 8 and 64, got {bits}")
+    if not 0 <= threshold <= bits:
+        raise ValueError(f"threshold must be between 0 and {bits}, got {threshold}")
+    if k < 1 or shortlist < 1:
+        raise ValueError(f"k and shortlist must be >= 1, got {k} and {shortlist}")
+    start, stop = _check_id_range(bmap, id_range)
+    n_range = stop - start
+    grid = bmap.n_blocks
+    queries = np.asarray(query_codes)
+    if queries.ndim != 2 or queries.shape[1] != grid:
+        raise ValueError(f"query codes must have shape [q, {grid}] for this map, got {queries.shape}")
+    if codes.shape != (n_range, grid):
+        raise ValueError(f"partition codes must have shape [{n_range}, {grid}], got {codes.shape}")
+    if queries.size and (queries.min() < 0 or int(queries.max()) >> bits):
+        raise ValueError(f"query codes must be below 2**{bits}")
+    dtype = bmap.keys.dtype
+    queries = queries.astype(dtype, copy=False)
+    codes = np.ascontiguousarray(codes, dtype=dtype)
+    max_bucket = n_range if max_bucket is None else max(0, operator.index(max_bucket))
+    n_queries = queries.shape[0]
+    ids = np.full((n_queries, k), -1, np.int64)
+    scores = np.zeros((n_queries, k), np.int64)
+    n_candidates = np.zeros(n_queries, np.int64)
+    if n_queries and n_range:
+        mean_keys = max(bmap.keys.size / grid, 2.0)
+        use_scan = ball_size(bits, threshold) * _PROBE_STEP_COST * math.log2(mean_keys) > mean_keys
+        largest_block = int(np.diff(bmap.key_bounds).max(initial=0))
+        buffer = largest_block if use_scan else min(largest_block, ball_size(bits, threshold))
+        _rerank_queries(
+            queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
+            use_scan, start, max_bucket, max(shortlist, k), np.zeros(n_range, np.int32),
+            np.empty(n_range, np.int64), np.empty(max(buffer, 1), np.int64),
+            np.empty(max(buffer, 1), np.int64), np.zeros(n_range, np.int64), ids, scores, n_candidates,
+        )
+    return TopK(ids, scores.astype(np.float64), n_candidates)
+
+
+@njit(nogil=True, cache=True)
+def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, use_scan,
+                    start, max_bucket, shortlist, votes, touched, match_idx, match_dist, similarity,
+                    out_ids, out_scores, n_candidates):
+    n_queries, grid = queries.shape
+    hist = np.zeros(grid + 1, np.int64)
+    total_bits = grid * bits
+    for qi in range(n_queries):
+        n_touched = 0
+        for g in range(grid):
+            lo = key_bounds[g]
+            block = keys[lo:key_bounds[g + 1]]
+            if use_scan:
+                n_match = scan_within(queries[qi, g], block, t, match_idx, match_dist)
+            else:
+                n_match = enumerate_within(queries[qi, g], block, bits, t, match_idx, match_dist)
+            for j in range(n_match):
+                key = lo + match_idx[j]
+                b0 = offsets[key]
+                b1 = offsets[key + 1]
+                if b1 - b0 > max_bucket:
+                    continue
+                for p in range(b0, b1):
+                    r = bucket_ids[p] - start
+                    if votes[r] == 0:
+                        touched[n_touched] = r
+                        n_touched += 1
+                    votes[r] += 1
+        n_candidates[qi] = n_touched
+        hist[:] = 0
+        for j in range(n_touched):
+            hist[votes[touched[j]]] += 1
+        cut = grid
+        above = hist[grid]
+        while cut > 1 and above < shortlist:
+            cut -= 1
+            above += hist[cut]
+        n_short = 0
+        for j in range(n_touched):
+            r = touched[j]
+            if votes[r] >= cut:
+                dist = 0
+                for g in range(grid):
+                    dist += _distance(codes[r, g], queries[qi, g])
+                similarity[r] = total_bits - dist
+                touched[n_short] = r  # n_short <= j: compacting in place is safe
+                n_short += 1
+            votes[r] = 0
+        _select_topk(touched, n_short, similarity, start, out_ids[qi], out_scores[qi])
+        # votes of the images not shortlisted were cleared above; their similarity was never set
+

@@ -1,0 +1,126 @@
+"""The default mode's shortlist and re-rank against the brute-force reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import reference_rerank_search
+
+from pipeline.buckets import build_bucket_map
+from pipeline.rerank import rerank_search
+from pipeline.search import merge_topk
+
+
+def clustered_codes(rng, n, grid, bits, n_centres=4, flips=2):
+    """Codes around a few centres, so that buckets are shared and distances vary."""
+    dtype = np.uint32 if bits <= 32 else np.uint64
+    centres = rng.integers(0, 2**bits, (n_centres, grid), dtype=np.uint64)
+    rows = centres[rng.integers(0, n_centres, n)]
+    for _ in range(flips):
+        rows ^= np.uint64(1) << rng.integers(0, bits, rows.shape).astype(np.uint64)
+    return rows.astype(dtype)
+
+
+def as_lists(topk):
+    return [[(int(i), int(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_ids, row_scores in zip(topk.ids, topk.scores)]
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64])
+@pytest.mark.parametrize("t", [0, 1, 3])
+@pytest.mark.parametrize("shortlist", [1, 5, 50])
+def test_matches_reference(bits, t, shortlist):
+    rng = np.random.default_rng(bits * 100 + t * 10 + shortlist)
+    grid, n, start = 6, 80, 1000
+    codes = clustered_codes(rng, n, grid, bits)
+    ids = np.arange(start, start + n)
+    queries = np.concatenate([clustered_codes(rng, 6, grid, bits), codes[:3]])
+    bmap = build_bucket_map(codes, ids, positional=True)
+    got = rerank_search(queries, bmap, codes, t, bits, k=7, shortlist=shortlist, id_range=(start, start + n))
+    assert as_lists(got) == reference_rerank_search(queries, codes, ids, t, bits, 7, shortlist)
+    assert np.all(got.n_candidates >= (got.ids >= 0).sum(axis=1))
+
+
+def test_indexed_image_finds_itself_first():
+    rng = np.random.default_rng(3)
+    codes = clustered_codes(rng, 200, 9, 32, n_centres=3, flips=4)
+    ids = np.arange(200)
+    bmap = build_bucket_map(codes, ids, positional=True)
+    got = rerank_search(codes, bmap, codes, 0, 32, k=3, shortlist=10)
+    # duplicates of a row may tie with it; the row itself always has every bit equal
+    assert np.all(got.scores[:, 0] == 9 * 32)
+    assert np.all(np.any(got.ids == ids[:, None], axis=1))
+
+
+def test_max_bucket_skips_common_codes():
+    rng = np.random.default_rng(5)
+    codes = clustered_codes(rng, 60, 4, 16, n_centres=1, flips=1)
+    codes[:, 0] = 7  # one code every image shares
+    ids = np.arange(60)
+    bmap = build_bucket_map(codes, ids, positional=True)
+    q = codes[:2]
+    full = rerank_search(q, bmap, codes, 0, 16, k=5, shortlist=5)
+    skipped = rerank_search(q, bmap, codes, 0, 16, k=5, shortlist=5, max_bucket=59)
+    assert np.all(full.n_candidates == 60)
+    assert np.all(skipped.n_candidates < 60)
+    assert as_lists(skipped) == reference_rerank_search(q, codes, ids, 0, 16, 5, 5, max_bucket=59)
+
+
+def test_partitions_merge_like_separate_searches():
+    rng = np.random.default_rng(11)
+    codes = clustered_codes(rng, 90, 5, 32)
+    queries = clustered_codes(rng, 4, 5, 32)
+    parts = []
+    for lo, hi in [(0, 30), (30, 75), (75, 90)]:
+        bmap = build_bucket_map(codes[lo:hi], np.arange(lo, hi), positional=True)
+        parts.append(rerank_search(queries, bmap, codes[lo:hi], 1, 32, k=4, shortlist=8, id_range=(lo, hi)))
+    merged = merge_topk(parts, 4)
+    best = []
+    for lo, hi in [(0, 30), (30, 75), (75, 90)]:
+        ref = reference_rerank_search(queries, codes[lo:hi], np.arange(lo, hi), 1, 32, 4, 8)
+        best.append(ref)
+    expected = [sorted(sum((b[q] for b in best), []), key=lambda x: (-x[1], x[0]))[:4] for q in range(4)]
+    assert as_lists(merged) == expected
+
+
+def test_no_match_gives_padding():
+    codes = np.array([[1, 2], [3, 4]], np.uint32)
+    bmap = build_bucket_map(codes, np.arange(2), positional=True)
+    got = rerank_search(np.array([[1000, 2000]], np.uint32), bmap, codes, 0, 16, k=3)
+    assert got.ids.tolist() == [[-1, -1, -1]] and got.n_candidates.tolist() == [0]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(threshold=-1), dict(threshold=17), dict(k=0), dict(shortlist=0), dict(bits=4),
+])
+def test_rejects_bad_arguments(bad):
+    codes = np.array([[1, 2], [3, 4]], np.uint32)
+    bmap = build_bucket_map(codes, np.arange(2), positional=True)
+    args = dict(threshold=0, bits=16, k=1, shortlist=1) | bad
+    with pytest.raises(ValueError):
+        rerank_search(codes, bmap, codes, **args)
+
+
+def test_rejects_mismatched_shapes():
+    codes = np.array([[1, 2], [3, 4]], np.uint32)
+    bmap = build_bucket_map(codes, np.arange(2), positional=True)
+    with pytest.raises(ValueError, match="query codes"):
+        rerank_search(codes[:, :1], bmap, codes, 0, 16, 1)
+    with pytest.raises(ValueError, match="partition codes"):
+        rerank_search(codes, bmap, codes[:1], 0, 16, 1)
+    with pytest.raises(ValueError, match="below 2"):
+        rerank_search(np.array([[1 << 20, 0]]), bmap, codes, 0, 16, 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), t=st.integers(0, 4), shortlist=st.integers(1, 30),
+       k=st.integers(1, 12), max_bucket=st.one_of(st.none(), st.integers(0, 20)))
+def test_random_cases_match_reference(seed, t, shortlist, k, max_bucket):
+    rng = np.random.default_rng(seed)
+    codes = clustered_codes(rng, 40, 3, 8, n_centres=3, flips=1)
+    queries = clustered_codes(rng, 3, 3, 8, n_centres=3, flips=1)
+    bmap = build_bucket_map(codes, np.arange(40), positional=True)
+    got = rerank_search(queries, bmap, codes, t, 8, k, shortlist, max_bucket)
+    assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(40), t, 8, k, shortlist, max_bucket)
