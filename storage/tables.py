@@ -23,6 +23,12 @@ def write_parquet(url: str, columns: Mapping[str, Sequence], schema: pa.Schema, 
 
 
 def read_parquet(url: str, storage_options=None, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read one (small) Parquet file whole.
+
+    Read from bytes on the calling thread: ``pq.read_table`` on a Python file object with
+    Arrow's thread pool intermittently aborted the process at exit ("terminate called
+    without an active exception", apache/arrow#34314, #50482).
+    """
     fs, path = url_to_fs(url, storage_options)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=list(columns) if columns else None)
+    data = fs.cat_file(path)
+    return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None, use_threads=False)

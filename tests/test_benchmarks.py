@@ -16,3 +16,16 @@ def test_bench_index_smoke(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["images"] == 2000 and figures["patchhash_index_images_per_s"] > 0 and figures["model_predict_images_per_s"] > 0
     assert "ratio" in result.stdout
+
+
+def test_quality_ablation_smoke(tmp_path):
+    out = tmp_path / "quality.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", str(tmp_path),
+                             "--workers", "1", "--out-json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    methods = {(r["method"], r["threshold"]) for r in rows}
+    assert {("seed", 0), ("seed", 1), ("default", 0), ("default", 1), ("pixel-knn", None), ("lsh-64", None), ("lsh-256", None)} <= methods
+    assert all(0 <= r["precision"]["10"] <= 1 for r in rows)
+    assert "| default | default | 32 | 1 | 100 |" in result.stdout

@@ -111,6 +111,7 @@ Workers = Annotated[Optional[int], typer.Option(help="LocalCluster worker proces
 ThreadsPerWorker = Annotated[int, typer.Option(help="Threads per LocalCluster worker.")]
 MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
 Shortlist = Annotated[int, typer.Option(help="Default mode: images re-ranked per query and partition.")]
+MaxBucketFraction = Annotated[float, typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images.")]
 
 
 @app.command()
@@ -159,7 +160,8 @@ def query(
     threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 1 in default mode, 3 in seed mode).")] = None,
     mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
     shortlist: Shortlist = 100,
-    max_bucket_fraction: Annotated[float, typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images.")] = 1.0,
+    max_bucket_fraction: MaxBucketFraction = 1.0,
+    shift_radius: Annotated[int, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r+1)^2 times the work).")] = 0,
     format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or jsonl.")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
     report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
@@ -180,7 +182,7 @@ def query(
     setup_logging(verbose)
     result = run_query(
         index, queries, out,
-        QuerySettings(k=k, threshold=threshold, mode=mode, shortlist=shortlist, max_bucket_fraction=max_bucket_fraction,
+        QuerySettings(k=k, threshold=threshold, mode=mode, shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, shift_radius=shift_radius,
                       block_size=block_size, strict=strict, format=format),
         ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
         _options(storage_options), report=report, report_limit=report_limit,
@@ -219,6 +221,7 @@ def evaluate(
     baselines: Annotated[str, typer.Option(help="Pixel baselines: pixel-knn, lsh-B (B random hyperplanes), comma-separated; 'none' for none.")] = "pixel-knn,lsh-64,lsh-256",
     thresholds: Annotated[Optional[str], typer.Option(help="Run each mode at each of these thresholds t (default: the mode's own).")] = None,
     shortlist: Shortlist = 100,
+    max_bucket_fraction: MaxBucketFraction = 1.0,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N queries only.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Draw precision@k curves and precision@10 against t into this PNG.")] = None,
@@ -237,7 +240,8 @@ def evaluate(
     setup_logging(verbose)
     settings = EvaluateSettings(
         ks=_int_list(k, "--k"), modes=_name_list(modes), baselines=_name_list(baselines),
-        thresholds=_int_list(thresholds, "--thresholds"), shortlist=shortlist, limit=limit,
+        thresholds=_int_list(thresholds, "--thresholds"), shortlist=shortlist,
+        max_bucket_fraction=max_bucket_fraction, limit=limit,
     )
     result = run_evaluate(
         index, queries, labels, query_labels, settings,

@@ -49,6 +49,8 @@ class QuerySettings:
     grid (:mod:`pipeline.rerank`; ``shortlist`` images per query and partition, buckets of
     more than ``max_bucket_fraction`` of a partition's images skipped). ``threshold`` is the
     per-code Hamming radius; ``None`` takes the mode's default (:data:`DEFAULT_THRESHOLD`).
+    ``shift_radius`` r > 0 (default mode) also searches each query shifted by up to r pixels
+    and keeps each image's best score (:mod:`pipeline.shifts`; (2r+1)**2 times the work).
     ``strict`` makes any unreadable query row an error (raised after the results file,
     error rows included, is written).
     """
@@ -58,6 +60,7 @@ class QuerySettings:
     mode: str = "default"
     shortlist: int = 100
     max_bucket_fraction: float = 1.0
+    shift_radius: int = 0
     block_size: int = 1000
     strict: bool = False
     format: str | None = None
@@ -74,6 +77,8 @@ class QuerySettings:
             raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
         if self.shortlist < 1:
             raise ConfigError(f"--shortlist must be >= 1, got {self.shortlist}")
+        if self.shift_radius < 0 or (self.shift_radius and self.mode == "seed"):
+            raise ConfigError(f"--shift-radius must be >= 0, and 0 in seed mode (the seed's rule has no shifts), got {self.shift_radius}")
         if not 0 < self.max_bucket_fraction <= 1:
             raise ConfigError(f"--max-bucket-fraction must be in (0, 1], got {self.max_bucket_fraction}")
         if self.block_size < 1:
@@ -159,14 +164,16 @@ def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> n
     return codes
 
 
-def encode_block_task(index_url: str, shard, storage_options) -> QueryBlock:
+def encode_block_task(index_url: str, shard, storage_options, shift_radius: int = 0) -> QueryBlock:
     from pipeline.encode import load_encoder
+    from pipeline.shifts import shifted_copies
     from storage import ImageSpec
 
     encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
     gh, gw = encoder.card.grid
-    codes = encoder.encode(data.pixels).reshape(len(data.ids), gh * gw)
+    pixels = shifted_copies(data.pixels, shift_radius) if shift_radius else data.pixels
+    codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
     return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
 
 
@@ -180,8 +187,13 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
         return seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     codes = load_codes(index_url, start, stop, storage_options)
     max_bucket = int(settings.max_bucket_fraction * (stop - start))
-    return rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
-                         max_bucket, id_range=(start, stop))
+    found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
+                          max_bucket, id_range=(start, stop))
+    if settings.shift_radius:
+        from pipeline.shifts import best_of_copies, offsets
+
+        found = best_of_copies(found, len(offsets(settings.shift_radius)), settings.k)
+    return found
 
 
 def merge_task(parts: list, k: int):
@@ -294,7 +306,7 @@ def query(
     ):
         def refill() -> None:
             for shard in next_shards:
-                block = dask.submit(encode_block_task, index_url, shard, storage_options, pure=False)
+                block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius, pure=False)
                 parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False)
                          for p in partitions]
                 window.append((block, dask.submit(merge_task, parts, settings.k, pure=False)))

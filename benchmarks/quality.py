@@ -1,0 +1,156 @@
+"""Retrieval-quality ablation: modes x models x thresholds (and shortlist sizes), with the pixel
+baselines, all measured in one run with ``patchhash evaluate``'s library API.
+
+    python benchmarks/quality.py                          # docs/QUALITY.md (10k test queries, 60k index)
+    python benchmarks/quality.py --smoke                  # 2000 images, 100 queries (CI)
+    python benchmarks/quality.py --models default=fashion-mnist,ae32=/path/to/model
+
+Each model gets an index of the Fashion-MNIST train images under ``--work`` (reused when
+present: rerunning only re-measures); the 10k test images are the queries. Prints a markdown
+table and writes ``benchmarks/results/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from pipeline.modelcard import read_card, resolve_model_url  # noqa: E402
+from workflows.cluster import ClusterSettings, dask_client  # noqa: E402
+from workflows.demo import FASHION_MNIST_DIR  # noqa: E402
+from workflows.evaluate import EvaluateSettings, evaluate  # noqa: E402
+from workflows.index import index  # noqa: E402
+
+log = logging.getLogger("quality")
+
+TRAIN = f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz"
+TRAIN_LABELS = f"{FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz"
+TEST = f"{FASHION_MNIST_DIR}/t10k-images-idx3-ubyte.gz"
+TEST_LABELS = f"{FASHION_MNIST_DIR}/t10k-labels-idx1-ubyte.gz"
+
+
+def describe(model_url: str) -> dict:
+    card = read_card(resolve_model_url(model_url))
+    training = card.training
+    return {
+        "bits": card.bits, "stem": list(card.config.stem), "patch": card.config.patch, "stride": card.config.stride,
+        "label_aware": bool(training.get("n_classes")), "label_weight": training.get("label_weight", 0.0),
+        "epochs": training.get("epochs"), "n_images": training.get("n_images"), "command": training.get("command"),
+    }
+
+
+def smoke_inputs(work: Path) -> tuple[str, str, str, str]:
+    """2000 train images as the corpus and 100 test images as queries, as .npy files."""
+    from storage import open_corpus, read_labels
+
+    paths = [work / n for n in ("corpus.npy", "labels.npy", "queries.npy", "query_labels.npy")]
+    if not paths[0].exists():
+        spec = (28, 28, 1)
+        from storage import ImageSpec
+
+        np.save(paths[0], open_corpus(TRAIN).read(ImageSpec(*spec), 0, 2000).pixels[..., 0])
+        np.save(paths[1], read_labels(TRAIN_LABELS)[:2000])
+        np.save(paths[2], open_corpus(TEST).read(ImageSpec(*spec), 0, 100).pixels[..., 0])
+        np.save(paths[3], read_labels(TEST_LABELS)[:100])
+    return tuple(str(p) for p in paths)
+
+
+def table(rows: list[dict], ks: tuple[int, ...]) -> str:
+    head = ["mode / method", "model", "bits", "t", "shortlist", *(f"P@{k}" for k in ks), "mAP@100", "candidates", "ms/query"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["method"], r["model"], str(r["bits"]), "" if r["threshold"] is None else str(r["threshold"]),
+            "" if r["shortlist"] is None else str(r["shortlist"]),
+            *(f"{r['precision'][str(k)]:.3f}" for k in ks), f"{r['map']:.3f}",
+            f"{r['mean_candidates']:,.0f}", f"{r['ms_per_query']:.2f}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="default=fashion-mnist", help="name=model, comma-separated (a model dir or built-in name)")
+    ap.add_argument("--thresholds", default="0,1,2,3", help="t values for both modes")
+    ap.add_argument("--shortlists", default="25,100,400", help="default mode, first model, default t")
+    ap.add_argument("--max-bucket-fractions", default="", help="default mode, first model, default t (e.g. 0.5,0.1)")
+    ap.add_argument("--limit", type=int, default=None, help="first N test queries only")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "patchhash-quality"), help="folder for the indexes")
+    ap.add_argument("--out-json", default=str(HERE / "results" / "quality.json"))
+    ap.add_argument("--smoke", action="store_true", help="2000 images, 100 queries, t=0,1, one shortlist")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    work = Path(args.work) / ("smoke" if args.smoke else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        corpus, labels, queries, query_labels = smoke_inputs(work)
+        thresholds, shortlists, fractions = (0, 1), (100,), ()
+    else:
+        corpus, labels, queries, query_labels = TRAIN, TRAIN_LABELS, TEST, TEST_LABELS
+        thresholds = tuple(int(v) for v in args.thresholds.split(","))
+        shortlists = tuple(int(v) for v in args.shortlists.split(",") if v)
+        fractions = tuple(float(v) for v in args.max_bucket_fractions.split(",") if v)
+    models = dict(spec.split("=", 1) for spec in args.models.split(","))
+    ks = (1, 10, 100)
+    rows, started = [], time.perf_counter()
+
+    def add(result, name, model, info, shortlist) -> None:
+        for m in result.methods:
+            rows.append({
+                "method": m.name.split(" ")[0], "model": model if m.kind == "mode" else "(pixels)",
+                "bits": info["bits"] if m.kind == "mode" else "", "threshold": m.threshold,
+                "shortlist": shortlist if m.name.startswith("default") else None,
+                "precision": {str(k): v for k, v in m.precision.items()}, "map": m.map,
+                "mean_candidates": m.mean_candidates, "ms_per_query": m.ms_per_query,
+            })
+
+    with dask_client(ClusterSettings(workers=args.workers)) as client:
+        infos = {}
+        for i, (name, model) in enumerate(models.items()):
+            infos[name] = info = describe(model)
+            index_url = str(work / f"{name}.index")
+            index(corpus, index_url, model, client=client)
+            common = dict(ks=ks, limit=args.limit)
+            first = i == 0
+            result = evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
+                modes=("seed", "default"), baselines=("pixel-knn", "lsh-64", "lsh-256") if first else (),
+                thresholds=thresholds, **common), client=client)
+            add(result, name, name, info, 100)
+            if first:
+                for s in shortlists:
+                    if s != 100:
+                        add(evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
+                            modes=("default",), baselines=(), shortlist=s, **common), client=client), name, name, info, s)
+                for f in fractions:
+                    r = evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
+                        modes=("default",), baselines=(), max_bucket_fraction=f, **common), client=client)
+                    add(r, name, name, info, 100)
+                    rows[-1]["method"] = f"default, buckets <= {f:g} of partition"
+    text = table(rows, ks)
+    print("\n" + text)
+    for name, info in infos.items():
+        print(f"\n{name}: {json.dumps(info)}")
+    if not args.smoke or args.out_json != str(HERE / "results" / "quality.json"):
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps({
+            "queries": queries, "index_corpus": corpus, "limit": args.limit, "models": infos, "rows": rows,
+            "seconds": round(time.perf_counter() - started, 1),
+        }, indent=1))
+        print(f"\nwritten to {args.out_json}")
+
+
+if __name__ == "__main__":
+    main()

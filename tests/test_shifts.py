@@ -1,0 +1,50 @@
+"""Query-time shift tolerance: the shifted copies and the merge of their results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.search import TopK
+from pipeline.shifts import best_of_copies, offsets, shifted_copies
+
+
+def test_offsets_start_unshifted_and_cover_the_square():
+    assert offsets(0) == [(0, 0)]
+    got = offsets(1)
+    assert got[0] == (0, 0) and len(got) == 9 and set(got) == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    with pytest.raises(ValueError):
+        offsets(-1)
+
+
+def test_shifted_copies_move_content_and_replicate_edges():
+    img = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    copies = shifted_copies(img, 1)
+    assert copies.shape == (9, 4, 4, 1)
+    np.testing.assert_array_equal(copies[0], img[0])
+    down_right = copies[offsets(1).index((1, 1))][..., 0]
+    np.testing.assert_array_equal(down_right[1:, 1:], img[0, :3, :3, 0])  # content moved by (1, 1)
+    np.testing.assert_array_equal(down_right[0, 1:], img[0, 0, :3, 0])  # top row replicated
+    np.testing.assert_array_equal(down_right[1:, 0], img[0, :3, 0, 0])  # left column replicated
+    two = shifted_copies(np.stack([img[0], img[0] + 100]), 1)
+    np.testing.assert_array_equal(two[9:], shifted_copies(img + 100, 1))  # image-major order
+    with pytest.raises(ValueError, match="not smaller"):
+        shifted_copies(img, 4)
+
+
+def test_best_of_copies_keeps_each_image_best_score():
+    ids = np.array([[5, 7, -1], [7, 9, 5], [1, 2, 3], [3, 2, -1]])
+    scores = np.array([[10., 8, 0], [12, 8, 3], [5, 4, 3], [6, 4, 0]])
+    merged = best_of_copies(TopK(ids, scores, np.array([2, 3, 3, 2])), 2, 3)
+    assert merged.ids.tolist() == [[7, 5, 9], [3, 1, 2]]
+    assert merged.scores.tolist() == [[12, 10, 8], [6, 5, 4]]
+    assert merged.n_candidates.tolist() == [5, 5]
+    with pytest.raises(ValueError, match="whole number"):
+        best_of_copies(TopK(ids[:3], scores[:3], np.zeros(3, np.int64)), 2, 3)
+
+
+def test_best_of_copies_pads_and_breaks_ties_by_id():
+    ids = np.array([[4, -1], [2, -1]])
+    scores = np.array([[7., 0], [7, 0]])
+    merged = best_of_copies(TopK(ids, scores, np.array([1, 1])), 2, 3)
+    assert merged.ids.tolist() == [[2, 4, -1]] and merged.scores.tolist() == [[7, 7, 0]]
