@@ -27,13 +27,13 @@ import numpy as np
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
-def reference_predict(n: int, repeats: int) -> float:
+def reference_predict(n: int, repeats: int, model: str) -> float:
     """Images/s of ``encoder.predict`` over ``n`` in-memory images (median of ``repeats``)."""
     from pipeline.encode import load_encoder
 
     with gzip.open(FMNIST) as f:
         pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:n]
-    enc = load_encoder("fashion-mnist")
+    enc = load_encoder(model)
     x = enc.card.normalization.apply(pixels)
     enc._encoder.predict(x[:512], batch_size=256, verbose=0)  # warm-up (graph tracing)
     rates = []
@@ -44,7 +44,7 @@ def reference_predict(n: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def patchhash_index(n: int, workers: int, repeats: int) -> float:
+def patchhash_index(n: int, workers: int, repeats: int, model: str) -> float:
     """Images/s of the whole ``patchhash index`` command (median of ``repeats``)."""
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +57,7 @@ def patchhash_index(n: int, workers: int, repeats: int) -> float:
             url = os.path.join(tmp, f"idx{i}")
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "workflows.cli", "index", "--corpus", corpus, "--index", url,
-                            "--workers", str(workers), "--shard-size", str(max(1000, n // (4 * workers)))],
+                            "--model", model, "--workers", str(workers), "--shard-size", str(max(1000, n // (4 * workers)))],
                            check=True, capture_output=True)
             rates.append(n / (time.perf_counter() - started))
             shutil.rmtree(url)
@@ -69,14 +69,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=60000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default="fashion-mnist", help="model directory or built-in name")
     ap.add_argument("--smoke", action="store_true", help="2k images, 1 repeat (CI)")
     ap.add_argument("--out-json")
     args = ap.parse_args()
     if args.smoke:
         args.images, args.repeats = 2000, 1
-    ours = patchhash_index(args.images, args.workers, args.repeats)
-    reference = reference_predict(args.images, args.repeats)
-    row = {"images": args.images, "workers": args.workers, "repeats": args.repeats,
+    ours = patchhash_index(args.images, args.workers, args.repeats, args.model)
+    reference = reference_predict(args.images, args.repeats, args.model)
+    row = {"model": args.model, "images": args.images, "workers": args.workers, "repeats": args.repeats,
            "patchhash_index_images_per_s": round(ours), "model_predict_images_per_s": round(reference),
            "ratio": round(ours / reference, 3)}
     print(f"patchhash index ({args.workers} workers, whole command): {ours:9.0f} images/s")

@@ -31,6 +31,7 @@ from workflows.cluster import ClusterSettings, dask_client  # noqa: E402
 from workflows.demo import FASHION_MNIST_DIR  # noqa: E402
 from workflows.evaluate import EvaluateSettings, evaluate  # noqa: E402
 from workflows.index import index  # noqa: E402
+from workflows.query import DEFAULT_MAX_BUCKET_FRACTION, DEFAULT_SHORTLIST  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -67,12 +68,14 @@ def smoke_inputs(work: Path) -> tuple[str, str, str, str]:
 
 
 def table(rows: list[dict], ks: tuple[int, ...]) -> str:
-    head = ["mode / method", "model", "bits", "t", "shortlist", *(f"P@{k}" for k in ks), "mAP@100", "candidates", "ms/query"]
+    head = ["mode / method", "model", "bits", "t", "shortlist", "skip buckets >", *(f"P@{k}" for k in ks), "mAP@100",
+            "candidates", "ms/query"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], r["model"], str(r["bits"]), "" if r["threshold"] is None else str(r["threshold"]),
             "" if r["shortlist"] is None else str(r["shortlist"]),
+            "" if r["max_bucket_fraction"] is None else f"{r['max_bucket_fraction']:g}",
             *(f"{r['precision'][str(k)]:.3f}" for k in ks), f"{r['map']:.3f}",
             f"{r['mean_candidates']:,.0f}", f"{r['ms_per_query']:.2f}",
         ]) + " |")
@@ -83,8 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="default=fashion-mnist", help="name=model, comma-separated (a model dir or built-in name)")
     ap.add_argument("--thresholds", default="0,1,2,3", help="t values for both modes")
-    ap.add_argument("--shortlists", default="25,100,400", help="default mode, first model, default t")
-    ap.add_argument("--max-bucket-fractions", default="", help="default mode, first model, default t (e.g. 0.5,0.1)")
+    ap.add_argument("--shortlists", default="100,400,1000", help="default mode, first model, default t")
+    ap.add_argument("--max-bucket-fractions", default="1,0.02", help="default mode, first model, default t")
     ap.add_argument("--limit", type=int, default=None, help="first N test queries only")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "patchhash-quality"), help="folder for the indexes")
@@ -97,7 +100,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         corpus, labels, queries, query_labels = smoke_inputs(work)
-        thresholds, shortlists, fractions = (0, 1), (100,), ()
+        thresholds, shortlists, fractions = (0, 1), (), ()
     else:
         corpus, labels, queries, query_labels = TRAIN, TRAIN_LABELS, TEST, TEST_LABELS
         thresholds = tuple(int(v) for v in args.thresholds.split(","))
@@ -107,12 +110,14 @@ def main() -> None:
     ks = (1, 10, 100)
     rows, started = [], time.perf_counter()
 
-    def add(result, name, model, info, shortlist) -> None:
+    def add(result, model, info, settings: EvaluateSettings) -> None:
         for m in result.methods:
+            default = m.name.startswith("default")
             rows.append({
                 "method": m.name.split(" ")[0], "model": model if m.kind == "mode" else "(pixels)",
                 "bits": info["bits"] if m.kind == "mode" else "", "threshold": m.threshold,
-                "shortlist": shortlist if m.name.startswith("default") else None,
+                "shortlist": settings.shortlist if default else None,
+                "max_bucket_fraction": settings.max_bucket_fraction if default else None,
                 "precision": {str(k): v for k, v in m.precision.items()}, "map": m.map,
                 "mean_candidates": m.mean_candidates, "ms_per_query": m.ms_per_query,
             })
@@ -123,22 +128,16 @@ def main() -> None:
             infos[name] = info = describe(model)
             index_url = str(work / f"{name}.index")
             index(corpus, index_url, model, client=client)
-            common = dict(ks=ks, limit=args.limit)
             first = i == 0
-            result = evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
-                modes=("seed", "default"), baselines=("pixel-knn", "lsh-64", "lsh-256") if first else (),
-                thresholds=thresholds, **common), client=client)
-            add(result, name, name, info, 100)
-            if first:
-                for s in shortlists:
-                    if s != 100:
-                        add(evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
-                            modes=("default",), baselines=(), shortlist=s, **common), client=client), name, name, info, s)
-                for f in fractions:
-                    r = evaluate(index_url, queries, labels, query_labels, EvaluateSettings(
-                        modes=("default",), baselines=(), max_bucket_fraction=f, **common), client=client)
-                    add(r, name, name, info, 100)
-                    rows[-1]["method"] = f"default, buckets <= {f:g} of partition"
+            runs = [EvaluateSettings(modes=("seed", "default"), baselines=("pixel-knn", "lsh-64", "lsh-256") if first else (),
+                                     thresholds=thresholds, ks=ks, limit=args.limit)]
+            if first:  # the default mode's other knobs, one at a time, at its default t
+                runs += [EvaluateSettings(modes=("default",), baselines=(), shortlist=s, ks=ks, limit=args.limit)
+                         for s in shortlists if s != DEFAULT_SHORTLIST]
+                runs += [EvaluateSettings(modes=("default",), baselines=(), max_bucket_fraction=f, ks=ks, limit=args.limit)
+                         for f in fractions if f != DEFAULT_MAX_BUCKET_FRACTION]
+            for settings in runs:
+                add(evaluate(index_url, queries, labels, query_labels, settings, client=client), name, info, settings)
     text = table(rows, ks)
     print("\n" + text)
     for name, info in infos.items():

@@ -37,7 +37,7 @@ CARD_FORMAT = "patchhash-model"
 CARD_VERSION = 1
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
-BUILTIN_MODELS = ("fashion-mnist",)
+BUILTIN_MODELS = ("fashion-mnist", "fashion-mnist-unsupervised")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -33,7 +33,7 @@ from .search import TopK, _check_id_range, _select_topk
 
 __all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
 
-DEFAULT_SHORTLIST = 100
+DEFAULT_SHORTLIST = 400
 """Images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
 
 # Enumerating the Hamming ball costs about this many key comparisons per probe (one binary

@@ -28,4 +28,4 @@ def test_quality_ablation_smoke(tmp_path):
     methods = {(r["method"], r["threshold"]) for r in rows}
     assert {("seed", 0), ("seed", 1), ("default", 0), ("default", 1), ("pixel-knn", None), ("lsh-64", None), ("lsh-256", None)} <= methods
     assert all(0 <= r["precision"]["10"] <= 1 for r in rows)
-    assert "| default | default | 32 | 1 | 100 |" in result.stdout
+    assert "| default | default | 32 | 1 | 400 | 0.1 |" in result.stdout

@@ -28,13 +28,14 @@ def test_train_then_info(tmp_path, fmnist_train):
     np.save(corpus, fmnist_train[:400, :, :, 0])
     out = tmp_path / "model"
     result = run("train", "--corpus", str(corpus), "--out", str(out), "--bits", "16", "--epochs", "1",
-                 "--batch-size", "64", "--sample", "300", "--seed", "7")
+                 "--batch-size", "64", "--sample", "300", "--seed", "7", "--stem", "8")
     assert result.returncode == 0, result.stderr
     assert "saved" in result.stdout and "16 bits" in result.stdout
     info = run("info", "--model", str(out), "--json")
     assert info.returncode == 0, info.stderr
     card = json.loads(info.stdout)
     assert (card["bits"], card["grid"], card["training"]["n_images"], card["training"]["seed"]) == (16, [7, 7], 300, 7)
+    assert card["architecture"]["stem"] == [8]
     assert card["training"]["command"].startswith("patchhash train --corpus")
     text = run("info", "--model", str(out))
     assert "bits: 16" in text.stdout
@@ -52,9 +53,11 @@ def test_train_with_labels_records_them(tmp_path, fmnist_train):
     np.save(label_file, labels.astype(np.int64))
     out = tmp_path / "model"
     result = run("train", "--corpus", str(corpus), "--labels", str(label_file), "--label-weight", "2", "--out", str(out),
-                 "--bits", "8", "--epochs", "1", "--batch-size", "64", "--sample", "200", "--seed", "1")
+                 "--bits", "8", "--epochs", "1", "--batch-size", "64", "--sample", "200", "--seed", "1", "--stem", "none")
     assert result.returncode == 0, result.stderr
-    training = json.loads(run("info", "--model", str(out), "--json").stdout)["training"]
+    card = json.loads(run("info", "--model", str(out), "--json").stdout)
+    training = card["training"]
+    assert card["architecture"]["stem"] == []
     assert (training["labels"], training["n_classes"], training["label_weight"]) == (str(label_file), 10, 2.0)
     assert training["final_label_loss"] > 0 and training["n_images"] == 200
     np.save(label_file, labels[:10].astype(np.int64))
@@ -62,13 +65,18 @@ def test_train_with_labels_records_them(tmp_path, fmnist_train):
     assert bad.returncode == 1 and "holds 10 labels but the corpus has 400 images" in bad.stderr
 
 
-def test_shipped_model_card():
-    result = run("info", "--model", "fashion-mnist", "--json")
+@pytest.mark.parametrize("name", ["fashion-mnist", "fashion-mnist-unsupervised"])
+def test_shipped_model_cards(name):
+    result = run("info", "--model", name, "--json")
     assert result.returncode == 0, result.stderr
     card = json.loads(result.stdout)
-    assert card["name"] == "fashion-mnist" and card["input_shape"] == [28, 28, 1]
+    assert card["name"] == name and card["input_shape"] == [28, 28, 1]
     assert card["training"]["n_images"] == 60000
     assert card["training"]["command"].startswith("patchhash train")
+    assert f"--out pipeline/models/{name} " in card["training"]["command"]
+    label_aware = name == "fashion-mnist"
+    assert bool(card["training"].get("n_classes")) == label_aware
+    assert ("--labels" in card["training"]["command"]) == label_aware
 
 
 def test_index_and_info_from_the_command_line(tmp_path, tiny_model, fmnist_train):

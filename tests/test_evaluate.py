@@ -48,7 +48,7 @@ def test_figures_match_independent_computation(client, labelled, tmp_path):
     out, plot = tmp_path / "e.json", tmp_path / "e.png"
     result = evaluate(*_args(labelled), settings=settings, client=client, out=str(out), plot=str(plot))
     names = [m.name for m in result.methods]
-    assert names == ["seed t=3", "default t=1", "pixel-knn", "lsh-32"]
+    assert names == ["seed t=3", "default t=3", "pixel-knn", "lsh-32"]
     by_name = {m.name: m for m in result.methods}
     # pixel-knn against the baseline function and the metric functions, directly
     ids = pixel_knn(labelled["fmnist"][:N_INDEX], labelled["fmnist"][2000:2000 + N_QUERIES], 20)
@@ -62,12 +62,12 @@ def test_figures_match_independent_computation(client, labelled, tmp_path):
     got = np.full((N_QUERIES, 20), -1)
     for q, r, i in zip(rows["query_id"], rows["rank"], rows["image_id"]):
         got[q, r - 1] = i
-    assert by_name["default t=1"].precision[5] == pytest.approx(precision_at_k(got, labelled["labels"], labelled["query_labels"], 5))
+    assert by_name["default t=3"].precision[5] == pytest.approx(precision_at_k(got, labelled["labels"], labelled["query_labels"], 5))
     for m in result.methods:
         assert len(m.curve) == 20 and all(0 <= p <= 1 for p in m.curve) and m.ms_per_query > 0
         assert m.mean_candidates > 0
     # a tiny one-epoch model: the modes must still beat chance (0.1) by a wide margin
-    assert by_name["default t=1"].precision[5] > 0.3
+    assert by_name["default t=3"].precision[5] > 0.3
     saved = json.loads(out.read_text())
     assert saved["n_queries"] == N_QUERIES and [m["name"] for m in saved["methods"]] == names
     assert saved["methods"][2]["precision"]["1"] == pytest.approx(knn.precision[1])
@@ -138,7 +138,7 @@ def test_evaluate_cli_smoke(labelled, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    for name in ("seed t=3", "default t=1", "pixel-knn", "lsh-64", "P@10", "mAP@100"):
+    for name in ("seed t=3", "default t=3", "pixel-knn", "lsh-64", "P@10", "mAP@100"):
         assert name in result.stdout
     assert json.loads(out.read_text())["n_queries"] == 30 and plot.stat().st_size > 1000
     bad = subprocess.run(

@@ -66,6 +66,7 @@ def train(
     patch: Annotated[Optional[int], typer.Option(help="Patch (first kernel) size in pixels.")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Patch stride in pixels; sets the code grid.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(help="Model input HxWxC, e.g. 28x28x1.")] = None,
+    stem: Annotated[Optional[str], typer.Option(help="Widths of 3x3 convolutions before the patch convolution, e.g. 32,64; 'none' for none.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     labels: Annotated[Optional[str], typer.Option(help="Labels of the corpus images (IDX1, .npy, or CSV uri,label): label-aware training.")] = None,
@@ -82,6 +83,7 @@ def train(
     setup_logging(verbose)
     card = run_train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
+        stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
     )
@@ -110,8 +112,13 @@ Scheduler = Annotated[Optional[str], typer.Option(help="Address of a running Das
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core).")]
 ThreadsPerWorker = Annotated[int, typer.Option(help="Threads per LocalCluster worker.")]
 MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
-Shortlist = Annotated[int, typer.Option(help="Default mode: images re-ranked per query and partition.")]
-MaxBucketFraction = Annotated[float, typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images.")]
+Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400].")]
+MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
+
+
+def _given(**options) -> dict:
+    """The options given on the command line (not None): the settings' defaults fill the rest."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 @app.command()
@@ -157,10 +164,10 @@ def query(
     queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
     out: Annotated[str, typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format).")],
     k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
-    threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 1 in default mode, 3 in seed mode).")] = None,
+    threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 3).")] = None,
     mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
-    shortlist: Shortlist = 100,
-    max_bucket_fraction: MaxBucketFraction = 1.0,
+    shortlist: Shortlist = None,
+    max_bucket_fraction: MaxBucketFraction = None,
     shift_radius: Annotated[int, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r+1)^2 times the work).")] = 0,
     format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or jsonl.")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
@@ -182,8 +189,8 @@ def query(
     setup_logging(verbose)
     result = run_query(
         index, queries, out,
-        QuerySettings(k=k, threshold=threshold, mode=mode, shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, shift_radius=shift_radius,
-                      block_size=block_size, strict=strict, format=format),
+        QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, block_size=block_size, strict=strict,
+                      format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction)),
         ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
         _options(storage_options), report=report, report_limit=report_limit,
     )
@@ -220,8 +227,8 @@ def evaluate(
     modes: Annotated[str, typer.Option(help="Query modes to measure (seed, default), comma-separated; 'none' for none.")] = "seed,default",
     baselines: Annotated[str, typer.Option(help="Pixel baselines: pixel-knn, lsh-B (B random hyperplanes), comma-separated; 'none' for none.")] = "pixel-knn,lsh-64,lsh-256",
     thresholds: Annotated[Optional[str], typer.Option(help="Run each mode at each of these thresholds t (default: the mode's own).")] = None,
-    shortlist: Shortlist = 100,
-    max_bucket_fraction: MaxBucketFraction = 1.0,
+    shortlist: Shortlist = None,
+    max_bucket_fraction: MaxBucketFraction = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N queries only.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Draw precision@k curves and precision@10 against t into this PNG.")] = None,
@@ -240,8 +247,8 @@ def evaluate(
     setup_logging(verbose)
     settings = EvaluateSettings(
         ks=_int_list(k, "--k"), modes=_name_list(modes), baselines=_name_list(baselines),
-        thresholds=_int_list(thresholds, "--thresholds"), shortlist=shortlist,
-        max_bucket_fraction=max_bucket_fraction, limit=limit,
+        thresholds=_int_list(thresholds, "--thresholds"), limit=limit,
+        **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction),
     )
     result = run_evaluate(
         index, queries, labels, query_labels, settings,

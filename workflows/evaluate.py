@@ -29,7 +29,15 @@ import numpy as np
 from storage import ConfigError, CorpusError, open_corpus, read_labels
 from storage.fs import url_to_fs
 from workflows.cluster import ClusterSettings, dask_client
-from workflows.query import DEFAULT_THRESHOLD, MODES, QuerySettings, image_uris, query
+from workflows.query import (
+    DEFAULT_MAX_BUCKET_FRACTION,
+    DEFAULT_SHORTLIST,
+    DEFAULT_THRESHOLD,
+    MODES,
+    QuerySettings,
+    image_uris,
+    query,
+)
 
 __all__ = ["EvaluateSettings", "MethodResult", "Evaluation", "evaluate", "render_table", "plot_evaluation"]
 
@@ -51,8 +59,8 @@ class EvaluateSettings:
     modes: tuple[str, ...] = ("seed", "default")
     baselines: tuple[str, ...] = ("pixel-knn", "lsh-64", "lsh-256")
     thresholds: tuple[int, ...] = ()
-    shortlist: int = 100
-    max_bucket_fraction: float = 1.0
+    shortlist: int = DEFAULT_SHORTLIST
+    max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
     map_k: int = 100
     limit: int | None = None
     block_size: int = 1000
@@ -263,6 +271,7 @@ def plot_evaluation(evaluation: Evaluation, url: str, storage_options=None) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (the integer locator of the sweep's x axis)
 
     fig, (curves, sweep) = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in evaluation.methods:
@@ -278,6 +287,7 @@ def plot_evaluation(evaluation: Evaluation, url: str, storage_options=None) -> N
     baselines = [m for m in evaluation.methods if m.kind == "baseline"]
     for i, m in enumerate(baselines):
         sweep.axhline(m.curve[p10 - 1], linestyle="--", linewidth=1, label=m.name, color=f"C{len(modes) + i}")
+    sweep.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     sweep.set(xlabel="threshold t (Hamming radius per code)", ylabel=f"precision@{p10}", title=f"precision@{p10} against t")
     sweep.grid(True, alpha=0.3)
     sweep.legend(fontsize=8)

@@ -54,6 +54,7 @@ def train(
     patch: int | None = None,
     stride: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    stem: tuple[int, ...] | None = None,
     epochs: int = 5,
     batch_size: int = 128,
     labels: str | None = None,
@@ -67,7 +68,7 @@ def train(
     """Train a model on (a sample of) ``corpus`` and save it to ``out``.
 
     The geometry starts from ``preset`` and is overridden by any of ``bits``, ``patch``,
-    ``stride``, ``input_shape``. ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
+    ``stride``, ``input_shape``, ``stem`` (``()`` for none). ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
     corpus image) makes the training label-aware with weight ``label_weight`` (see
     :mod:`pipeline.train`). ``command`` is recorded in the card (the CLI passes its own
     command line). Returns the saved model's card.
@@ -78,7 +79,8 @@ def train(
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if sample is not None and sample < 2:
         raise ConfigError(f"--sample must be at least 2, got {sample}")
-    overrides = {k: v for k, v in dict(bits=bits, patch=patch, stride=stride, input_shape=input_shape).items() if v is not None}
+    overrides = {k: v for k, v in dict(bits=bits, patch=patch, stride=stride, input_shape=input_shape, stem=stem).items()
+                 if v is not None}
     try:
         config: ModelConfig = replace(PRESETS[preset], **overrides)
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight)
