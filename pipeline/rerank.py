@@ -21,7 +21,6 @@ brute-force scan. ``n_candidates`` counts the images with at least one vote.
 
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
@@ -29,16 +28,12 @@ from numba import njit
 
 from .buckets import BucketMap
 from .hamming import _distance, ball_size, enumerate_within, scan_within
-from .search import TopK, _check_id_range, _select_topk
+from .search import TopK, _check_id_range, _select_topk, choose_method
 
 __all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
 
 DEFAULT_SHORTLIST = 400
 """Images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
-
-# Enumerating the Hamming ball costs about this many key comparisons per probe (one binary
-# search step ~ 10 comparisons of a scan, see pipeline.search._PROBE_STEP_COST).
-_PROBE_STEP_COST = 10.0
 
 
 def rerank_search(
@@ -106,8 +101,8 @@ def rerank_search(
     scores = np.zeros((n_queries, k), np.int64)
     n_candidates = np.zeros(n_queries, np.int64)
     if n_queries and n_range:
-        mean_keys = max(bmap.keys.size / grid, 2.0)
-        use_scan = ball_size(bits, threshold) * _PROBE_STEP_COST * math.log2(mean_keys) > mean_keys
+        # scan or enumerate the keys of a position, as seed mode would for a block of that size
+        use_scan = choose_method(bmap.keys.size // grid, bits, threshold, allow_mih=False) == "scan"
         largest_block = int(np.diff(bmap.key_bounds).max(initial=0))
         buffer = largest_block if use_scan else min(largest_block, ball_size(bits, threshold))
         _rerank_queries(

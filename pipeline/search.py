@@ -220,8 +220,8 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         return _index_cache.setdefault(bmap, {}).setdefault((bits, m), index)
 
 
-def choose_method(n_keys: int, bits: int, threshold: int) -> str:
-    """Pick ``"scan"``, ``"enumerate"`` or ``"mih"`` for a key block by a cost model.
+def choose_method(n_keys: int, bits: int, threshold: int, allow_mih: bool = True) -> str:
+    """Pick ``"scan"``, ``"enumerate"`` or (if ``allow_mih``) ``"mih"`` for a key block by a cost model.
 
     A scan costs one comparison per key; enumerating costs, per probe of the Hamming
     ball, a binary search of about ``log2(n_keys) + 1`` steps, each worth
@@ -233,9 +233,9 @@ def choose_method(n_keys: int, bits: int, threshold: int) -> str:
     costs = {
         "scan": float(n_keys),
         "enumerate": probes * (math.log2(max(n_keys, 1)) + 1) * _PROBE_STEP_COST,
-        "mih": _mih_cost_units(n_keys, bits, threshold,
-                               mih_substrings(n_keys, bits, threshold)),
     }
+    if allow_mih:
+        costs["mih"] = _mih_cost_units(n_keys, bits, threshold, mih_substrings(n_keys, bits, threshold))
     return min(costs, key=costs.get)
 
 

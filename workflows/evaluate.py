@@ -81,9 +81,10 @@ class EvaluateSettings:
             raise ConfigError("nothing to evaluate: give at least one mode or baseline")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
-        if self.map_k < 1 or self.shortlist < 1 or self.block_size < 1:
-            raise ConfigError("map_k, shortlist and block_size must be >= 1")
-        QuerySettings(shortlist=self.shortlist, max_bucket_fraction=self.max_bucket_fraction)  # same checks as query
+        if self.map_k < 1:
+            raise ConfigError(f"map_k must be >= 1, got {self.map_k}")
+        # the query job's own checks of the options passed on to it
+        QuerySettings(shortlist=self.shortlist, max_bucket_fraction=self.max_bucket_fraction, block_size=self.block_size)
 
     @property
     def depth(self) -> int:
@@ -173,7 +174,7 @@ def evaluate(
 
     if settings.modes:
         with dask_client(cluster) if client is None else nullcontext(client) as dask, tempfile.TemporaryDirectory() as tmp:
-            warm = UriListCorpus(source.url, storage_options, source.uris()[:_WARMUP_QUERIES])
+            warm = UriListCorpus(source.url, storage_options, query_uris[:_WARMUP_QUERIES])
             for mode in settings.modes:
                 query(index_url, warm, f"{tmp}/warmup.parquet", QuerySettings(k=depth, mode=mode), client=dask)
                 for t in settings.thresholds or (DEFAULT_THRESHOLD[mode],):
@@ -238,8 +239,9 @@ def _run_baselines(settings: EvaluateSettings, index_url: str, uris: np.ndarray,
         return ids
 
     # compile the numba kernels before timing (a no-op once numba's cache holds them)
-    tiny = index_pixels[:2]
-    hamming_knn(lsh_codes(tiny, 8, tiny.reshape(len(tiny), -1).mean(0)), lsh_codes(tiny, 8, tiny.reshape(len(tiny), -1).mean(0)), 1)
+    first = index_pixels[:2]
+    tiny = lsh_codes(first, 8, first.reshape(len(first), -1).mean(axis=0))
+    hamming_knn(tiny, tiny, 1)
     for name in settings.baselines:
         started = time.perf_counter()
         if name == "pixel-knn":
