@@ -127,23 +127,31 @@ _partitions_lock = threading.Lock()
 _PARTITION_CACHE = 32
 
 
+def _cached(cache: OrderedDict, key, load):
+    """``cache[key]``, loaded by ``load()`` on a miss; the least recently used entries go
+    beyond ``_PARTITION_CACHE``. Loading runs outside the lock (two threads may both load)."""
+    with _partitions_lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = load()
+    with _partitions_lock:
+        cache[key] = value
+        while len(cache) > _PARTITION_CACHE:
+            cache.popitem(last=False)
+    return value
+
+
 def load_partition(index_url: str, path: str, storage_options=None):
     """The bucket map at ``path`` (immutable once committed), cached per worker process."""
     from pipeline.buckets import BucketMap
     from storage.arrays import read_array_group
 
-    key = (index_url, path)
-    with _partitions_lock:
-        if key in _partitions:
-            _partitions.move_to_end(key)
-            return _partitions[key]
-    arrays, _ = read_array_group(resolve(index_url, path), storage_options)
-    bmap = BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
-    with _partitions_lock:
-        _partitions[key] = bmap
-        while len(_partitions) > _PARTITION_CACHE:
-            _partitions.popitem(last=False)
-    return bmap
+    def load():
+        arrays, _ = read_array_group(resolve(index_url, path), storage_options)
+        return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
+
+    return _cached(_partitions, (index_url, path), load)
 
 
 _codes: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
@@ -155,18 +163,10 @@ def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> n
     from storage.arrays import open_array
     from storage.layout import CODES
 
-    key = (index_url, start, stop)
-    with _partitions_lock:
-        if key in _codes:
-            _codes.move_to_end(key)
-            return _codes[key]
-    array = open_array(join_url(index_url, CODES), storage_options)
-    codes = np.asarray(array[start:stop]).reshape(stop - start, -1)
-    with _partitions_lock:
-        _codes[key] = codes
-        while len(_codes) > _PARTITION_CACHE:
-            _codes.popitem(last=False)
-    return codes
+    def load():
+        return np.asarray(open_array(join_url(index_url, CODES), storage_options)[start:stop]).reshape(stop - start, -1)
+
+    return _cached(_codes, (index_url, start, stop), load)
 
 
 def encode_block_task(index_url: str, shard, storage_options, shift_radius: int = 0) -> QueryBlock:
