@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit
 
 from .buckets import BucketMap
-from .hamming import _distance, ball_size, enumerate_within, scan_within
-from .search import TopK, _check_id_range, _select_topk, choose_method
+from .hamming import _distance, ball_size, enumerate_within, mih_within, prefetch, scan_within
+from .search import _ENUMERATE, _MIH, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _no_tables, _select_topk, choose_method, prepare_index
 
 __all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
 
@@ -46,6 +46,7 @@ def rerank_search(
     shortlist: int = DEFAULT_SHORTLIST,
     max_bucket: int | None = None,
     id_range: tuple[int, int] | None = None,
+    method: str = "auto",
 ) -> TopK:
     """Answer a block of queries against one partition in the default mode (module docstring).
 
@@ -69,6 +70,10 @@ def rerank_search(
         Skip buckets with more images than this (default: none skipped).
     id_range : (int, int), optional
         The partition's ``(start, stop)`` image ids; defaults to the span of the map's ids.
+    method : {"auto", "scan", "enumerate", "mih"}
+        How each position's keys within ``threshold`` are found; ``"auto"`` lets
+        :func:`pipeline.search.choose_method` pick by the mean keys per position. Results
+        never depend on it.
 
     Returns
     -------
@@ -80,6 +85,8 @@ def rerank_search(
         raise ValueError(f"bits must be between 8 and 64, got {bits}")
     if not 0 <= threshold <= bits:
         raise ValueError(f"threshold must be between 0 and {bits}, got {threshold}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if k < 1 or shortlist < 1:
         raise ValueError(f"k and shortlist must be >= 1, got {k} and {shortlist}")
     start, stop = _check_id_range(bmap, id_range)
@@ -101,22 +108,30 @@ def rerank_search(
     scores = np.zeros((n_queries, k), np.int64)
     n_candidates = np.zeros(n_queries, np.int64)
     if n_queries and n_range:
-        # scan or enumerate the keys of a position, as seed mode would for a block of that size
-        use_scan = choose_method(bmap.keys.size // grid, bits, threshold, allow_mih=False) == "scan"
+        # the keys of a position are matched as seed mode would match a block of that size
+        if method == "auto":
+            method = choose_method(bmap.keys.size // grid, bits, threshold)
         largest_block = int(np.diff(bmap.key_bounds).max(initial=0))
-        buffer = largest_block if use_scan else min(largest_block, ball_size(bits, threshold))
+        buffer = min(largest_block, ball_size(bits, threshold)) if method == "enumerate" else largest_block
+        if method == "mih":
+            index = prepare_index(bmap, bits, threshold)
+            tables = (index.shifts, index.widths, index.table_bits, index.order, index.table_keys, index.starts)
+        else:
+            empty = _no_tables(dtype)
+            tables = (*empty[:5], empty[5][None])
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            use_scan, start, max_bucket, max(shortlist, k), np.zeros(n_range, np.int32),
-            np.empty(n_range, np.int64), np.empty(max(buffer, 1), np.int64),
-            np.empty(max(buffer, 1), np.int64), np.zeros(n_range, np.int64), ids, scores, n_candidates,
+            {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}[method], tables, start, max_bucket,
+            max(shortlist, k), np.zeros(n_range, np.int32), np.empty(n_range, np.int64),
+            np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
+            np.zeros(n_range, np.int64), ids, scores, n_candidates,
         )
     return TopK(ids, scores.astype(np.float64), n_candidates)
 
 
 @njit(nogil=True, cache=True)
-def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, use_scan,
-                    start, max_bucket, shortlist, votes, touched, match_idx, match_dist, similarity,
+def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, method,
+                    tables, start, max_bucket, shortlist, votes, touched, match_idx, match_dist, similarity,
                     out_ids, out_scores, n_candidates):
     n_queries, grid = queries.shape
     hist = np.zeros(grid + 1, np.int64)
@@ -125,12 +140,20 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         n_touched = 0
         for g in range(grid):
             lo = key_bounds[g]
-            block = keys[lo:key_bounds[g + 1]]
-            if use_scan:
-                n_match = scan_within(queries[qi, g], block, t, match_idx, match_dist)
+            hi = key_bounds[g + 1]
+            if method == _SCAN:
+                n_match = scan_within(queries[qi, g], keys[lo:hi], t, match_idx, match_dist)
+            elif method == _ENUMERATE:
+                n_match = enumerate_within(queries[qi, g], keys[lo:hi], bits, t, match_idx, match_dist)
             else:
-                n_match = enumerate_within(queries[qi, g], block, bits, t, match_idx, match_dist)
+                n_match = mih_within(queries[qi, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
+                                     tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
             for j in range(n_match):
+                # matched keys are scattered: fetch the offsets, then the bucket, ahead
+                if j + 2 * _PREFETCH_AHEAD < n_match:
+                    prefetch(offsets, lo + match_idx[j + 2 * _PREFETCH_AHEAD])
+                if j + _PREFETCH_AHEAD < n_match:
+                    prefetch(bucket_ids, offsets[lo + match_idx[j + _PREFETCH_AHEAD]])
                 key = lo + match_idx[j]
                 b0 = offsets[key]
                 b1 = offsets[key + 1]
@@ -154,6 +177,8 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         n_short = 0
         for j in range(n_touched):
             r = touched[j]
+            if j + _PREFETCH_AHEAD < n_touched:
+                prefetch(votes, touched[j + _PREFETCH_AHEAD])
             if votes[r] >= cut:
                 dist = 0
                 for g in range(grid):

@@ -113,13 +113,15 @@ class TopK:
 
 @dataclass(frozen=True, eq=False)
 class SearchIndex:
-    """Multi-index-hashing tables over the keys of one position-free bucket map.
+    """Multi-index-hashing tables over the keys of one bucket map, one set per key block.
 
     Built by :func:`prepare_index` (which caches it on the map) and used by
-    :func:`seed_search` with ``method="mih"``. The ``bits``-bit codes are cut into
-    ``n_substrings`` disjoint substrings (:func:`pipeline.hamming.mih_split`); a search of
-    radius ``t`` probes each substring's table within radius ``t // n_substrings``. The
-    tables serve any radius; their cost is best for the radius they were planned for.
+    :func:`seed_search` (position-free maps: one block) and
+    :func:`pipeline.rerank.rerank_search` (positional maps: one block per grid position)
+    with ``method="mih"``. The ``bits``-bit codes are cut into ``n_substrings`` disjoint
+    substrings (:func:`pipeline.hamming.mih_split`); a search of radius ``t`` probes each
+    substring's table within radius ``t // n_substrings``. The tables serve any radius;
+    their cost is best for the radius they were planned for.
 
     Attributes
     ----------
@@ -129,9 +131,13 @@ class SearchIndex:
         Number of keys of the map (a consistency check).
     shifts, widths, table_bits : numpy.ndarray
         ``int64`` [m]: the substrings and the bucket-index width of each table.
-    order, table_keys, starts : numpy.ndarray
-        The tables (:func:`pipeline.hamming.mih_build`): 8 bytes per key per substring
-        for 32-bit keys (12 for 64-bit ones), plus 4 bytes per bucket.
+    order, table_keys : numpy.ndarray
+        [m, n_keys]: the tables of block ``b`` are the columns
+        ``key_bounds[b]:key_bounds[b + 1]`` of the map (:func:`pipeline.hamming.mih_build`
+        of that block's keys: positions within the block); 8 bytes per key per substring
+        for 32-bit keys (12 for 64-bit ones).
+    starts : numpy.ndarray
+        ``int32`` [B, m, 2**max(table_bits) + 1]: bucket starts of each block's tables.
     """
 
     bits: int
@@ -146,6 +152,10 @@ class SearchIndex:
     @property
     def n_substrings(self) -> int:
         return int(self.shifts.size)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.starts.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -173,18 +183,20 @@ def _mih_cost_units(n_keys: int, bits: int, threshold: int, m: int) -> float:
 
 def prepare_index(bmap: BucketMap, bits: int, threshold: int,
                   n_substrings: int | None = None) -> SearchIndex:
-    """The multi-index-hashing tables of a position-free map, built once and cached on it.
+    """The multi-index-hashing tables of a bucket map, built once and cached on it.
 
     Parameters
     ----------
     bmap : BucketMap
-        Position-free bucket map (fewer than 2**31 keys).
+        Position-free or positional bucket map (fewer than 2**31 keys); a positional map
+        gets one set of tables per grid position.
     bits : int
         Code width (8..64), as for :func:`seed_search`.
     threshold : int
         The search radius to plan the substrings for.
     n_substrings : int, optional
-        Force the number of substrings (1..bits) instead of the cost model's choice.
+        Force the number of substrings (1..bits) instead of the cost model's choice (made
+        for the mean number of keys per block).
 
     Returns
     -------
@@ -193,28 +205,33 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         Building is a counting sort of the keys per substring (tens of ms for 1M keys).
     """
     bits, threshold = operator.index(bits), operator.index(threshold)
-    keys = bmap.block_keys(0)
-    if bmap.positional:
-        raise ValueError("prepare_index needs a position-free bucket map")
+    keys = bmap.keys
     if not 8 <= bits <= 64 or bits > 8 * keys.dtype.itemsize:
         raise ValueError(
             f"bits must be in 8..64 and fit the map's {keys.dtype} keys, got {bits}"
         )
     if keys.size >= 2**31:
         raise ValueError(f"multi-index hashing needs fewer than 2**31 keys, got {keys.size}")
-    m = (mih_substrings(keys.size, bits, threshold) if n_substrings is None
+    per_block = keys.size // max(bmap.n_blocks, 1)
+    m = (mih_substrings(per_block, bits, threshold) if n_substrings is None
          else operator.index(n_substrings))
     with _index_cache_lock:
         cached = _index_cache.get(bmap, {}).get((bits, m))
     if cached is not None:
         return cached
     shifts, widths = mih_split(bits, m)
-    table_bits = mih_table_bits(widths, keys.size)
-    order, table_keys, starts = mih_build(keys, shifts, widths, table_bits)
+    # one table width for every block (the mean block's), so that the starts stack
+    table_bits = mih_table_bits(widths, per_block)
+    order = np.empty((m, keys.size), np.int32)
+    table_keys = np.empty((m, keys.size), keys.dtype)
+    starts = np.empty((bmap.n_blocks, m, (1 << int(table_bits.max())) + 1), np.int32)
+    for b in range(bmap.n_blocks):
+        lo, hi = int(bmap.key_bounds[b]), int(bmap.key_bounds[b + 1])
+        order[:, lo:hi], table_keys[:, lo:hi], starts[b] = mih_build(keys[lo:hi], shifts, widths, table_bits)
     index = SearchIndex(bits, int(keys.size), shifts, widths, table_bits, order, table_keys,
                         starts)
-    logger.debug("built a %d-substring index of %d keys (%d bits): %.1f MB",
-                 m, keys.size, bits, index.nbytes / 1e6)
+    logger.debug("built a %d-substring index of %d keys in %d block(s) (%d bits): %.1f MB",
+                 m, keys.size, bmap.n_blocks, bits, index.nbytes / 1e6)
     with _index_cache_lock:
         # Two threads may race to build the same index: keep the first.
         return _index_cache.setdefault(bmap, {}).setdefault((bits, m), index)
@@ -304,11 +321,11 @@ def seed_search(
     if method == "mih":
         if index is None:
             index = prepare_index(bmap, bits, threshold)
-        elif index.n_keys != keys.size or index.bits != bits \
+        elif index.n_keys != keys.size or index.bits != bits or index.n_blocks != 1 \
                 or index.table_keys.dtype != keys.dtype:
             raise ValueError("index was not prepared for this bucket map and code width")
         tables = (index.shifts, index.widths, index.table_bits, index.order,
-                  index.table_keys, index.starts)
+                  index.table_keys, index.starts[0])
     else:
         tables = _NO_TABLES.get(keys.dtype) or _no_tables(keys.dtype)
     logger.debug("seed_search: %d queries, %d keys, ids [%d, %d), method %s",

@@ -19,7 +19,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def test_help_lists_every_command_of_the_contract():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("train", "index", "query", "evaluate", "info", "demo"):
+    for command in ("train", "index", "query", "evaluate", "bench", "info", "demo"):
         assert command in result.stdout
 
 
@@ -28,7 +28,7 @@ def test_train_then_info(tmp_path, fmnist_train):
     np.save(corpus, fmnist_train[:400, :, :, 0])
     out = tmp_path / "model"
     result = run("train", "--corpus", str(corpus), "--out", str(out), "--bits", "16", "--epochs", "1",
-                 "--batch-size", "64", "--sample", "300", "--seed", "7", "--stem", "8")
+                 "--batch-size", "64", "--sample", "300", "--seed", "7", "--stem", "8", "--shift-weight", "1", "--max-shift", "1.5")
     assert result.returncode == 0, result.stderr
     assert "saved" in result.stdout and "16 bits" in result.stdout
     info = run("info", "--model", str(out), "--json")
@@ -36,6 +36,8 @@ def test_train_then_info(tmp_path, fmnist_train):
     card = json.loads(info.stdout)
     assert (card["bits"], card["grid"], card["training"]["n_images"], card["training"]["seed"]) == (16, [7, 7], 300, 7)
     assert card["architecture"]["stem"] == [8]
+    assert (card["training"]["shift_weight"], card["training"]["max_shift"]) == (1.0, 1.5)
+    assert card["training"]["final_shift_loss"] >= 0
     assert card["training"]["command"].startswith("patchhash train --corpus")
     text = run("info", "--model", str(out))
     assert "bits: 16" in text.stdout
@@ -93,6 +95,15 @@ def test_index_and_info_from_the_command_line(tmp_path, tiny_model, fmnist_train
     info = json.loads(run("info", "--index", str(url), "--json").stdout)
     assert (info["version"], info["n_images"], info["n_errors"], info["grid"]) == (1, 200, 0, [7, 7])
     assert info["buckets"]["any"]["partitions"] >= 1
+    figures = tmp_path / "bench.json"
+    bench = run("bench", "--index", str(url), "--queries", str(corpus), "--limit", "50", "--repeats", "2",
+                "--workers", "1", "--out", str(figures))
+    assert bench.returncode == 0, bench.stderr
+    assert "queries/s" in bench.stdout and "peak RSS per worker" in bench.stdout
+    data = json.loads(figures.read_text())
+    assert data["n_queries"] == 50 and data["workers"] == 1
+    assert {m: len(r) for m, r in data["runs_s"].items()} == {"default": 2, "seed": 2}
+    assert all(v > 0 for v in data["queries_per_s"].values()) and len(data["peak_rss_mb"]) == 1
 
 
 @pytest.mark.parametrize(

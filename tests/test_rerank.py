@@ -10,7 +10,7 @@ from reference import reference_rerank_search
 
 from pipeline.buckets import build_bucket_map
 from pipeline.rerank import rerank_search
-from pipeline.search import merge_topk
+from pipeline.search import merge_topk, prepare_index, seed_search
 
 
 def clustered_codes(rng, n, grid, bits, n_centres=4, flips=2):
@@ -31,14 +31,15 @@ def as_lists(topk):
 @pytest.mark.parametrize("bits", [8, 16, 32, 64])
 @pytest.mark.parametrize("t", [0, 1, 3])
 @pytest.mark.parametrize("shortlist", [1, 5, 50])
-def test_matches_reference(bits, t, shortlist):
+@pytest.mark.parametrize("method", ["scan", "enumerate", "mih"])
+def test_matches_reference(bits, t, shortlist, method):
     rng = np.random.default_rng(bits * 100 + t * 10 + shortlist)
     grid, n, start = 6, 80, 1000
     codes = clustered_codes(rng, n, grid, bits)
     ids = np.arange(start, start + n)
     queries = np.concatenate([clustered_codes(rng, 6, grid, bits), codes[:3]])
     bmap = build_bucket_map(codes, ids, positional=True)
-    got = rerank_search(queries, bmap, codes, t, bits, k=7, shortlist=shortlist, id_range=(start, start + n))
+    got = rerank_search(queries, bmap, codes, t, bits, k=7, shortlist=shortlist, id_range=(start, start + n), method=method)
     assert as_lists(got) == reference_rerank_search(queries, codes, ids, t, bits, 7, shortlist)
     assert np.all(got.n_candidates >= (got.ids >= 0).sum(axis=1))
 
@@ -68,6 +69,21 @@ def test_max_bucket_skips_common_codes():
     assert as_lists(skipped) == reference_rerank_search(q, codes, ids, 0, 16, 5, 5, max_bucket=59)
 
 
+def test_multi_index_tables_of_a_positional_map():
+    """Each position gets its own tables; a larger map (where "auto" picks them) matches the reference."""
+    rng = np.random.default_rng(11)
+    codes = clustered_codes(rng, 3000, 5, 32, n_centres=50, flips=3)
+    queries = np.concatenate([clustered_codes(rng, 20, 5, 32, n_centres=50, flips=3), codes[:5]])
+    bmap = build_bucket_map(codes, np.arange(3000), positional=True)
+    index = prepare_index(bmap, 32, 3, n_substrings=4)
+    assert index.n_blocks == 5 and index.order.shape == (4, bmap.keys.size)
+    for method in ("mih", "scan"):
+        got = rerank_search(queries, bmap, codes, 3, 32, k=6, shortlist=40, max_bucket=500, method=method)
+        assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(3000), 3, 32, 6, 40, max_bucket=500)
+    with pytest.raises(ValueError, match="index"):  # seed mode takes position-free tables only
+        seed_search(queries, build_bucket_map(codes, np.arange(3000), False), 3, 32, 5, method="mih", index=index)
+
+
 def test_partitions_merge_like_separate_searches():
     rng = np.random.default_rng(11)
     codes = clustered_codes(rng, 90, 5, 32)
@@ -93,7 +109,7 @@ def test_no_match_gives_padding():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(threshold=-1), dict(threshold=17), dict(k=0), dict(shortlist=0), dict(bits=4),
+    dict(threshold=-1), dict(threshold=17), dict(k=0), dict(shortlist=0), dict(bits=4), dict(method="brute"),
 ])
 def test_rejects_bad_arguments(bad):
     codes = np.array([[1, 2], [3, 4]], np.uint32)
@@ -116,11 +132,12 @@ def test_rejects_mismatched_shapes():
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), t=st.integers(0, 4), shortlist=st.integers(1, 30),
-       k=st.integers(1, 12), max_bucket=st.one_of(st.none(), st.integers(0, 20)))
-def test_random_cases_match_reference(seed, t, shortlist, k, max_bucket):
+       k=st.integers(1, 12), max_bucket=st.one_of(st.none(), st.integers(0, 20)),
+       method=st.sampled_from(["auto", "scan", "enumerate", "mih"]))
+def test_random_cases_match_reference(seed, t, shortlist, k, max_bucket, method):
     rng = np.random.default_rng(seed)
     codes = clustered_codes(rng, 40, 3, 8, n_centres=3, flips=1)
     queries = clustered_codes(rng, 3, 3, 8, n_centres=3, flips=1)
     bmap = build_bucket_map(codes, np.arange(40), positional=True)
-    got = rerank_search(queries, bmap, codes, t, 8, k, shortlist, max_bucket)
+    got = rerank_search(queries, bmap, codes, t, 8, k, shortlist, max_bucket, method=method)
     assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(40), t, 8, k, shortlist, max_bucket)

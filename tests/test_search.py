@@ -284,8 +284,6 @@ def test_prepare_index_is_built_once_per_map():
 def test_prepare_index_rejects_bad_arguments():
     codes = np.array([[1, 2], [3, 4]], np.uint32)
     bmap = build_bucket_map(codes, np.array([10, 11]), False)
-    with pytest.raises(ValueError, match="position-free"):
-        prepare_index(build_bucket_map(codes, np.array([10, 11]), True), 8, 1)
     with pytest.raises(ValueError, match="bits"):
         prepare_index(bmap, 33, 1)
     with pytest.raises(ValueError, match="substrings"):

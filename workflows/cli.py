@@ -71,6 +71,8 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     labels: Annotated[Optional[str], typer.Option(help="Labels of the corpus images (IDX1, .npy, or CSV uri,label): label-aware training.")] = None,
     label_weight: Annotated[float, typer.Option(help="Weight of the label loss against the reconstruction loss (with --labels).")] = 3.0,
+    shift_weight: Annotated[float, typer.Option(help="Weight of the shift-consistency loss (share of code bits a small shift changes); 0 turns it off.")] = 0.0,
+    max_shift: Annotated[float, typer.Option(help="Largest shift in pixels, each direction, for --shift-weight.")] = 2.0,
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
@@ -84,7 +86,8 @@ def train(
     card = run_train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
-        epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight, sample=sample, seed=seed, name=name,
+        epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
+        shift_weight=shift_weight, max_shift=max_shift, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
@@ -116,6 +119,13 @@ Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-
 MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
 
 
+def _cluster(scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None):
+    """The cluster options every Dask command shares, as ``ClusterSettings``."""
+    from workflows.cluster import ClusterSettings
+
+    return ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+
+
 def _given(**options) -> dict:
     """The options given on the command line (not None): the settings' defaults fill the rest."""
     return {k: v for k, v in options.items() if v is not None}
@@ -137,14 +147,13 @@ def index(
     verbose: Verbose = False,
 ) -> None:
     """Encode a corpus into an index (create, resume, or append only new images)."""
-    from workflows.cluster import ClusterSettings
     from workflows.index import IndexSettings, index as run_index
 
     setup_logging(verbose)
     report = run_index(
         corpus, index, model,
         IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict),
-        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit),
         _options(storage_options),
     )
     if report.n_new == 0:
@@ -182,7 +191,6 @@ def query(
     verbose: Verbose = False,
 ) -> None:
     """Answer a batch query file against an index (results as Parquet/CSV/JSONL)."""
-    from workflows.cluster import ClusterSettings
     from workflows.query import QuerySettings
     from workflows.query import query as run_query
 
@@ -191,7 +199,7 @@ def query(
         index, queries, out,
         QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, block_size=block_size, strict=strict,
                       format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction)),
-        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit),
         _options(storage_options), report=report, report_limit=report_limit,
     )
     typer.echo(
@@ -240,7 +248,6 @@ def evaluate(
     verbose: Verbose = False,
 ) -> None:
     """Precision@k, mAP@100, candidates and ms/query of the query modes and pixel baselines on labelled queries."""
-    from workflows.cluster import ClusterSettings
     from workflows.evaluate import EvaluateSettings, render_table
     from workflows.evaluate import evaluate as run_evaluate
 
@@ -252,10 +259,37 @@ def evaluate(
     )
     result = run_evaluate(
         index, queries, labels, query_labels, settings,
-        ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit),
         _options(storage_options), out=out, plot=plot,
     )
     typer.echo(render_table(result))
+
+
+@app.command()
+def bench(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    modes: Annotated[str, typer.Option(help="Query modes to time (default, seed), comma-separated.")] = "default,seed",
+    repeats: Annotated[int, typer.Option(help="Timed query jobs per mode (the median is reported).")] = 3,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N queries only.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = "auto",
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Queries/s of each mode and peak memory per worker, on this cluster: for sizing a deployment."""
+    from workflows.bench import BenchSettings
+    from workflows.bench import bench as run_bench
+
+    setup_logging(verbose)
+    result = run_bench(
+        index, queries, BenchSettings(modes=_name_list(modes), repeats=repeats, limit=limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit), _options(storage_options), out=out,
+    )
+    typer.echo(result.render())
 
 
 @app.command()

@@ -59,6 +59,8 @@ def train(
     batch_size: int = 128,
     labels: str | None = None,
     label_weight: float = 3.0,
+    shift_weight: float = 0.0,
+    max_shift: float = 2.0,
     sample: int | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -69,7 +71,8 @@ def train(
 
     The geometry starts from ``preset`` and is overridden by any of ``bits``, ``patch``,
     ``stride``, ``input_shape``, ``stem`` (``()`` for none). ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
-    corpus image) makes the training label-aware with weight ``label_weight`` (see
+    corpus image) makes the training label-aware with weight ``label_weight``;
+    ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels (see
     :mod:`pipeline.train`). ``command`` is recorded in the card (the CLI passes its own
     command line). Returns the saved model's card.
     """
@@ -83,7 +86,8 @@ def train(
                  if v is not None}
     try:
         config: ModelConfig = replace(PRESETS[preset], **overrides)
-        settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight)
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight,
+                                 shift_weight=shift_weight, max_shift=max_shift)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     spec = ImageSpec(*config.input_shape)

@@ -1,0 +1,157 @@
+"""Synthetic indexes of 100k to 10M images: build time, memory, bytes per image, ms/query.
+
+The codes mimic the real code distribution: the codes of the Fashion-MNIST train images
+(encoded with the model) repeated, each bit of each copy flipped with probability ``--flip``
+(so most images have near, not exact, twins, and the distinct codes grow with the index).
+They are written through the index's own storage (the Zarr codes array, one images table
+per shard, Dask tasks, done-markers) and bucketed by the index job's own partition phase and
+commit, so only the encoder is left out. Then the real query job answers ``--queries`` test
+images in each mode with :func:`workflows.bench.bench` (warm-up block first, then one
+timed job per mode).
+
+Reported per size: build seconds (codes + bucket maps + commit), peak RSS of each worker
+process during build and during queries (``ru_maxrss``: the high-water mark of the process),
+index bytes on disk per image, and ms/query per mode::
+
+    python benchmarks/bench_scale.py --sizes 100000,1000000,10000000 [--queries 1000]
+    python benchmarks/bench_scale.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def synthetic_shard_task(index_url: str, base_url: str, start: int, stop: int, flip: float) -> dict:
+    """Write codes rows ``[start, stop)`` (base codes with bits flipped) and their images table."""
+    from storage import join_url
+    from storage.arrays import open_array
+    from storage.layout import CODES, shard_table_path
+    from storage.manifest import ShardEntry
+    from storage.tables import write_parquet
+    from workflows.index import IMAGES_SCHEMA
+
+    base = np.load(base_url, mmap_mode="r")
+    rows = np.arange(start, stop)
+    codes = np.array(base[rows % len(base)])
+    bits = 8 * codes.dtype.itemsize
+    rng = np.random.default_rng(start)
+    # flip each bit with probability `flip`: OR together one random mask per bit position
+    flips = np.zeros(codes.shape, codes.dtype)
+    for b in range(bits):
+        flips |= (rng.random(codes.shape) < flip).astype(codes.dtype) << codes.dtype.type(b)
+    open_array(join_url(index_url, CODES), mode="r+")[start:stop] = codes ^ flips
+    table = shard_table_path("images", start, stop)
+    write_parquet(join_url(index_url, table), {"image_id": rows, "uri": pa.array([f"synthetic/{r}" for r in rows])}, IMAGES_SCHEMA)
+    return ShardEntry(start, stop, table, None, stop - start, 0).__dict__
+
+
+def build(index_url: str, base_url: str, card_model: str, n: int, shard_size: int, partition_size: int, flip: float, client) -> float:
+    """Build a synthetic index of ``n`` images at ``index_url``; seconds taken."""
+    from pipeline.modelcard import read_card
+    from storage import join_url
+    from storage.arrays import create_codes_array
+    from storage.layout import CODES, MODEL_DIR, staging_dir
+    from storage.manifest import Manifest, ShardEntry, commit_manifest, utc_now
+    from workflows.index import IndexReport, _install_model, _partition_phase, _partition_ranges
+    from workflows.progress import track
+
+    started = time.perf_counter()
+    _install_model(index_url, card_model, None)
+    card = read_card(join_url(index_url, MODEL_DIR))
+    create_codes_array(join_url(index_url, CODES), n, card.grid, card.code_dtype, shard_size)
+    futures = [client.submit(synthetic_shard_task, index_url, base_url, s, min(s + shard_size, n), flip, pure=False)
+               for s in range(0, n, shard_size)]
+    shards = tuple(ShardEntry(**f.result()) for f in track(futures, total=len(futures), desc="codes", unit="shard"))
+    report = IndexReport(index_url, None, n, n, 0)
+    ranges = _partition_ranges(0, n, partition_size)
+    stage = join_url(index_url, staging_dir(1))
+    partitions = _partition_phase(client, index_url, shards, ranges, 1, set(), stage, report, None)
+    manifest = Manifest(
+        version=1, model={**card.identity, "path": MODEL_DIR}, bits=card.bits, grid=card.grid, code_dtype=card.code_dtype.name,
+        shard_size=shard_size, partition_size=partition_size, n_images=n, shards=shards,
+        partitions=tuple(sorted(partitions, key=lambda p: (p.kind, p.start))),
+        sources=({"corpus": "synthetic", "kind": "synthetic", "n_new": n, "n_errors": 0, "version": 1, "committed": utc_now()},),
+        created=utc_now(), parent=None,
+    )
+    commit_manifest(index_url, manifest)
+    shutil.rmtree(os.path.join(index_url, staging_dir(1)), ignore_errors=True)
+    return time.perf_counter() - started
+
+
+def disk_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100000,1000000", help="index sizes in images, comma-separated")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--modes", default="default,seed")
+    ap.add_argument("--flip", type=float, default=0.02, help="probability that a bit of a copied code flips")
+    ap.add_argument("--shard-size", type=int, default=100_000)
+    ap.add_argument("--partition-size", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="fashion-mnist")
+    ap.add_argument("--workdir", help="where the indexes go (default: a temporary directory; each index is removed after use)")
+    ap.add_argument("--smoke", action="store_true", help="one index of 4000 images, 50 queries")
+    ap.add_argument("--out-json")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.queries, args.shard_size, args.partition_size = "4000", 50, 1000, 2000
+    sizes = [int(s) for s in args.sizes.split(",")]
+    modes = args.modes.split(",")
+
+    from pipeline.encode import load_encoder
+    from storage import ImageSpec, open_corpus
+    from workflows.bench import BenchSettings, bench, peak_rss_mb
+    from workflows.cluster import ClusterSettings, dask_client
+
+    encoder = load_encoder(args.model)
+    base_images = 60000 if not args.smoke else 3000
+    pixels = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, base_images).pixels
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        base_url = f"{tmp}/base_codes.npy"
+        np.save(base_url, encoder.encode(pixels))
+        queries = f"{tmp}/queries.npy"
+        np.save(queries, open_corpus(f"{FMNIST}/t10k-images-idx3-ubyte.gz").read(ImageSpec(28, 28, 1), 0, args.queries).pixels[..., 0])
+        for n in sizes:
+            index_url = f"{tmp}/index-{n}"
+            # a fresh cluster per size, so that each worker's peak RSS belongs to this size
+            with dask_client(ClusterSettings(workers=args.workers)) as client:
+                seconds = build(index_url, base_url, args.model, n, args.shard_size, args.partition_size, args.flip, client)
+                build_rss = sorted(client.run(peak_rss_mb).values())
+                row = {"images": n, "build_s": seconds, "images_per_s": n / seconds,
+                       "bytes_per_image": disk_bytes(index_url) / n, "build_peak_rss_mb": build_rss, "ms_per_query": {}}
+            timed = bench(index_url, queries, BenchSettings(modes=tuple(modes), repeats=1), ClusterSettings(workers=args.workers))
+            row["ms_per_query"] = {m: timed.ms_per_query(m) for m in modes}
+            row["query_peak_rss_mb"] = sorted(timed.peak_rss_mb.values())
+            shutil.rmtree(index_url)
+            results.append(row)
+            print(f"{n:>11,} images: built in {seconds:7.1f} s ({row['images_per_s']:,.0f}/s), "
+                  f"{row['bytes_per_image']:6.0f} B/image, worker peak RSS build {max(build_rss):,.0f} MB / "
+                  f"query {max(row['query_peak_rss_mb']):,.0f} MB, ms/query: "
+                  + ", ".join(f"{m} {v:.2f}" for m, v in row["ms_per_query"].items()), flush=True)
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()

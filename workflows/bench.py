@@ -1,0 +1,129 @@
+"""``patchhash bench``: query throughput of an index on a cluster, for sizing a deployment.
+
+On one running cluster: a warm-up block per mode (workers load the model, the bucket maps and
+the codes), then ``repeats`` whole query jobs per mode over the given queries, timed from the
+client (reading, encoding, searching every partition, merging, writing results; cluster
+start-up excluded). Also reports each worker's peak memory, so that a user can size workers
+before pointing a scheduled job at a bigger index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from storage import ConfigError, open_corpus, url_to_fs
+from storage.corpus import Corpus, UriListCorpus
+from workflows.cluster import ClusterSettings, dask_client
+
+__all__ = ["BenchSettings", "BenchResult", "bench", "peak_rss_mb"]
+
+log = logging.getLogger(__name__)
+
+WARM_UP_QUERIES = 256
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    modes: tuple[str, ...] = ("default", "seed")
+    repeats: int = 3
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        from workflows.query import MODES
+
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ConfigError(f"--modes takes some of {', '.join(MODES)}, got {', '.join(self.modes) or 'none'}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class BenchResult:
+    index: str
+    n_queries: int
+    workers: int
+    threads: int
+    runs: dict[str, list[float]] = field(default_factory=dict)  # mode -> seconds of each run
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # worker address -> MB
+
+    def queries_per_second(self, mode: str) -> float:
+        return self.n_queries / statistics.median(self.runs[mode])
+
+    def ms_per_query(self, mode: str) -> float:
+        return 1000 / self.queries_per_second(mode)
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index, "n_queries": self.n_queries, "workers": self.workers, "threads": self.threads,
+            "runs_s": self.runs, "peak_rss_mb": self.peak_rss_mb,
+            "queries_per_s": {m: self.queries_per_second(m) for m in self.runs},
+        }
+
+    def render(self) -> str:
+        lines = [f"{self.n_queries} queries against {self.index} on {self.workers} worker(s) x {self.threads} thread(s), "
+                 f"median of {len(next(iter(self.runs.values())))} runs:"]
+        lines += [f"  {m:8s} {self.queries_per_second(m):9.0f} queries/s  {self.ms_per_query(m):8.3f} ms/query" for m in self.runs]
+        rss = ", ".join(f"{v:,.0f}" for v in sorted(self.peak_rss_mb.values()))
+        lines.append(f"  peak RSS per worker (MB): {rss}")
+        return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    """The calling process's peak resident memory in MB (``ru_maxrss``; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(
+    index_url: str,
+    queries: "str | Corpus",
+    settings: BenchSettings = BenchSettings(),
+    cluster: ClusterSettings = ClusterSettings(),
+    storage_options: dict | None = None,
+    client=None,
+    out: str | None = None,
+) -> BenchResult:
+    """Time whole query jobs of each mode of ``settings`` on one cluster (see the module
+    docstring); ``out`` (any fsspec URL) receives the figures as JSON."""
+    from workflows.query import QuerySettings, query
+
+    source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
+    if settings.limit is not None:
+        source = _first(source, settings.limit, storage_options)
+    warm = _first(source, WARM_UP_QUERIES, storage_options)
+    with (
+        dask_client(cluster) if client is None else nullcontext(client) as dask,
+        tempfile.TemporaryDirectory(prefix="patchhash-bench-") as tmp,
+    ):
+        nthreads = dask.nthreads()
+        result = BenchResult(index_url, len(source), len(nthreads), max(nthreads.values(), default=0))
+        for mode in settings.modes:
+            query(index_url, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode), storage_options=storage_options, client=dask)
+        for i in range(settings.repeats):
+            for mode in settings.modes:
+                started = time.perf_counter()
+                query(index_url, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode), storage_options=storage_options, client=dask)
+                result.runs.setdefault(mode, []).append(time.perf_counter() - started)
+                log.info("run %d/%d, %s mode: %.1f s", i + 1, settings.repeats, mode, result.runs[mode][-1])
+        result.peak_rss_mb = dask.run(peak_rss_mb)
+    if out is not None:
+        fs, path = url_to_fs(out, storage_options)
+        fs.pipe_file(path, json.dumps(result.to_dict(), indent=1).encode())
+    return result
+
+
+def _first(source: Corpus, n: int, storage_options) -> Corpus:
+    """The first ``n`` images of ``source`` (``source`` itself when it has no more)."""
+    if n >= len(source):
+        return source
+    return UriListCorpus(source.url, storage_options, source.uris()[:n])
