@@ -28,7 +28,7 @@ from numba import njit
 
 from .buckets import BucketMap
 from .hamming import _distance, ball_size, enumerate_within, mih_within, prefetch, scan_within
-from .search import _ENUMERATE, _MIH, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _no_tables, _select_topk, choose_method, prepare_index
+from .search import _ENUMERATE, _METHOD_CODE, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _no_tables, _select_topk, choose_method, prepare_index
 
 __all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
 
@@ -121,7 +121,7 @@ def rerank_search(
             tables = (*empty[:5], empty[5][None])
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}[method], tables, start, max_bucket,
+            _METHOD_CODE[method], tables, start, max_bucket,
             max(shortlist, k), np.zeros(n_range, np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,

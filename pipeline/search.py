@@ -49,6 +49,8 @@ that no total can overflow."""
 
 METHODS = ("auto", "scan", "enumerate", "mih")
 _SCAN, _ENUMERATE, _MIH = 0, 1, 2
+_METHOD_CODE = {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}
+"""The kernels' integer code of each method name (numba branches on it)."""
 
 # Costs in units of one popcount comparison of a key scan. Measured on an AMD EPYC (Zen 1,
 # 2 GHz): a scan compares ~2.4e9 uint32 keys/s; a probe step of a binary search costs
@@ -237,8 +239,8 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         return _index_cache.setdefault(bmap, {}).setdefault((bits, m), index)
 
 
-def choose_method(n_keys: int, bits: int, threshold: int, allow_mih: bool = True) -> str:
-    """Pick ``"scan"``, ``"enumerate"`` or (if ``allow_mih``) ``"mih"`` for a key block by a cost model.
+def choose_method(n_keys: int, bits: int, threshold: int) -> str:
+    """Pick ``"scan"``, ``"enumerate"`` or ``"mih"`` for a key block by a cost model.
 
     A scan costs one comparison per key; enumerating costs, per probe of the Hamming
     ball, a binary search of about ``log2(n_keys) + 1`` steps, each worth
@@ -250,9 +252,8 @@ def choose_method(n_keys: int, bits: int, threshold: int, allow_mih: bool = True
     costs = {
         "scan": float(n_keys),
         "enumerate": probes * (math.log2(max(n_keys, 1)) + 1) * _PROBE_STEP_COST,
+        "mih": _mih_cost_units(n_keys, bits, threshold, mih_substrings(n_keys, bits, threshold)),
     }
-    if allow_mih:
-        costs["mih"] = _mih_cost_units(n_keys, bits, threshold, mih_substrings(n_keys, bits, threshold))
     return min(costs, key=costs.get)
 
 
@@ -340,7 +341,7 @@ def seed_search(
     # repeated code is one run (scored once, with its multiplicity).
     codes, inverse = np.unique(queries, return_inverse=True)
     code_of = np.sort(inverse.reshape(queries.shape).astype(np.int32), axis=1)
-    method_code = {"scan": _SCAN, "enumerate": _ENUMERATE, "mih": _MIH}[method]
+    method_code = _METHOD_CODE[method]
     uses = _code_uses(code_of, codes.size)
     # Codes shared by several queries are matched once for the block (5 bytes a match).
     match_lo, match_hi, code_hits, match_keys, match_dists = _shared_matches(
