@@ -77,7 +77,8 @@ def build(index_url: str, base_url: str, card_model: str, n: int, shard_size: in
     create_codes_array(join_url(index_url, CODES), n, card.grid, card.code_dtype, shard_size)
     futures = [client.submit(synthetic_shard_task, index_url, base_url, s, min(s + shard_size, n), flip, pure=False)
                for s in range(0, n, shard_size)]
-    shards = tuple(ShardEntry(**f.result()) for f in track(futures, total=len(futures), desc="codes", unit="shard"))
+    done = [ShardEntry(**f.result()) for f in track(futures, total=len(futures), desc="codes", unit="shard")]
+    shards = tuple(sorted(done, key=lambda s: s.start))  # the manifest lists shards in id order
     report = IndexReport(index_url, None, n, n, 0)
     ranges = _partition_ranges(0, n, partition_size)
     stage = join_url(index_url, staging_dir(1))

@@ -13,9 +13,9 @@ import threading
 
 import numpy as np
 
-from pipeline.modelcard import MODEL_FILE, ModelCard, read_card, resolve_model_url, sha256_bytes
+from pipeline.modelcard import MODEL_FILE, ModelCard, read_card, read_model_file, resolve_model_url
 from pipeline.packing import pack_bits
-from storage import ModelError, is_local, join_url, url_to_fs
+from storage import ModelError
 
 __all__ = ["Encoder", "load_encoder", "ENCODE_BATCH"]
 
@@ -61,51 +61,62 @@ class Encoder:
         return out
 
 
-def _load_keras(url: str, storage_options: dict | None):
+def _load_keras(url: str, card: ModelCard, storage_options: dict | None):
+    """The Keras model of ``url``: hash-checked and inspected (:func:`read_model_file`), then
+    loaded in safe mode from those very bytes (a private copy, so the file cannot change
+    between the check and the load)."""
     import keras
 
     import pipeline.binarize  # noqa: F401  (registers the custom layer before loading)
 
-    fs, path = url_to_fs(join_url(url, MODEL_FILE), storage_options)
+    data = read_model_file(url, card, storage_options)
+    tmp = tempfile.NamedTemporaryFile(suffix=".keras", delete=False)
     try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        raise ModelError(f"{url}: {MODEL_FILE} is missing; re-create the model with `patchhash train`.") from None
-    if is_local(fs):
-        local, tmp = path, None
-    else:
-        tmp = tempfile.NamedTemporaryFile(suffix=".keras", delete=False)
         tmp.write(data)
         tmp.close()
-        local = tmp.name
-    try:
-        model = keras.saving.load_model(local, compile=False, safe_mode=True)
+        model = keras.saving.load_model(tmp.name, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError/TypeError for unsafe or foreign layers
+        message = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ModelError(
-            f"{url}: cannot load {MODEL_FILE} in safe mode ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+            f"{url}: cannot load {MODEL_FILE} in safe mode ({type(exc).__name__}: {message}). "
             "patchhash only loads models it trained: no Lambda layers or custom code."
         ) from None
     finally:
-        if tmp is not None:
-            os.unlink(tmp.name)
-    return model, sha256_bytes(data)
+        tmp.close()
+        os.unlink(tmp.name)
+    return model
+
+
+def _check_geometry(url: str, card: ModelCard, encoder: Encoder) -> None:
+    """Refuse a model whose input or code grid differs from what its card says."""
+    gh, gw = card.grid
+    found_in = tuple(encoder.autoencoder.input_shape[1:])
+    found_out = tuple(encoder._encoder.output_shape[1:])
+    if found_in != tuple(card.config.input_shape) or found_out != (gh, gw, card.bits):
+        raise ModelError(
+            f"{url}: {MODEL_FILE} takes {found_in} and gives codes {found_out}, but its card says "
+            f"{tuple(card.config.input_shape)} and {(gh, gw, card.bits)}: the card was modified. "
+            "Re-create the model with `patchhash train`."
+        )
 
 
 def load_encoder(model: str, storage_options: dict | None = None, *, use_cache: bool = True) -> Encoder:
     """Load (once per process) the model at ``model``: a directory URL or a built-in name."""
     url = resolve_model_url(model)
-    card = read_card(url, storage_options)
+    card = read_card(url, storage_options, verify=False)  # _load_keras checks the model file
     key = (url, card.model_sha256)
     with _cache_lock:
         if use_cache and key in _cache:
             return _cache[key]
-        autoencoder, digest = _load_keras(url, storage_options)
-        if digest != card.model_sha256:
+        autoencoder = _load_keras(url, card, storage_options)
+        try:
+            encoder = Encoder(card, autoencoder)
+        except ValueError as exc:  # no "encoding" layer
             raise ModelError(
-                f"{url}: {MODEL_FILE} does not match card.json (sha256 {digest[:12]}... vs {card.model_sha256[:12]}...): "
-                "the model or its card was modified. Re-create the model with `patchhash train`."
-            )
-        encoder = Encoder(card, autoencoder)
+                f"{url}: {MODEL_FILE} is not a patchhash autoencoder ({(str(exc).splitlines() or [''])[0][:200]}). "
+                "Re-create the model with `patchhash train`."
+            ) from None
+        _check_geometry(url, card, encoder)
         if use_cache:
             _cache[key] = encoder
         return encoder

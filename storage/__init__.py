@@ -9,6 +9,7 @@ from storage.errors import (
     ModelError,
     ModelMismatchError,
     PatchhashError,
+    StorageUnavailableError,
 )
 from storage.corpus import Corpus, ReadError, Shard, ShardData, open_corpus
 from storage.fs import display_url, is_local, join_url, url_to_fs
@@ -33,6 +34,7 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "PatchhashError",
+    "StorageUnavailableError",
     "display_url",
     "is_local",
     "join_url",

@@ -1,4 +1,8 @@
-"""Zarr v3 arrays on any fsspec URL: the codes array and groups of named arrays."""
+"""Zarr v3 arrays on any fsspec URL: the codes array and groups of named arrays.
+
+Remote stores are wrapped in :class:`RetryingStore`, so each object read or write is retried
+on its own when the store fails for a moment (:mod:`storage.retry`).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,71 @@ from collections.abc import Mapping
 
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from storage.fs import is_local, url_to_fs
+from storage.fs import display_url, is_local, url_to_fs
+from storage.retry import retry_async
 
-__all__ = ["zarr_store", "create_codes_array", "open_array", "write_array_group", "read_array_group"]
+__all__ = [
+    "RetryingStore",
+    "zarr_store",
+    "create_codes_array",
+    "open_array",
+    "read_rows",
+    "write_rows",
+    "write_array_group",
+    "read_array_group",
+]
 
 # Large flat arrays (bucket ids) are cut into chunks of this many elements.
 FLAT_CHUNK = 1 << 22
 
 
+class RetryingStore(WrapperStore):
+    """A Zarr store whose single-object requests are retried on transient errors.
+
+    Chunk and metadata writes are whole objects at fixed keys, so repeating one is harmless.
+    """
+
+    def _what(self, verb: str, key: str) -> str:
+        store = self._store
+        if isinstance(store, FsspecStore):
+            return f"{verb} {display_url(store.fs, store.path.rstrip('/') + '/' + key)}"
+        return f"{verb} {key} in {store}"
+
+    async def get(self, key, prototype, byte_range=None):
+        return await retry_async(self._what("reading", key), self._store.get, key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        what = self._what("reading", key_ranges[0][0] if key_ranges else "")
+        return await retry_async(what, self._store.get_partial_values, prototype, key_ranges)
+
+    async def exists(self, key):
+        return await retry_async(self._what("checking", key), self._store.exists, key)
+
+    async def set(self, key, value):
+        await retry_async(self._what("writing", key), self._store.set, key, value)
+
+    async def set_if_not_exists(self, key, value):
+        await retry_async(self._what("writing", key), self._store.set_if_not_exists, key, value)
+
+    async def delete(self, key):
+        await retry_async(self._what("deleting", key), self._store.delete, key)
+
+    async def delete_dir(self, prefix):
+        await retry_async(self._what("deleting", prefix), self._store.delete_dir, prefix)
+
+    async def is_empty(self, prefix):
+        return await retry_async(self._what("listing", prefix), self._store.is_empty, prefix)
+
+
 def zarr_store(url: str, storage_options: Mapping | None = None, read_only: bool = True):
-    """A Zarr store for ``url``: ``LocalStore`` for local paths, ``FsspecStore`` otherwise."""
+    """A Zarr store for ``url``: ``LocalStore`` for local paths, a retrying ``FsspecStore`` otherwise."""
     fs, path = url_to_fs(url, storage_options)
     if is_local(fs):
         return LocalStore(path, read_only=read_only)
-    return FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=read_only)
+    return RetryingStore(FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=read_only))
 
 
 def create_codes_array(
@@ -41,6 +94,17 @@ def create_codes_array(
 
 def open_array(url: str, storage_options=None, mode: str = "r") -> zarr.Array:
     return zarr.open_array(store=zarr_store(url, storage_options, read_only=mode == "r"), mode=mode)
+
+
+def read_rows(url: str, start: int, stop: int, storage_options=None) -> np.ndarray:
+    """Rows ``[start, stop)`` of the array at ``url``."""
+    return np.asarray(open_array(url, storage_options)[start:stop])
+
+
+def write_rows(url: str, start: int, values: np.ndarray, storage_options=None) -> None:
+    """Write ``values`` at rows ``[start, start + len(values))``; whole chunks are written atomically
+    by the store, so repeating the write (a retry, a task run twice) is harmless."""
+    open_array(url, storage_options, mode="r+")[start : start + len(values)] = values
 
 
 def write_array_group(url: str, arrays: Mapping[str, np.ndarray], attrs: Mapping, storage_options=None) -> None:

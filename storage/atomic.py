@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from storage.fs import is_local, url_to_fs
+from storage.retry import retry_call
 
 __all__ = ["write_bytes_atomic", "write_json_atomic", "read_json"]
 
@@ -17,7 +18,12 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = Non
 
     Local files: write a temporary sibling, fsync, then ``os.replace`` (atomic on POSIX).
     Object stores (s3, gcs, memory...): a single PUT, which those stores make atomic.
+    Transient storage errors are retried (:mod:`storage.retry`).
     """
+    retry_call(f"writing {url}", _write_bytes_atomic, url, data, storage_options)
+
+
+def _write_bytes_atomic(url: str, data: bytes, storage_options: dict | None) -> None:
     fs, path = url_to_fs(url, storage_options)
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
@@ -39,4 +45,4 @@ def write_json_atomic(url: str, value: Any, storage_options: dict | None = None)
 def read_json(url: str, storage_options: dict | None = None) -> Any:
     """Parse the JSON object at ``url``; ``FileNotFoundError`` if absent."""
     fs, path = url_to_fs(url, storage_options)
-    return json.loads(fs.cat_file(path))
+    return json.loads(retry_call(f"reading {url}", fs.cat_file, path))

@@ -51,9 +51,12 @@ import io
 import json
 import logging
 import math
+import os
 import posixpath
 import re
+import stat
 import threading
+import tokenize
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict, defaultdict
@@ -66,9 +69,10 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
-from storage.errors import ConfigError, CorpusError, ImageReadError
+from storage.errors import ConfigError, CorpusError, ImageReadError, PatchhashError, StorageUnavailableError
 from storage.fs import display_url, is_local, resolve_url, url_to_fs
 from storage.images import ImageSpec, convert, convert_batch, decode_image
+from storage.retry import is_transient, retry_call
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -97,7 +101,9 @@ _ROW_REF = re.compile(r"^(?P<url>.+)#(?P<row>\d+)$")
 # What opening or reading one URL of a list may raise (unknown protocol, missing fsspec
 # backend, I/O errors, CorpusError): it makes a ReadError for its rows, not a failed shard.
 _UNREADABLE_URL = (ValueError, ImportError, OSError, EOFError, zlib.error)
+MAX_IMAGE_FILE_BYTES = 1 << 30  # a larger "image" file is refused unread
 _FETCH_BATCH = 256  # image files fetched per fs call: bounds the memory held by raw bytes
+_DAMAGED = "the file is damaged or incomplete: write or download it again"
 _FORMATS_HELP = (
     "expected a folder or glob of images (png, jpg, jpeg, bmp, tif, tiff, gif, webp), "
     "a single image file, an IDX file (*-idx3-ubyte[.gz]), a .npy array, a Zarr array, "
@@ -391,10 +397,17 @@ def open_corpus(url: str, storage_options: Mapping[str, Any] | None = None) -> C
         return NpyCorpus(shown, options)
     if name.endswith(_LIST_SUFFIXES):
         return UriListCorpus(shown, options, _read_uri_list(fs, path, shown))
-    if fs.isdir(path):
-        return _open_folder(fs, path, shown, options)
-    if fs.isfile(path) and _is_image_name(name):
-        return ImageFilesCorpus(shown, options, [shown])
+    with reading(shown, "corpus"):
+        if fs.isdir(path):
+            return _open_folder(fs, path, shown, options)
+        if fs.isfile(path) and _is_image_name(name):
+            return ImageFilesCorpus(shown, options, [shown])
+        exists = fs.exists(path)
+    if not exists:
+        raise CorpusError(
+            f"no images found at {url}: nothing exists at that path (check it"
+            f"{'' if is_local(fs) else ', and --storage-options'}); {_FORMATS_HELP}"
+        )
     raise CorpusError(f"no images found at {url}; {_FORMATS_HELP}")
 
 
@@ -413,7 +426,7 @@ def _open_folder(
             f"{shown} is a Zarr group, not an array; pass the URL of the image array "
             f"inside it (e.g. {shown}/<array name>)"
         )
-    files = sorted(p for p in fs.find(path) if _is_image_name(p))
+    files = sorted(p for p in retry_call(f"listing {shown}", fs.find, path) if _is_image_name(p))
     if not files:
         raise CorpusError(f"no images found at {shown} (searched recursively); {_FORMATS_HELP}")
     return ImageFilesCorpus(shown, options, [display_url(fs, p) for p in files])
@@ -422,7 +435,7 @@ def _open_folder(
 def _open_glob(
     fs: AbstractFileSystem, pattern: str, url: str, options: dict[str, Any]
 ) -> Corpus:
-    matches = fs.glob(pattern, detail=True)
+    matches = retry_call(f"listing {url}", fs.glob, pattern, detail=True)
     files = sorted(
         p for p, info in matches.items() if info.get("type") == "file" and _is_image_name(p)
     )
@@ -438,9 +451,12 @@ def _zarr_node_type(fs: AbstractFileSystem, path: str) -> str | None:
     """``"array"``, ``"group"`` or None when ``path`` is not a Zarr node."""
     try:
         metadata = json.loads(fs.cat_file(posixpath.join(path, "zarr.json")))
-        return metadata.get("node_type")
     except (FileNotFoundError, ValueError):
         pass
+    else:
+        if not isinstance(metadata, dict):
+            raise CorpusError(f"{display_url(fs, path)}/zarr.json is not Zarr metadata (not a JSON object); {_DAMAGED}")
+        return metadata.get("node_type")
     for name, node_type in ((".zarray", "array"), (".zgroup", "group")):
         if fs.isfile(posixpath.join(path, name)):
             return node_type
@@ -471,7 +487,7 @@ def read_text(fs: AbstractFileSystem, path: str, shown: str) -> str:
     try:
         return fs.cat_file(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CorpusError(f"{shown} is not a UTF-8 text file ({exc})") from None
+        raise CorpusError(f"{shown} is not a UTF-8 text file ({exc}); save it as UTF-8") from None
 
 
 def _text_uris(text: str) -> list[str]:
@@ -479,11 +495,17 @@ def _text_uris(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _csv_uris(text: str, shown: str) -> list[str]:
+def read_csv_rows(text: str, shown: str) -> list[list[str]]:
+    """The non-blank rows of a CSV text; a malformed line raises :class:`CorpusError` naming it."""
+    reader = csv.reader(io.StringIO(text))
     try:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+        return [row for row in reader if any(c.strip() for c in row)]
     except csv.Error as exc:
-        raise CorpusError(f"{shown} is not a valid CSV file ({exc})") from None
+        raise CorpusError(f"{shown}, line {reader.line_num}: not valid CSV ({brief(exc)}); fix that line") from None
+
+
+def _csv_uris(text: str, shown: str) -> list[str]:
+    rows = read_csv_rows(text, shown)
     if not rows:
         return []
     header = [cell.strip().lower() for cell in rows[0]]
@@ -504,7 +526,7 @@ def _parquet_uris(fs: AbstractFileSystem, path: str, shown: str) -> list[str]:
         try:
             parquet = pq.ParquetFile(stream)
         except pa.ArrowException as exc:
-            raise CorpusError(f"{shown} is not a Parquet file ({exc})") from None
+            raise CorpusError(f"{shown} is not a Parquet file ({brief(exc)}); {_DAMAGED}") from None
         columns = parquet.schema_arrow.names
         if "uri" not in columns:
             raise CorpusError(
@@ -515,17 +537,33 @@ def _parquet_uris(fs: AbstractFileSystem, path: str, shown: str) -> list[str]:
     return ["" if value is None else str(value).strip() for value in values]
 
 
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """``exc``'s message on one line, at most ``limit`` characters (for one-line errors)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextmanager
 def reading(url: str, what: str) -> Iterator[None]:
     """Turn I/O errors raised while reading ``url`` as a whole into :class:`CorpusError`."""
     try:
         yield
+    except PatchhashError:
+        raise
     except FileNotFoundError:
-        raise CorpusError(f"{what} not found: {url}") from None
+        raise CorpusError(f"{what} not found: {url}; check the path") from None
     except IsADirectoryError:
         raise CorpusError(f"{what} {url} is a directory; expected a file") from None
+    except PermissionError as exc:
+        raise CorpusError(
+            f"cannot read {what} {url}: permission denied ({brief(exc)}); check its permissions "
+            "(and --storage-options for a remote URL)"
+        ) from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise CorpusError(f"cannot read {what} {url}: {exc}") from exc
+        hint = _DAMAGED
+        if "gzip" in str(exc).lower() and url.lower().endswith(".gz"):
+            hint = "it is not a complete gzip file: download it again, or drop the .gz suffix if it is not compressed"
+        raise CorpusError(f"cannot read {what} {url}: {brief(exc)}; {hint}") from None
 
 
 # --- reading image files and row references -------------------------------------------
@@ -567,13 +605,52 @@ def _read_files(
             continue
         by_fs[fs].append((image_id, uri, path))
     for fs, group in by_fs.items():
+        if is_local(fs):
+            group = _regular_files(group, results)
         for low in range(0, len(group), _FETCH_BATCH):
             batch = group[low : low + _FETCH_BATCH]
             # cat_ranges rather than cat: cat expands glob characters in file names and
             # returns a dict; cat_ranges keeps order and is batched the same way on s3.
             blobs = fs.cat_ranges([path for _, _, path in batch], None, None, on_error="return")
-            for (image_id, uri, _), blob in zip(batch, blobs, strict=True):
+            for (image_id, uri, path), blob in zip(batch, blobs, strict=True):
+                if isinstance(blob, Exception) and is_transient(blob):
+                    blob = _fetch_again(fs, path, uri)
                 results[image_id] = _decode_file(blob, uri, spec)
+
+
+def _regular_files(
+    group: list[tuple[int, str, str]], results: dict[int, np.ndarray | str]
+) -> list[tuple[int, str, str]]:
+    """The local files of ``group`` that are safe to read whole; the others get their reason.
+
+    A device, pipe or socket (``/dev/zero``, a FIFO named ``x.png``) would block or never end,
+    and a file above :data:`MAX_IMAGE_FILE_BYTES` would only exhaust memory.
+    """
+    kept = []
+    for image_id, uri, path in group:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):  # missing, forbidden, embedded NUL...: fetched for its reason
+            kept.append((image_id, uri, path))
+            continue
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            results[image_id] = "not a regular file (a device, pipe or socket)"
+        elif info.st_size > MAX_IMAGE_FILE_BYTES:
+            results[image_id] = f"file too large for an image ({info.st_size} bytes)"
+        else:
+            kept.append((image_id, uri, path))
+    return kept
+
+
+def _fetch_again(fs: AbstractFileSystem, path: str, uri: str) -> bytes | Exception:
+    """Retry a file whose batched fetch failed transiently: a storage hiccup must not mark an
+    image unreadable for good (errors count as seen). A lasting outage fails the job."""
+    try:
+        return retry_call(f"reading {uri}", fs.cat_file, path)
+    except StorageUnavailableError:
+        raise
+    except Exception as exc:  # a permanent error now (e.g. deleted meanwhile): the image's reason
+        return exc
 
 
 def _decode_file(blob: bytes | Exception, uri: str, spec: ImageSpec) -> np.ndarray | str:
@@ -658,7 +735,15 @@ def _read_array_rows(shard: Shard, spec: ImageSpec) -> ShardData:
             f"{shard.url} has {source.shape[0]} images but the shard covers rows "
             f"[{shard.start}, {shard.stop}); was the array changed after the corpus was opened?"
         )
-    pixels, ok = convert_batch(source.get(slice(shard.start, shard.stop)), spec, shard.url)
+    try:
+        rows = source.get(slice(shard.start, shard.stop))
+    except PatchhashError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise CorpusError(
+            f"cannot read rows [{shard.start}, {shard.stop}) of {shard.url}: {brief(exc)}; {_DAMAGED}"
+        ) from None
+    pixels, ok = convert_batch(rows, spec, shard.url)
     ids = np.arange(shard.start, shard.stop, dtype=np.int64)
     uris = [f"{shard.url}#{image_id}" for image_id in ids]
     errors = [
@@ -716,16 +801,21 @@ class _NpyRanges(_ArraySource):
     def get(self, rows: slice | np.ndarray) -> np.ndarray:
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.shape[0])
-            data = self._fs.cat_file(
-                self._path,
+            data = retry_call(
+                f"reading {self._path}", self._fs.cat_file, self._path,
                 start=self._offset + start * self._row_bytes,
                 end=self._offset + max(start, stop) * self._row_bytes,
             )
         else:
             starts = [self._offset + int(row) * self._row_bytes for row in rows]
             ends = [begin + self._row_bytes for begin in starts]
-            parts = self._fs.cat_ranges([self._path] * len(starts), starts, ends, on_error="raise")
+            parts = retry_call(f"reading {self._path}", self._fs.cat_ranges, [self._path] * len(starts), starts, ends, on_error="raise")
             data = b"".join(parts)
+        if len(data) % self._row_bytes:
+            raise CorpusError(
+                f"{self._fs.unstrip_protocol(self._path)} is truncated: a read of whole rows returned "
+                f"{len(data)} bytes; {_DAMAGED}"
+            )
         return np.frombuffer(data, dtype=self.dtype).reshape(-1, *self.shape[1:])
 
 
@@ -790,8 +880,21 @@ def _check_array(url: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
             f"{url}: array of dtype {dtype} cannot be read as images; expected a numeric "
             "dtype (bool, integer or float)"
         )
+    if any(d < 0 for d in shape):
+        raise CorpusError(f"{url}: array header gives a negative shape {shape}; {_DAMAGED}")
     if 0 in shape:
-        raise CorpusError(f"{url}: array of shape {shape} holds no pixels")
+        raise CorpusError(f"{url}: array of shape {shape} holds no pixels; pass an array of at least one image")
+
+
+def check_size(fs: AbstractFileSystem, path: str, url: str, offset: int, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a file shorter than its header says (``offset`` bytes of header, then the data)."""
+    expected = offset + math.prod(shape) * itemsize
+    size = fs.size(path)
+    if size is not None and size < expected:
+        raise CorpusError(
+            f"{url} is truncated: {size} bytes, but its header announces shape {shape} "
+            f"({expected} bytes); {_DAMAGED}"
+        )
 
 
 # --- IDX ---------------------------------------------------------------------------------
@@ -820,10 +923,11 @@ def read_idx_header(
     """
     head = stream.read(4)
     if len(head) < 4 or int.from_bytes(head, "big") != magic:
-        found = (
-            f"magic number 0x{int.from_bytes(head, 'big'):08x}"
-            if len(head) == 4 else f"a file of {len(head)} bytes"
-        )
+        found_magic = int.from_bytes(head, "big") if len(head) == 4 else None
+        found = f"magic number 0x{found_magic:08x}" if found_magic is not None else f"a file of {len(head)} bytes"
+        if found_magic is None or found_magic >> 8 != 0x08 or found_magic & 0xFF not in (1, 3):
+            # not the other kind of uint8 IDX file: another format, or a damaged file
+            hint = f"patchhash reads IDX files of {expected} only: check that this is the right file; if it is, {_DAMAGED}"
         raise CorpusError(
             f"{url} is not an IDX file of {expected}: found {found}, expected magic number "
             f"0x{magic:08x}. {hint}"
@@ -831,7 +935,7 @@ def read_idx_header(
     ndim = magic & 0xFF
     raw = stream.read(4 * ndim)
     if len(raw) < 4 * ndim:
-        raise CorpusError(f"{url}: truncated IDX header ({4 + len(raw)} bytes)")
+        raise CorpusError(f"{url}: truncated IDX header ({4 + len(raw)} bytes); {_DAMAGED}")
     return tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
 
 
@@ -849,7 +953,7 @@ def read_idx_file(
     size = math.prod(shape)
     if len(data) < size:
         raise CorpusError(
-            f"{url} is truncated: {len(data)} bytes of data, {size} expected for shape {shape}"
+            f"{url} is truncated: {len(data)} bytes of data, {size} expected for shape {shape}; {_DAMAGED}"
         )
     return np.frombuffer(data, dtype=np.uint8, count=size).reshape(shape)
 
@@ -869,6 +973,9 @@ def _open_idx(url: str, options: Mapping[str, Any]) -> _ArraySource:
         shape = read_idx_header(stream, url, IDX_IMAGES_MAGIC, _IDX_IMAGES, _IDX_IMAGES_HINT)
     dtype = np.dtype(np.uint8)
     _check_array(url, shape, dtype)
+    if not path.lower().endswith(".gz"):
+        with reading(url, "IDX file"):
+            check_size(fs, path, url, 4 + 4 * len(shape), shape, 1)
     if is_local(fs) and not path.lower().endswith(".gz"):
         return _LazyArray(shape, dtype, lambda: _memmap_idx(path, url, shape))
     return _LazyArray(
@@ -881,34 +988,64 @@ def _memmap_idx(path: str, url: str, shape: tuple[int, ...]) -> np.ndarray:
     offset = 4 + 4 * len(shape)
     try:
         return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
-    except ValueError as exc:  # the file is shorter than its header says
-        raise CorpusError(f"{url} is truncated for shape {shape} ({exc})") from None
+    except (ValueError, OSError) as exc:  # the file is shorter than its header says
+        raise CorpusError(f"{url} is truncated for shape {shape} ({brief(exc)}); {_DAMAGED}") from None
 
 
 # --- npy ---------------------------------------------------------------------------------
 
 
+_NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+# What numpy's header parser may raise on malformed input (it wraps most, not all, in ValueError;
+# its fallback for headers written by Python 2 lets tokenize.TokenError out).
+_NPY_HEADER_ERRORS = (
+    ValueError, TypeError, SyntaxError, OverflowError, RecursionError, MemoryError, KeyError, tokenize.TokenError,
+)
+
+
+def read_npy_header(stream: BinaryIO, url: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` stream; nothing is unpickled.
+
+    Raises
+    ------
+    CorpusError
+        Not a ``.npy`` file, an unknown version, or a malformed header.
+    """
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_VERSIONS:
+            raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(stream)
+    except _NPY_HEADER_ERRORS as exc:
+        raise CorpusError(
+            f"{url} is not a valid .npy file ({brief(exc)}); write it with numpy.save"
+        ) from None
+    return tuple(shape), bool(fortran_order), dtype, stream.tell()
+
+
 def _open_npy(url: str, options: Mapping[str, Any]) -> _ArraySource:
     fs, path = url_to_fs(url, options)
     with reading(url, ".npy file"), fs.open(path, "rb") as stream:
-        try:
-            version = np.lib.format.read_magic(stream)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, dtype = read_header(stream)
-        except ValueError as exc:
-            raise CorpusError(f"{url} is not a valid .npy file ({exc})") from None
-        offset = stream.tell()
+        shape, fortran_order, dtype, offset = read_npy_header(stream, url)
     _check_array(url, shape, dtype)
+    with reading(url, ".npy file"):
+        check_size(fs, path, url, offset, shape, dtype.itemsize)
     if is_local(fs):
-        return _LazyArray(
-            shape, dtype, lambda: np.load(path, mmap_mode="r", allow_pickle=False)
-        )
+        return _LazyArray(shape, dtype, lambda: _load_local_npy(path, url))
     if fortran_order:
         return _LazyArray(shape, dtype, lambda: _load_remote_npy(fs, path, url))
     return _NpyRanges(fs, path, offset, shape, dtype)
+
+
+def _load_local_npy(path: str, url: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # changed since it was opened
+        raise CorpusError(f"cannot read .npy file {url}: {brief(exc)}; {_DAMAGED}") from None
 
 
 def _load_remote_npy(fs: AbstractFileSystem, path: str, url: str) -> np.ndarray:
@@ -933,6 +1070,6 @@ def _open_zarr(url: str, options: Mapping[str, Any]) -> _ArraySource:
             )
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CorpusError(f"cannot open Zarr array {url}: {exc}") from None
+        raise CorpusError(f"cannot open Zarr array {url}: {brief(exc)}; {_DAMAGED}") from None
     _check_array(url, source.shape, source.dtype)
     return source

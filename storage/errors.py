@@ -17,6 +17,7 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "ConfigError",
+    "StorageUnavailableError",
 ]
 
 
@@ -50,3 +51,7 @@ class ModelMismatchError(ModelError):
 
 class ConfigError(PatchhashError, ValueError):
     """An option or configuration value is out of range."""
+
+
+class StorageUnavailableError(PatchhashError, OSError):
+    """Storage kept failing after every retry (see :mod:`storage.retry`)."""

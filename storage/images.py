@@ -51,6 +51,11 @@ from storage.errors import ImageReadError
 
 __all__ = ["ImageSpec", "decode_image", "convert", "convert_batch"]
 
+# Largest image (in pixels) the "scale to cover" step may produce: an image of extreme aspect
+# ratio (e.g. 1 x 10 million pixels, a few KB as a PNG) would otherwise be scaled to billions
+# of pixels. 64 Mi pixels is far above any real photo scaled to a model input.
+MAX_RESIZE_PIXELS = 1 << 26
+
 _NATIVE_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
 _ALPHA_MODES = {"La": "LA", "PA": "RGBA", "RGBa": "RGBA"}
 
@@ -218,6 +223,7 @@ def convert_batch(
     _check_batch(batch, uri)
     if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape:
         return np.ascontiguousarray(batch), np.ones(len(batch), dtype=bool)
+    _check_cover_size(batch, spec, uri)
     batch, ok = _to_uint8(batch)
     batch = _match_channels(_drop_alpha(batch), spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
@@ -241,6 +247,24 @@ def _check_batch(batch: np.ndarray, uri: str) -> None:
         )
     if batch.shape[1] == 0 or batch.shape[2] == 0:
         raise _image_error(uri, f"image has 0 pixels (shape {batch.shape[1:]})")
+
+
+def _check_cover_size(batch: np.ndarray, spec: ImageSpec, uri: str) -> None:
+    height, width = batch.shape[1:3]
+    new_height, new_width = _cover_size(height, width, spec)
+    if new_height * new_width > MAX_RESIZE_PIXELS:
+        raise _image_error(
+            uri,
+            f"aspect ratio too extreme ({height}x{width} pixels): scaling it to cover "
+            f"{spec.height}x{spec.width} would take {new_height}x{new_width} pixels",
+        )
+
+
+def _cover_size(height: int, width: int, spec: ImageSpec) -> tuple[int, int]:
+    """Size of an image scaled, keeping its aspect ratio, to just cover the target."""
+    if spec.height * width >= spec.width * height:
+        return spec.height, max(spec.width, width * spec.height // height)
+    return max(spec.height, height * spec.width // width), spec.width
 
 
 def _to_uint8(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -295,10 +319,7 @@ def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
 def _resize_crop(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """Scale ``image`` (uint8 [h, w, c]) to cover the target, then centre-crop it."""
     height, width, channels = image.shape
-    if spec.height * width >= spec.width * height:
-        new_height, new_width = spec.height, max(spec.width, width * spec.height // height)
-    else:
-        new_height, new_width = max(spec.height, height * spec.width // width), spec.width
+    new_height, new_width = _cover_size(height, width, spec)
     if (new_height, new_width) != (height, width):
         pil = Image.fromarray(image[..., 0] if channels == 1 else image)
         pil = pil.resize((new_width, new_height), Image.Resampling.BILINEAR)

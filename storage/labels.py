@@ -14,8 +14,6 @@ IDX1 and npy labels are aligned with the corpus by position.
 
 from __future__ import annotations
 
-import csv
-import io
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
-from storage.corpus import IDX_NAME_PATTERN, read_idx_file, read_text, reading
+from storage.corpus import IDX_NAME_PATTERN, check_size, read_csv_rows, read_idx_file, read_npy_header, read_text, reading
 from storage.errors import CorpusError
 from storage.fs import display_url, resolve_url, url_to_fs
 
@@ -92,17 +90,20 @@ def read_labels(
 
 
 def _npy_labels(fs: AbstractFileSystem, path: str, shown: str) -> np.ndarray:
+    # The header is checked before any data is read: nothing is unpickled, and a header
+    # announcing more labels than the file holds fails here instead of allocating them.
     with reading(shown, "labels file"), fs.open(path, "rb") as stream:
-        try:
-            labels = np.load(stream, allow_pickle=False)
-        except ValueError as exc:
-            raise CorpusError(f"{shown} is not a .npy file of labels ({exc})") from None
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise CorpusError(
-            f"{shown}: labels of shape {labels.shape} and dtype {labels.dtype}; expected a "
-            "1-D integer array with one label per image"
-        )
-    return labels.astype(np.int64)
+        shape, _, dtype, offset = read_npy_header(stream, shown)
+        if len(shape) != 1 or dtype.kind not in "iu":
+            raise CorpusError(
+                f"{shown}: labels of shape {shape} and dtype {dtype}; expected a "
+                "1-D integer array with one label per image"
+            )
+        check_size(fs, path, shown, offset, shape, dtype.itemsize)
+        data = stream.read(shape[0] * dtype.itemsize)
+    if len(data) < shape[0] * dtype.itemsize:
+        raise CorpusError(f"{shown} is truncated: {len(data)} bytes of labels, {shape[0] * dtype.itemsize} expected")
+    return np.frombuffer(data, dtype=dtype, count=shape[0]).astype(np.int64)
 
 
 def _csv_labels(
@@ -110,10 +111,7 @@ def _csv_labels(
 ) -> np.ndarray:
     with reading(shown, "labels file"):
         text = read_text(fs, path, shown)
-    try:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
-    except csv.Error as exc:
-        raise CorpusError(f"{shown} is not a valid CSV file ({exc})") from None
+    rows = read_csv_rows(text, shown)
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     if "uri" not in header or "label" not in header:
         raise CorpusError(

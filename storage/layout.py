@@ -57,10 +57,16 @@ def staging_dir(version: int) -> str:
     return f"{STAGING}/v{version:06d}"
 
 
-def check_relative(path: str, what: str = "path") -> str:
-    """Refuse paths that could escape the index root: absolute, ``..``, protocols, odd characters."""
+def check_relative(path: str, what: str = "path", source: str = "manifest") -> str:
+    """Refuse paths that could escape the index root: absolute, ``..``, protocols, odd characters.
+
+    Only ``[A-Za-z0-9_.=-]`` parts joined by ``/`` pass, so ``../x``, ``/abs``,
+    ``s3://other/x``, ``file:///etc/passwd``, ``C:\\x``, ``~user`` and ``%2e%2e`` are all refused.
+    ``source`` (the manifest's URL) names the file at fault in the error.
+    """
+    fix = f"{source} was tampered with or corrupted: restore it from versions/ or rebuild the index"
     if not isinstance(path, str) or not path:
-        raise IndexFormatError(f"manifest {what} must be a non-empty relative path, got {path!r}")
+        raise IndexFormatError(f"{source}: {what} must be a non-empty relative path, got {path!r}; {fix}")
     parts = path.split("/")
     if (
         "://" in path
@@ -68,7 +74,10 @@ def check_relative(path: str, what: str = "path") -> str:
         or posixpath.normpath(path) != path
         or any(p in ("", ".", "..") or not _SAFE_PART.match(p) for p in parts)
     ):
-        raise IndexFormatError(f"manifest {what} {path!r} is not a plain path inside the index; the manifest was tampered with or corrupted")
+        raise IndexFormatError(
+            f"{source}: {what} {path!r} is not a plain relative path inside the index "
+            f"(absolute paths, protocols and '..' are refused); {fix}"
+        )
     return path
 
 

@@ -58,3 +58,10 @@ def test_bench_scale_smoke(tmp_path):
     (row,) = figures["results"]
     assert row["images"] == 4000 and row["bytes_per_image"] > 0 and set(row["ms_per_query"]) == {"default", "seed"}
     assert len(row["build_peak_rss_mb"]) == 2 and len(row["query_peak_rss_mb"]) == 2
+
+
+def test_bench_query_file_smoke(tmp_path):
+    figures, stdout = run_smoke("bench_query_file.py", tmp_path)
+    assert [r["rows"] for r in figures["runs"]] == [200, 600] and figures["rows_ratio"] == 3
+    assert figures["client_rss_ratio"] > 0 and figures["worker_rss_ratio"] > 0
+    assert "client peak RSS x" in stdout

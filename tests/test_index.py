@@ -16,6 +16,7 @@ import pytest
 import zarr
 from PIL import Image
 from reference import brute_force_buckets
+from snapshots import index_snapshot as _snapshot
 
 from storage import CorpusError, IndexNotFoundError, ModelMismatchError, join_url
 from storage.arrays import read_array_group
@@ -56,29 +57,6 @@ def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
                 assert np.all((bucket >= part.start) & (bucket < part.stop))
                 table[(block, int(keys[i])) if kind == "pos" else int(keys[i])].update(bucket.tolist())
     return {k: sorted(v) for k, v in table.items()}
-
-
-def _snapshot(index_url: str, storage_options=None) -> dict:
-    """Everything that defines an index's content (not timestamps)."""
-    manifest = read_manifest(index_url, storage_options)
-    codes = zarr.open_array(store=join_url(index_url, "codes"), mode="r", storage_options=storage_options) if storage_options else zarr.open_array(join_url(index_url, "codes"), mode="r")
-    fs = fsspec.url_to_fs(index_url, **(storage_options or {}))[0]
-    tables = {}
-    for shard in manifest.shards:
-        for rel in (shard.images, shard.errors):
-            if rel:
-                with fs.open(fsspec.url_to_fs(join_url(index_url, rel))[1], "rb") as f:
-                    tables[rel] = pq.read_table(f).to_pylist()
-    buckets = {}
-    for part in manifest.partitions:
-        arrays, _ = read_array_group(join_url(index_url, part.path), storage_options)
-        buckets[(part.kind, part.start, part.stop)] = {k: v.tolist() for k, v in arrays.items()}
-    return {
-        "codes": codes[:].tolist(),
-        "tables": tables,
-        "buckets": buckets,
-        "manifest": [manifest.n_images, [s.__dict__ for s in manifest.shards], [(p.kind, p.start, p.stop, p.stats) for p in manifest.partitions]],
-    }
 
 
 @pytest.mark.parametrize("shard_size, partitions", [(128, 1), (100, 3), (700, 2), (64, 7)])

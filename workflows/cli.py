@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -98,32 +99,72 @@ def info(
     model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name (fashion-mnist).")] = None,
     index: Annotated[Optional[str], typer.Option(help="Index URL.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    runs: Annotated[int, typer.Option(help="With --index: show the last N runs of its run log.")] = 5,
     storage_options: StorageOptions = None,
 ) -> None:
-    """Describe a model (its card) or an index (versions, counts, model, bucket statistics)."""
+    """Describe a model (its card) or an index (versions, counts, model, bucket statistics, lock, last runs)."""
     from storage import ConfigError
     from workflows.info import describe_index, describe_model, render
 
     if (model is None) == (index is None):
         raise ConfigError("give exactly one of --model or --index")
     opts = _options(storage_options)
-    data = describe_model(model, opts) if model is not None else describe_index(index, opts)
+    data = describe_model(model, opts) if model is not None else describe_index(index, opts, runs=runs)
     typer.echo(json.dumps(data, indent=1) if as_json else render(data))
 
 
-Scheduler = Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler (tcp://host:8786); default: start a LocalCluster.")]
-Workers = Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core).")]
-ThreadsPerWorker = Annotated[int, typer.Option(help="Threads per LocalCluster worker.")]
-MemoryLimit = Annotated[str, typer.Option(help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
+# Precedence of every option: command line > environment variable (cluster options) > --config job spec > default.
+Scheduler = Annotated[Optional[str], typer.Option(envvar="PATCHHASH_SCHEDULER", help="Address of a running Dask scheduler (tcp://host:8786, or tls://host:8786 with --tls-*); default: start a LocalCluster.")]
+Workers = Annotated[Optional[int], typer.Option(envvar="PATCHHASH_WORKERS", help="LocalCluster worker processes (default: one per core).")]
+ThreadsPerWorker = Annotated[int, typer.Option(envvar="PATCHHASH_THREADS_PER_WORKER", help="Threads per LocalCluster worker.")]
+MemoryLimit = Annotated[str, typer.Option(envvar="PATCHHASH_MEMORY_LIMIT", help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
+TlsCa = Annotated[Optional[str], typer.Option("--tls-ca", envvar="PATCHHASH_TLS_CA", help="CA certificate (PEM) of a TLS cluster: with --tls-cert and --tls-key, talk TLS with mutual authentication (tls:// --scheduler, or a TLS LocalCluster).")]
+TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", envvar="PATCHHASH_TLS_CERT", help="This client's certificate (PEM), signed by the cluster's CA.")]
+TlsKey = Annotated[Optional[str], typer.Option("--tls-key", envvar="PATCHHASH_TLS_KEY", help="The private key (PEM) of --tls-cert.")]
+Config = Annotated[Optional[str], typer.Option("--config", help="YAML job spec with any of this command's options (see workflows/jobs/); options given on the command line or by environment variable override it.")]
 Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400].")]
 MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
 
 
-def _cluster(scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None):
+def _cluster(
+    scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None,
+    tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+):
     """The cluster options every Dask command shares, as ``ClusterSettings``."""
     from workflows.cluster import ClusterSettings
 
-    return ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+    return ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
+                           tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+
+
+def _with_job_spec(command: str, required: tuple[str, ...]):
+    """Decorate a command so that its ``--config`` job spec fills the options not given.
+
+    An option keeps its value if it came from the command line or its environment variable
+    (``click``'s parameter source); otherwise the job spec's value, if any, replaces the
+    default. ``required`` options must then be set by one or the other. The command takes a
+    ``ctx: typer.Context`` first parameter for this.
+    """
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(**params):
+            from storage import ConfigError
+            from workflows.jobspec import load_job_spec
+
+            ctx: typer.Context = params["ctx"]
+            if params.get("config"):
+                spec = load_job_spec(params["config"], command)
+                explicit = {"COMMANDLINE", "ENVIRONMENT"}
+                params.update({k: v for k, v in spec.values.items() if getattr(ctx.get_parameter_source(k), "name", None) not in explicit})
+            missing = [name for name in required if params.get(name) is None]
+            if missing:
+                raise ConfigError(
+                    f"`patchhash {command}` needs " + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
+                    + ": give each on the command line or as a key of a --config job spec (e.g. `" + missing[0] + ": ...`)"
+                )
+            return fn(**params)
+        return wrapper
+    return decorate
 
 
 def _given(**options) -> dict:
@@ -132,29 +173,36 @@ def _given(**options) -> dict:
 
 
 @app.command()
+@_with_job_spec("index", required=("corpus", "index"))
 def index(
-    corpus: Annotated[str, typer.Option(help="Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
-    index: Annotated[str, typer.Option("--index", help="Index URL (created if absent, appended to otherwise).")],
+    ctx: typer.Context,
+    corpus: Annotated[Optional[str], typer.Option(help="Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index URL (created if absent, appended to otherwise). [required]")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name; default: the index's own, or fashion-mnist for a new index.")] = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
     memory_limit: MemoryLimit = "auto",
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     shard_size: Annotated[int, typer.Option(help="Images per task and per Zarr chunk (new index only).")] = 10_000,
     partitions: Annotated[Optional[int], typer.Option(help="Bucket-map partitions (new index only; default: one per worker).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail before commit if any image cannot be read.")] = False,
+    wait_for_lock: Annotated[float, typer.Option(envvar="PATCHHASH_WAIT_FOR_LOCK", help="If another run holds the index's lock, wait up to this many seconds for it (0: exit at once).")] = 0.0,
+    config: Config = None,
     storage_options: StorageOptions = None,
     verbose: Verbose = False,
 ) -> None:
-    """Encode a corpus into an index (create, resume, or append only new images)."""
+    """Encode a corpus into an index (create, resume, or append only new images), holding the index's lock."""
     from workflows.index import IndexSettings, index as run_index
 
     setup_logging(verbose)
     report = run_index(
         corpus, index, model,
         IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit),
-        _options(storage_options),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
+        _options(storage_options), wait_for_lock=wait_for_lock,
     )
     if report.n_new == 0:
         typer.echo(f"nothing new: {index} already holds every image of {corpus} (version {report.version})")
@@ -163,22 +211,26 @@ def index(
         f"indexed {report.n_new - report.n_errors_new} new images into {index} (version {report.version}, "
         f"{report.n_images} rows) in {report.seconds:.1f} s, {report.images_per_second:.0f} images/s"
     )
+    if report.shards_skipped or report.partitions_skipped:
+        typer.echo(f"resumed an interrupted run: {report.shards_skipped} shard(s) and {report.partitions_skipped} bucket partition(s) were already done")
     if report.n_errors_new:
         typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index}`", err=True)
 
 
 @app.command()
+@_with_job_spec("query", required=("index", "queries", "out"))
 def query(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
-    queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
-    out: Annotated[str, typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format).")],
+    ctx: typer.Context,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
+    queries: Annotated[Optional[str], typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format), or a folder ending in / for a partitioned Parquet dataset that resumes when rerun. [required]")] = None,
     k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
     threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 3).")] = None,
     mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
     shortlist: Shortlist = None,
     max_bucket_fraction: MaxBucketFraction = None,
     shift_radius: Annotated[int, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r+1)^2 times the work).")] = 0,
-    format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or jsonl.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun resumes).")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
     report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
     block_size: Annotated[int, typer.Option(help="Queries per task.")] = 1000,
@@ -187,6 +239,10 @@ def query(
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
     memory_limit: MemoryLimit = "auto",
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    config: Config = None,
     storage_options: StorageOptions = None,
     verbose: Verbose = False,
 ) -> None:
@@ -199,13 +255,15 @@ def query(
         index, queries, out,
         QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, block_size=block_size, strict=strict,
                       format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction)),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
         _options(storage_options), report=report, report_limit=report_limit,
     )
     typer.echo(
         f"answered {result.n_queries - result.n_failed} queries against {index} (version {result.version}) in "
         f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query): {result.rows} rows in {out}"
     )
+    if result.blocks_skipped:
+        typer.echo(f"resumed an interrupted run: {result.blocks_skipped} block(s) were already answered")
     if result.n_failed:
         typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
 
@@ -226,10 +284,12 @@ def _name_list(raw: str) -> tuple[str, ...]:
 
 
 @app.command()
+@_with_job_spec("evaluate", required=("index", "queries", "labels"))
 def evaluate(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
-    queries: Annotated[str, typer.Option(help="Labelled query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
-    labels: Annotated[str, typer.Option(help="Labels of the indexed images: IDX1 or .npy (by image id), or CSV uri,label.")],
+    ctx: typer.Context,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
+    queries: Annotated[Optional[str], typer.Option(help="Labelled query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Labels of the indexed images: IDX1 or .npy (by image id), or CSV uri,label. [required]")] = None,
     query_labels: Annotated[Optional[str], typer.Option(help="Labels of the queries (default: --labels).")] = None,
     k: Annotated[str, typer.Option("--k", help="Ranks for precision@k, comma-separated.")] = "1,10,100",
     modes: Annotated[str, typer.Option(help="Query modes to measure (seed, default), comma-separated; 'none' for none.")] = "seed,default",
@@ -244,6 +304,10 @@ def evaluate(
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
     memory_limit: MemoryLimit = "auto",
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    config: Config = None,
     storage_options: StorageOptions = None,
     verbose: Verbose = False,
 ) -> None:
@@ -259,16 +323,18 @@ def evaluate(
     )
     result = run_evaluate(
         index, queries, labels, query_labels, settings,
-        _cluster(scheduler, workers, threads_per_worker, memory_limit),
+        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
         _options(storage_options), out=out, plot=plot,
     )
     typer.echo(render_table(result))
 
 
 @app.command()
+@_with_job_spec("bench", required=("index", "queries"))
 def bench(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
-    queries: Annotated[str, typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
+    ctx: typer.Context,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
+    queries: Annotated[Optional[str], typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
     modes: Annotated[str, typer.Option(help="Query modes to time (default, seed), comma-separated.")] = "default,seed",
     repeats: Annotated[int, typer.Option(help="Timed query jobs per mode (the median is reported).")] = 3,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N queries only.")] = None,
@@ -277,6 +343,10 @@ def bench(
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
     memory_limit: MemoryLimit = "auto",
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    config: Config = None,
     storage_options: StorageOptions = None,
     verbose: Verbose = False,
 ) -> None:
@@ -287,7 +357,7 @@ def bench(
     setup_logging(verbose)
     result = run_bench(
         index, queries, BenchSettings(modes=_name_list(modes), repeats=repeats, limit=limit),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit), _options(storage_options), out=out,
+        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key), _options(storage_options), out=out,
     )
     typer.echo(result.render())
 

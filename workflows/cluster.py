@@ -1,9 +1,32 @@
-"""Getting a Dask client: a LocalCluster sized for the machine, or an existing scheduler."""
+"""Getting a Dask client: a LocalCluster sized for the machine, or an existing scheduler.
+
+TLS with mutual authentication
+------------------------------
+Pass ``tls_ca``, ``tls_cert`` and ``tls_key`` (CLI: ``--tls-ca/--tls-cert/--tls-key``) to
+talk TLS to a ``tls://`` scheduler: the client checks that ``tls_ca`` signed the scheduler's
+certificate and presents ``tls_cert`` for the scheduler (and workers) to check in turn. The
+scheduler and workers are started with the same CA, e.g.::
+
+    dask scheduler --protocol tls --tls-ca-file ca.pem --tls-cert node.pem --tls-key node.key
+    dask worker tls://host:8786 --tls-ca-file ca.pem --tls-cert node.pem --tls-key node.key
+
+Without ``--scheduler`` the options start the LocalCluster itself on ``tls://127.0.0.1``
+with that one certificate for scheduler, workers and client, so local traffic is
+encrypted too.
+
+Instead of the options, Dask's own security configuration may be used
+(``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert``,
+``distributed.comm.tls.client.key``, ... in a Dask YAML file or ``DASK_DISTRIBUTED__COMM__TLS__*``
+environment variables): with no options given, ``distributed.Security()`` reads it, both for a
+``tls://`` scheduler and for the LocalCluster (which then uses ``tls://`` when
+``distributed.comm.require-encryption`` is set). The options, when given, take precedence.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,15 +37,21 @@ __all__ = ["ClusterSettings", "dask_client"]
 
 log = logging.getLogger(__name__)
 
+_TLS_OPTIONS = (("tls_ca", "--tls-ca"), ("tls_cert", "--tls-cert"), ("tls_key", "--tls-key"))
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
     """Where tasks run.
 
-    ``scheduler`` set: connect to that Dask scheduler (``tcp://host:8786``). Otherwise start a
-    ``LocalCluster`` of ``workers`` processes (default: one per core) with
-    ``threads_per_worker`` threads each; ``processes=False`` keeps everything in this process
-    (needed for ``memory://`` URLs, which are private to a process).
+    ``scheduler`` set: connect to that Dask scheduler (``tcp://host:8786``, or ``tls://host:8786``
+    with ``tls_ca``/``tls_cert``/``tls_key``). Otherwise start a ``LocalCluster`` of ``workers``
+    processes (default: one per core) with ``threads_per_worker`` threads each;
+    ``processes=False`` keeps everything in this process (needed for ``memory://`` URLs, which
+    are private to a process).
+
+    ``tls_ca`` (CA certificate, PEM), ``tls_cert`` (this client's certificate, PEM) and
+    ``tls_key`` (its private key, PEM) come together or not at all; see the module docstring.
     """
 
     scheduler: str | None = None
@@ -30,25 +59,145 @@ class ClusterSettings:
     threads_per_worker: int = 1
     memory_limit: str | None = "auto"
     processes: bool = True
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.threads_per_worker < 1:
             raise ConfigError(f"--threads-per-worker must be >= 1, got {self.threads_per_worker}")
+        for field, _ in _TLS_OPTIONS:
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, os.fspath(value))
+        self._check_tls()
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS options were given (all three, after validation)."""
+        return self.tls_ca is not None
+
+    def _check_tls(self) -> None:
+        given = [option for field, option in _TLS_OPTIONS if getattr(self, field)]
+        if given and len(given) < len(_TLS_OPTIONS):
+            missing = [option for field, option in _TLS_OPTIONS if not getattr(self, field)]
+            raise ConfigError(
+                f"{', '.join(given)} given without {', '.join(missing)}: TLS needs all three "
+                "(--tls-ca: the CA certificate, --tls-cert/--tls-key: this client's certificate and key)"
+            )
+        for field, option in _TLS_OPTIONS:
+            path = getattr(self, field)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{option} {path}: no such file; pass a PEM file on this machine")
+        scheme = self.scheduler.split("://", 1)[0].lower() if self.scheduler and "://" in self.scheduler else None
+        if given:
+            if self.scheduler and scheme != "tls":
+                raise ConfigError(
+                    f"--scheduler {self.scheduler} is not a TLS address but --tls-* options were given; "
+                    f"use tls://{self.scheduler.split('://', 1)[-1]}"
+                )
+            self._check_pem()
+        elif scheme == "tls" and not _dask_tls_configured():
+            raise ConfigError(
+                f"--scheduler {self.scheduler} needs TLS credentials: pass --tls-ca, --tls-cert and --tls-key "
+                "(or set distributed.comm.tls.ca-file, .client.cert and .client.key in the Dask config)"
+            )
+
+    def _check_pem(self) -> None:
+        """Load the files once here so a wrong file fails now, with the option's name, not mid-connect."""
+        try:
+            ssl.create_default_context(cafile=self.tls_ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"--tls-ca {self.tls_ca} is not a PEM CA certificate ({exc})") from None
+        try:
+            ssl.create_default_context().load_cert_chain(self.tls_cert, self.tls_key)
+        except (ssl.SSLError, ValueError) as exc:
+            # the ssl error names the failing step, never the key's contents
+            raise ConfigError(
+                f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key}: not a PEM certificate and its "
+                f"matching unencrypted private key ({exc})"
+            ) from None
+
+    def security(self) -> "distributed.Security | None":  # noqa: F821
+        """The ``distributed.Security`` for the client (and a local cluster), or None without TLS.
+
+        With the TLS options: that CA and one certificate for the client, scheduler and worker
+        roles, encryption required. Without them but with TLS in the Dask config:
+        ``Security()``, which reads the config. Otherwise None (distributed's defaults).
+        """
+        from distributed import Security
+
+        if self.tls:
+            return Security(
+                tls_ca_file=self.tls_ca,
+                tls_client_cert=self.tls_cert, tls_client_key=self.tls_key,
+                tls_scheduler_cert=self.tls_cert, tls_scheduler_key=self.tls_key,
+                tls_worker_cert=self.tls_cert, tls_worker_key=self.tls_key,
+                require_encryption=True,
+            )
+        if _dask_tls_configured():
+            return Security()
+        return None
+
+
+def _dask_tls_configured() -> bool:
+    """Whether Dask's config names a CA and a client certificate (what ``Security()`` would use)."""
+    import dask.config
+
+    return bool(dask.config.get("distributed.comm.tls.ca-file", None)
+                and dask.config.get("distributed.comm.tls.client.cert", None))
+
+
+def _dashboard(client) -> str:
+    try:
+        return client.dashboard_link or "none"
+    except (KeyError, AttributeError):  # a scheduler started without a dashboard
+        return "none"
+
+
+class _QuietTaskFailures(logging.Filter):
+    """Drop a LocalCluster worker's "Compute Failed" report (a traceback on the job's stderr): the
+    client re-raises the task's exception and prints it as one line, or in full with
+    ``PATCHHASH_TRACEBACK=1`` (which also keeps these reports)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(os.environ.get("PATCHHASH_TRACEBACK")) or not str(record.msg).startswith("Compute Failed")
+
+
+def _quiet_task_failures() -> None:
+    """Run in each LocalCluster worker (``client.run``)."""
+    worker_log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _QuietTaskFailures) for f in worker_log.filters):
+        worker_log.addFilter(_QuietTaskFailures())
 
 
 @contextmanager
 def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  # noqa: F821
-    """Yield a connected ``distributed.Client``; closes what it started."""
+    """Yield a connected ``distributed.Client``; closes what it started.
+
+    Raises
+    ------
+    ConfigError
+        The scheduler cannot be reached, or refused this client (for ``tls://``: a certificate
+        not signed by the cluster's CA, or a scheduler certificate not signed by ``tls_ca``).
+    """
     from distributed import Client, LocalCluster
 
     # distributed configures its loggers at import; keep its INFO chatter out of job output
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.worker", "distributed.http"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    security = settings.security()
     if settings.scheduler:
-        with Client(settings.scheduler) as client:
-            log.info("connected to Dask scheduler %s (dashboard: %s)", settings.scheduler, client.dashboard_link)
+        try:
+            client = Client(settings.scheduler, security=security)
+        except (OSError, TimeoutError) as exc:
+            hint = " (check that --tls-ca signed the scheduler's certificate and the cluster's CA signed --tls-cert)" \
+                if settings.scheduler.startswith("tls://") else ""
+            raise ConfigError(f"cannot connect to Dask scheduler {settings.scheduler}{hint}: {exc}") from exc
+        with client:
+            log.info("connected to Dask scheduler %s (dashboard: %s)", settings.scheduler, _dashboard(client))
             yield client
         return
     workers = settings.workers or max(1, os.cpu_count() or 1)
@@ -60,9 +209,14 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
                   dashboard_address=":0", silence_logs=logging.WARNING)
     if settings.processes:
         kwargs.update(memory_limit=settings.memory_limit, env=env)
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    if settings.tls:
+        # the dashboard is plain, unauthenticated HTTP: keep it off other machines too
+        kwargs.update(protocol="tls://", host="127.0.0.1", security=security, dashboard_address="127.0.0.1:0")
+    with LocalCluster(**kwargs) as cluster, Client(cluster, security=security) as client:
         log.info(
-            "LocalCluster: %d worker %s x %d thread(s); dashboard: %s",
-            workers, "processes" if settings.processes else "threads", threads, client.dashboard_link,
+            "LocalCluster%s: %d worker %s x %d thread(s); dashboard: %s",
+            " (TLS)" if settings.tls else "", workers, "processes" if settings.processes else "threads", threads,
+            _dashboard(client),
         )
+        client.run(_quiet_task_failures)  # one line per failure: the client reports the task's error
         yield client

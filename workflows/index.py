@@ -16,6 +16,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +34,10 @@ from storage import (
 from storage.atomic import read_json, write_json_atomic
 from storage.layout import CODES, MODEL_DIR, partition_path, shard_table_path, staging_dir
 from storage.manifest import Manifest, PartitionEntry, ShardEntry, commit_manifest, read_manifest, utc_now
+from storage.retry import retry_call
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.progress import track
+from workflows.runtime import failpoint
 
 __all__ = ["IndexSettings", "IndexReport", "index", "PARTITION_KINDS"]
 
@@ -74,6 +77,7 @@ class IndexReport:
     shards_done: int = 0
     shards_skipped: int = 0
     partitions_built: int = 0
+    partitions_skipped: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)
@@ -90,7 +94,7 @@ def encode_shard_task(index_url: str, shard, id_start: int, storage_options: dic
     """Read, convert and encode one shard; write its codes rows, tables, then its done-marker."""
     from pipeline.encode import load_encoder
     from storage import ImageSpec
-    from storage.arrays import open_array
+    from storage.arrays import write_rows
     from storage.tables import write_parquet
 
     started = time.perf_counter()
@@ -102,7 +106,7 @@ def encode_shard_task(index_url: str, shard, id_start: int, storage_options: dic
     if len(data.ids):
         codes[data.ids - shard.start] = encoder.encode(data.pixels)
     start, stop = id_start, id_start + n_rows
-    open_array(join_url(index_url, CODES), storage_options, mode="r+")[start:stop] = codes
+    write_rows(join_url(index_url, CODES), start, codes, storage_options)
     images = shard_table_path("images", start, stop)
     write_parquet(join_url(index_url, images), {"image_id": data.ids - shard.start + start, "uri": data.uris}, IMAGES_SCHEMA, storage_options)
     errors = None
@@ -122,10 +126,10 @@ def encode_shard_task(index_url: str, shard, id_start: int, storage_options: dic
 def build_partition_task(index_url: str, kind: str, start: int, stop: int, tables: list[str], version: int, storage_options) -> dict:
     """Build the ``kind`` bucket map of image ids ``[start, stop)`` from the stored codes."""
     from pipeline.buckets import build_bucket_map
-    from storage.arrays import open_array, write_array_group
+    from storage.arrays import read_rows, write_array_group
     from storage.tables import read_parquet
 
-    codes = open_array(join_url(index_url, CODES), storage_options)[start:stop]
+    codes = read_rows(join_url(index_url, CODES), start, stop, storage_options)
     ids = np.concatenate(
         [read_parquet(join_url(index_url, t), storage_options, ["image_id"]).column("image_id").to_numpy() for t in tables]
         or [np.empty(0, np.int64)]
@@ -218,18 +222,19 @@ def _install_model(index_url: str, model: str | None, storage_options) -> None:
     source = resolve_model_url(model or "fashion-mnist")
     card = read_card(source, storage_options)  # validates before anything is copied
     target = join_url(index_url, MODEL_DIR)
-    if _exists(join_url(target, CARD_FILE), storage_options) and read_card(target, storage_options).model_sha256 == card.model_sha256:
+    if _exists(join_url(target, CARD_FILE), storage_options) and read_card(target, storage_options, verify=False).model_sha256 == card.model_sha256:
         return
     for name in (MODEL_FILE, CARD_FILE):  # card last: a model dir with a card is complete
         src_fs, src = url_to_fs(join_url(source, name), storage_options)
         dst_fs, dst = url_to_fs(join_url(target, name), storage_options)
         dst_fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-        dst_fs.pipe_file(dst, src_fs.cat_file(src))
+        data = retry_call(f"reading {join_url(source, name)}", src_fs.cat_file, src)
+        retry_call(f"writing {join_url(target, name)}", dst_fs.pipe_file, dst, data)
 
 
 def _exists(url: str, storage_options) -> bool:
     fs, path = url_to_fs(url, storage_options)
-    return fs.exists(path)
+    return retry_call(f"checking {url}", fs.exists, path)
 
 
 def _read_manifest_or_none(index_url: str, storage_options) -> Manifest | None:
@@ -248,14 +253,15 @@ def _staging_plan(index_url: str, version: int, plan_doc: dict, storage_options)
     except (FileNotFoundError, ValueError):
         previous = None
     if previous != plan_doc:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if _exists(stage, storage_options):
+            retry_call(f"removing {stage}", fs.rm, path, recursive=True)
         write_json_atomic(join_url(stage, "plan.json"), plan_doc, storage_options)
         return set()
     try:
-        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path + "/done", detail=False)}
+        names = retry_call(f"listing {stage}/done", fs.ls, path + "/done", detail=False)
     except FileNotFoundError:
         return set()
+    return {p.rstrip("/").rsplit("/", 1)[-1] for p in names}
 
 
 # --------------------------------------------------------------------------- the job
@@ -269,14 +275,45 @@ def index(
     cluster: ClusterSettings = ClusterSettings(),
     storage_options: dict | None = None,
     client=None,
+    wait_for_lock: float = 0.0,
 ) -> IndexReport:
-    """Index every image of ``corpus`` that ``index_url`` does not hold yet.
+    """Index every image of ``corpus`` that ``index_url`` does not hold yet, under the index's lock.
 
     Creates the index on first use (bound to ``model``, default the built-in
     ``fashion-mnist``), appends new images afterwards, and is a quick no-op when nothing is
     new. Pass a connected ``client`` to reuse a Dask cluster; otherwise one is started from
     ``cluster``. Returns an :class:`IndexReport`.
+
+    The job runs holding ``<index>/_lock.json`` (:class:`storage.lock.IndexLock`): if another
+    run holds it, wait up to ``wait_for_lock`` seconds, then raise ``LockHeldError``. Every run
+    that got the lock appends a record to ``<index>/runs/`` (:mod:`storage.runlog`), also when
+    nothing was new or the job failed.
     """
+    from storage.lock import IndexLock
+    from storage.runlog import write_run
+
+    with IndexLock(index_url, storage_options, wait_s=wait_for_lock) as lock:
+        started = datetime.now(timezone.utc)
+        record = {"status": "failed", "error": "interrupted"}
+        try:
+            report = _index_job(corpus, index_url, model, settings, cluster, storage_options, client, lock=lock)
+            record = {"status": "ok" if report.n_new else "no-op", "error": None, "version": report.version if report.n_new else None,
+                      "images_added": report.n_new - report.n_errors_new, "errors": report.n_errors_new}
+            return report
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            try:
+                write_run(index_url, started, datetime.now(timezone.utc), lock.token, corpus=corpus,
+                          storage_options=storage_options, **record)
+            except Exception as exc:  # the job's own outcome matters more than its log entry
+                log.warning("could not write the run log of %s: %s", index_url, exc)
+
+
+def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSettings, cluster: ClusterSettings,
+               storage_options: dict | None, client, lock) -> IndexReport:
+    """The job of :func:`index`, run while holding ``lock`` (verified just before the commit)."""
     started = time.perf_counter()
     manifest = _read_manifest_or_none(index_url, storage_options)
     if manifest is not None:
@@ -314,6 +351,7 @@ def index(
         done = _staging_plan(index_url, version, plan_doc, storage_options)
         _prepare_codes(index_url, manifest is None and not done, report.n_images, card, shard_size, storage_options)
         new_shards = _encode_phase(dask, index_url, plan, done, stage, report, storage_options)
+        failpoint("index-encoded")
         report.n_errors_new = sum(e.n_errors for e in new_shards)
         if settings.strict and report.n_errors_new:
             raise CorpusError(
@@ -336,6 +374,9 @@ def index(
         )
     else:
         new_manifest = manifest.next(n_images=report.n_images, shards=all_shards, partitions=partitions, sources=manifest.sources + (source_record,))
+    failpoint("index-before-commit")
+    if lock is not None:
+        lock.verify()
     commit_manifest(index_url, new_manifest, storage_options)
     _cleanup_staging(index_url, version, storage_options)
     report.version = new_manifest.version
@@ -393,13 +434,17 @@ def _partition_phase(dask, index_url: str, shards, ranges, version: int, done: s
     for kind in PARTITION_KINDS:
         for start, stop in ranges:
             if f"{kind}-{start:012d}.done.json" in done:
+                report.partitions_skipped += 1
                 continue
             tables = [s.images for s in shards if s.start < stop and s.stop > start]
             futures.append(dask.submit(build_partition_task, index_url, kind, start, stop, tables, version, storage_options, pure=False))
+    if report.partitions_skipped:
+        log.info("resuming: %d of %d bucket partitions already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
     for future in track(futures, total=len(futures), desc="buckets", unit="partition"):
         entry = future.result()
         write_json_atomic(join_url(stage, "done", f"{entry['kind']}-{entry['start']:012d}.done.json"), entry, storage_options)
         report.partitions_built += 1
+        failpoint("index-partition-built")
     return [
         PartitionEntry(**read_json(join_url(stage, "done", f"{kind}-{start:012d}.done.json"), storage_options))
         for kind in PARTITION_KINDS for start, _ in ranges

@@ -33,15 +33,20 @@ def _bucket_summary(partitions) -> dict[str, Any]:
     return out
 
 
-def describe_index(index_url: str, storage_options: dict | None = None) -> dict[str, Any]:
+def describe_index(index_url: str, storage_options: dict | None = None, runs: int = 5) -> dict[str, Any]:
+    """The index's versions, counts, model and buckets; its current lock holder and last ``runs`` runs."""
     from pipeline.modelcard import read_card
+    from storage.lock import read_lock
+    from storage.runlog import read_runs
 
     manifest = read_manifest(index_url, storage_options)
+    holder = read_lock(index_url, storage_options)
     card = read_card(join_url(index_url, MODEL_DIR), storage_options)
     return {
         "index": index_url,
         "version": manifest.version,
-        "versions": list_versions(index_url, storage_options),
+        # a versions/ file above the manifest's version is a commit cut short between its two writes
+        "versions": [v for v in list_versions(index_url, storage_options) if v <= manifest.version],
         "created": manifest.created,
         "n_images": manifest.n_images,
         "n_indexed": manifest.n_ok,
@@ -55,6 +60,8 @@ def describe_index(index_url: str, storage_options: dict | None = None) -> dict[
         "buckets": _bucket_summary(manifest.partitions),
         "sources": list(manifest.sources),
         "model": card.summary(),
+        "lock": holder.describe() if holder else None,
+        "runs": read_runs(index_url, storage_options, last=runs),
     }
 
 

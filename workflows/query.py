@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from storage import ConfigError, Corpus, CorpusError, join_url, open_corpus
 from storage.layout import MODEL_DIR, resolve
 from storage.manifest import Manifest, read_manifest
-from storage.results import RESULTS_SCHEMA, ResultsWriter
+from storage.results import RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
 
 __all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris"]
@@ -103,6 +103,7 @@ class QueryReport:
     rows: int = 0
     seconds: float = 0.0
     mean_candidates: float = 0.0
+    blocks_skipped: int = 0
     errors: list[dict] = field(default_factory=list)
 
     @property
@@ -160,11 +161,11 @@ _codes: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
 def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> np.ndarray:
     """Flattened ``[stop - start, G]`` codes of images ``start..stop`` (committed rows never
     change), cached per worker process like the bucket maps."""
-    from storage.arrays import open_array
+    from storage.arrays import read_rows
     from storage.layout import CODES
 
     def load():
-        return np.asarray(open_array(join_url(index_url, CODES), storage_options)[start:stop]).reshape(stop - start, -1)
+        return read_rows(join_url(index_url, CODES), start, stop, storage_options).reshape(stop - start, -1)
 
     return _cached(_codes, (index_url, start, stop), load)
 
@@ -290,7 +291,8 @@ def query(
             shown.append((block, topk))
 
     started = time.perf_counter()
-    manifest = read_manifest(index_url, storage_options)
+    pinned = _resumed_version(out, settings.format, storage_options)
+    manifest = read_manifest(index_url, storage_options, pinned)
     if settings.threshold > manifest.bits:
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
@@ -301,41 +303,56 @@ def query(
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
     log.info("answering %d queries from %s against %s (version %d, %d partitions, mode %s)",
              len(source), queries, index_url, manifest.version, len(partitions), settings.mode)
+    job = {"index": index_url, "version": manifest.version, "queries": queries, "n_queries": len(source),
+           "settings": {k: v for k, v in asdict(settings).items() if k not in ("format", "max_blocks_in_flight")}}
     candidates = 0
     window: deque = deque()
-    next_shards = iter(shards)
     with (
+        open_results(out, settings.format, job, storage_options) as writer,
         dask_client(cluster) if client is None else nullcontext(client) as dask,
-        ResultsWriter(out, settings.format, storage_options) as writer,
         tqdm(total=len(shards), desc="query", unit="block", dynamic_ncols=True) as bar,
     ):
+        todo = [s for s in shards if s.start not in writer.done]
+        if len(todo) < len(shards):
+            result.blocks_skipped = len(shards) - len(todo)
+            log.info("resuming: %d of %d blocks already answered in %s, skipped", result.blocks_skipped, len(shards), out)
+            for marker in writer.done.values():
+                result.n_failed += marker["failed"]
+                result.n_without_hits += marker["without_hits"]
+                candidates += marker["candidates"]
+                result.rows += marker["rows"]
+            bar.update(result.blocks_skipped)
+        next_shards = iter(todo)
+
         def refill() -> None:
             for shard in next_shards:
                 block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius, pure=False)
                 parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False)
                          for p in partitions]
-                window.append((block, dask.submit(merge_task, parts, settings.k, pure=False)))
+                window.append((shard, block, dask.submit(merge_task, parts, settings.k, pure=False)))
                 if len(window) >= settings.max_blocks_in_flight:
                     return
 
         try:
             refill()
             while window:  # answer blocks in file order; later blocks keep the cluster busy
-                block_future, merged_future = window.popleft()
+                shard, block_future, merged_future = window.popleft()
                 block, topk = block_future.result(), merged_future.result()
                 refill()
-                writer.write(_block_table(block, topk, uris))
-                result.n_failed += len(block.errors)
-                result.n_without_hits += int(np.sum(topk.ids[:, 0] < 0))
-                candidates += int(topk.n_candidates.sum())
+                stats = {"failed": len(block.errors), "without_hits": int(np.sum(topk.ids[:, 0] < 0)),
+                         "candidates": int(topk.n_candidates.sum())}
+                writer.write_block(shard.start, shard.stop, _block_table(block, topk, uris), stats)
+                result.n_failed += stats["failed"]
+                result.n_without_hits += stats["without_hits"]
+                candidates += stats["candidates"]
                 result.errors.extend({"query_id": int(r), "uri": u, "reason": why} for r, u, why in block.errors[: max(0, 20 - len(result.errors))])
                 collect(block, topk)
                 bar.update(1)
         finally:
-            pending = [f for pair in window for f in pair]
+            pending = [f for _, *futures in window for f in futures]
             if pending:
                 dask.cancel(pending)
-    result.rows = writer.rows
+    result.rows += writer.rows
     answered = result.n_queries - result.n_failed
     result.mean_candidates = candidates / answered if answered else 0.0
     result.seconds = time.perf_counter() - started
@@ -351,8 +368,23 @@ def query(
     log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
              answered, result.seconds, result.ms_per_query, result.rows, out, result.n_failed, result.n_without_hits)
     if report is not None:
+        if result.blocks_skipped:
+            log.warning("the report shows queries answered in this run only (%d blocks were answered before)", result.blocks_skipped)
         _write_report(report, shown, report_limit, report_labels, uris, source, settings, result, storage_options)
     return result
+
+
+def _resumed_version(out: str, fmt: str | None, storage_options) -> int | None:
+    """The index version an earlier, interrupted run into the dataset ``out`` answered against:
+    a resumed job keeps answering from it, even if the index has moved on since."""
+    from storage.atomic import read_json
+
+    if results_format(out, fmt) != "dataset":
+        return None
+    try:
+        return int(read_json(join_url(out.rstrip("/"), "_job.json"), storage_options)["version"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _write_report(url: str, shown, limit: int, labels, uris, source, settings: QuerySettings, result: QueryReport, storage_options) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
-__all__ = ["quiet_tensorflow", "setup_logging"]
+__all__ = ["quiet_tensorflow", "setup_logging", "failpoint", "FAILPOINTS"]
+
+# Where `PATCHHASH_FAILPOINTS` can kill a job (tests/test_faults.py, docs/RELIABILITY.md).
+FAILPOINTS = ("index-encoded", "index-partition-built", "index-before-commit")
 
 
 def quiet_tensorflow(threads: int | None = None) -> None:
@@ -28,3 +32,15 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("distributed", "tensorflow", "absl", "numba", "fsspec", "asyncio", "botocore", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def failpoint(name: str) -> None:
+    """Kill this process with SIGKILL here if ``name`` is listed in ``PATCHHASH_FAILPOINTS``.
+
+    For fault tests only: it lets a test stop a job at an exact point (a SIGKILL, like the
+    OOM killer or a lost node, so no cleanup runs) and check that a rerun resumes.
+    """
+    if name in os.environ.get("PATCHHASH_FAILPOINTS", "").split(","):
+        logging.getLogger(__name__).warning("failpoint %s: killing this process (PATCHHASH_FAILPOINTS)", name)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,119 @@
+"""Memory of a batch query job does not grow with the query file: peak RSS at two file sizes.
+
+Builds (or reuses) an index, writes query files of each size (Fashion-MNIST test images
+repeated, as ``.npy`` written through a memory map), and answers each in its own process on
+a fresh 2-worker LocalCluster into a partitioned Parquet dataset. Prints, per size, queries/s
+and the peak RSS of the client process and of the largest worker, then the ratios of the
+largest size to the smallest (1.0 = memory bounded, whatever the length of the file)::
+
+    python benchmarks/bench_query_file.py [--index DIR] [--rows 20000,200000] [--mode default]
+    python benchmarks/bench_query_file.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def write_queries(path: str, rows: int, source: str) -> str:
+    """``rows`` query images (``source``'s images repeated) as ``.npy``, written in slices."""
+    from storage import open_corpus
+
+    corpus = open_corpus(source)
+    images = corpus.read(corpus.native_spec(), 0, min(len(corpus), 10000)).pixels[..., 0]
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *images.shape[1:]))
+    for start in range(0, rows, len(images)):
+        stop = min(rows, start + len(images))
+        out[start:stop] = images[: stop - start]
+    out.flush()
+    del out
+    return path
+
+
+def answer(index_url: str, queries: str, out: str, mode: str, block_size: int) -> dict:
+    """One query job into a dataset (run in a fresh process by :func:`main`)."""
+    from workflows.cluster import ClusterSettings, dask_client
+    from workflows.query import QuerySettings, query
+
+    with dask_client(ClusterSettings(workers=2)) as client:
+        started = time.perf_counter()
+        report = query(index_url, queries, out, QuerySettings(mode=mode, block_size=block_size), client=client)
+        seconds = time.perf_counter() - started
+        workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"rows": report.n_queries, "seconds": seconds, "queries_per_s": report.n_queries / seconds,
+            "client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker_peak_rss_mb": max(workers.values())}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--index", help="index directory: reused if it exists, built there otherwise (default: temporary)")
+    ap.add_argument("--corpus", default=f"{FMNIST}/train-images-idx3-ubyte.gz")
+    ap.add_argument("--query-images", default=f"{FMNIST}/t10k-images-idx3-ubyte.gz")
+    ap.add_argument("--images", type=int, default=10000, help="corpus images to index")
+    ap.add_argument("--rows", default="20000,200000", help="query file sizes, comma-separated")
+    ap.add_argument("--mode", default="default")
+    ap.add_argument("--block-size", type=int, default=1000)
+    ap.add_argument("--model", default="fashion-mnist")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, to keep the script working (CI)")
+    ap.add_argument("--out-json", help="write the figures as JSON here")
+    ap.add_argument("--one", nargs=3, metavar=("INDEX", "QUERIES", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(answer(*args.one, args.mode, args.block_size)))
+        return {}
+    if args.smoke:
+        args.images, args.rows, args.block_size = 300, "200,600", 100
+
+    from bench_query import subset
+
+    from workflows.cluster import ClusterSettings
+    from workflows.index import IndexSettings, index
+
+    work = tempfile.mkdtemp(prefix="bench-query-file-")
+    index_url = args.index or f"{work}/index"
+    if not Path(index_url, "manifest.json").exists():
+        index(subset(args.corpus, args.images, f"{work}/corpus.npy"), index_url, args.model, IndexSettings(), ClusterSettings(workers=2))
+    results = []
+    for rows in sorted(int(r) for r in args.rows.split(",")):
+        queries = write_queries(f"{work}/queries-{rows}.npy", rows, args.query_images)
+        run = subprocess.run([sys.executable, __file__, "--one", index_url, queries, f"{work}/results-{rows}/",
+                              "--mode", args.mode, "--block-size", str(args.block_size)],
+                             capture_output=True, text=True, check=True)
+        figures = json.loads(run.stdout.strip().splitlines()[-1])
+        results.append(figures)
+        os.unlink(queries)
+        print(f"{rows:>9,} queries: {figures['queries_per_s']:7.0f} q/s, client peak RSS {figures['client_peak_rss_mb']:6.0f} MB, "
+              f"largest worker peak RSS {figures['worker_peak_rss_mb']:6.0f} MB", flush=True)
+    small, large = results[0], results[-1]
+    summary = {
+        "mode": args.mode, "images": args.images, "block_size": args.block_size, "runs": results,
+        "rows_ratio": large["rows"] / small["rows"],
+        "client_rss_ratio": large["client_peak_rss_mb"] / small["client_peak_rss_mb"],
+        "worker_rss_ratio": large["worker_peak_rss_mb"] / small["worker_peak_rss_mb"],
+    }
+    print(f"{summary['rows_ratio']:.0f}x the queries: client peak RSS x{summary['client_rss_ratio']:.2f}, "
+          f"worker peak RSS x{summary['worker_rss_ratio']:.2f}")
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The run log of an index: one small JSON object per ``patchhash index`` run.
+
+Each run writes ``<index>/runs/<start>-<token>.json`` once, when it ends (whole-object
+writes, never appends, so it works the same on object stores). ``<start>`` is the UTC start
+time ``YYYYmmddTHHMMSS.ffffffZ``, so names sort by start time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from datetime import datetime, timezone
+from typing import Any
+
+from storage.atomic import write_json_atomic
+from storage.fs import join_url, url_to_fs
+from storage.retry import retry_call
+
+__all__ = ["RUNS_DIR", "RUN_STATUSES", "run_record_path", "write_run", "read_runs"]
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+RUN_STATUSES = ("ok", "no-op", "failed")
+
+
+def run_record_path(started: datetime, token: str) -> str:
+    """``runs/20260101T010203.000000Z-<token>.json`` (relative to the index root)."""
+    stamp = started.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{RUNS_DIR}/{stamp}-{token[:16]}.json"
+
+
+def write_run(index_url: str, started: datetime, ended: datetime, token: str, status: str, *,
+              corpus: str, images_added: int = 0, errors: int = 0, version: int | None = None,
+              error: str | None = None, storage_options: dict | None = None) -> str:
+    """Write one run's record; returns its path relative to the index.
+
+    ``version`` is the version the run committed (None when it committed none); ``errors``
+    counts the images it found unreadable; ``error`` is the failure message of a failed run.
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+    record = {
+        "start": started.astimezone(timezone.utc).isoformat(), "end": ended.astimezone(timezone.utc).isoformat(),
+        "seconds": round((ended - started).total_seconds(), 3), "status": status, "corpus": corpus,
+        "images_added": int(images_added), "errors": int(errors), "version": version,
+        "host": socket.gethostname(), "token": token, "error": error,
+    }
+    path = run_record_path(started, token)
+    write_json_atomic(join_url(index_url, path), record, storage_options)
+    return path
+
+
+def read_runs(index_url: str, storage_options: dict | None = None, last: int | None = 10) -> list[dict[str, Any]]:
+    """The records of the ``last`` runs (all with None), oldest first; unreadable ones are skipped."""
+    fs, path = url_to_fs(join_url(index_url, RUNS_DIR), storage_options)
+    try:
+        names = sorted(n for n in retry_call(f"listing {index_url}/{RUNS_DIR}", fs.ls, path, detail=False) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    runs = []
+    for name in names if last is None else names[-last:] if last > 0 else []:
+        try:
+            runs.append(json.loads(retry_call(f"reading {name}", fs.cat_file, name)))
+        except (FileNotFoundError, ValueError) as exc:
+            log.warning("skipping unreadable run record %s: %s", name, exc)
+    return runs

@@ -1,0 +1,37 @@
+"""Comparing indexes and results by content (not timestamps) across runs."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from storage import join_url, url_to_fs
+from storage.arrays import read_array_group, read_rows
+from storage.manifest import read_manifest
+from storage.tables import read_parquet
+
+
+def index_snapshot(index_url: str, storage_options=None, version: int | None = None) -> dict:
+    """Everything that defines a committed index version's content: codes, tables, bucket maps."""
+    manifest = read_manifest(index_url, storage_options, version)
+    codes = read_rows(join_url(index_url, "codes"), 0, manifest.n_images, storage_options)
+    tables = {
+        rel: read_parquet(join_url(index_url, rel), storage_options).to_pylist()
+        for shard in manifest.shards for rel in (shard.images, shard.errors) if rel
+    }
+    buckets = {}
+    for part in manifest.partitions:
+        arrays, _ = read_array_group(join_url(index_url, part.path), storage_options)
+        buckets[(part.kind, part.start, part.stop)] = {k: v.tolist() for k, v in arrays.items()}
+    return {
+        "codes": codes.tolist(),
+        "tables": tables,
+        "buckets": buckets,
+        "manifest": [manifest.n_images, [s.__dict__ for s in manifest.shards], [(p.kind, p.start, p.stop, p.stats) for p in manifest.partitions]],
+    }
+
+
+def results_rows(url: str, storage_options=None) -> list[dict]:
+    """The rows of a Parquet results file, in file order."""
+    fs, path = url_to_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f).to_pylist()
