@@ -180,7 +180,7 @@ class _Store:
         """Seconds since the object was last modified (0 if unknown)."""
         try:
             modified = self.fs.modified(path or self.path)
-        except (FileNotFoundError, NotImplementedError, OSError):
+        except (NotImplementedError, OSError):  # incl. FileNotFoundError
             return 0.0
         if modified.tzinfo is None:
             modified = modified.replace(tzinfo=timezone.utc) if not self.local else modified.astimezone()

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from storage.atomic import read_json, write_bytes_atomic, write_json_atomic
 from storage.errors import ConfigError
-from storage.fs import is_local, url_to_fs
+from storage.fs import is_local, join_url, url_to_fs
 from storage.retry import retry_call
 
 __all__ = ["RESULTS_SCHEMA", "FORMATS", "ResultsWriter", "DatasetWriter", "results_format", "open_results"]
@@ -129,12 +130,8 @@ class DatasetWriter:
     format = "dataset"
 
     def __init__(self, url: str, job: dict, storage_options=None) -> None:
-        from storage.atomic import read_json, write_json_atomic
-        from storage.fs import join_url
-
         self.url, self.rows = url.rstrip("/"), 0
         self._options = storage_options
-        self._join = join_url
         self.done: dict[int, dict] = {}
         try:
             previous = read_json(join_url(self.url, "_job.json"), storage_options)
@@ -155,9 +152,7 @@ class DatasetWriter:
         self.done = self._markers()
 
     def _markers(self) -> dict[int, dict]:
-        from storage.atomic import read_json
-
-        fs, path = url_to_fs(self._join(self.url, "_done"), self._options)
+        fs, path = url_to_fs(join_url(self.url, "_done"), self._options)
         try:
             names = retry_call(f"listing {self.url}/_done", fs.ls, path, detail=False)
         except FileNotFoundError:
@@ -166,26 +161,22 @@ class DatasetWriter:
         for name in names:
             base = name.rstrip("/").rsplit("/", 1)[-1]
             if base.endswith(".json") and base[:-5].isdigit():
-                done[int(base[:-5])] = read_json(self._join(self.url, "_done", base), self._options)
+                done[int(base[:-5])] = read_json(join_url(self.url, "_done", base), self._options)
         return done
 
     def write_block(self, start: int, stop: int, table: pa.Table, stats: dict) -> None:
-        from storage.atomic import write_bytes_atomic, write_json_atomic
-
         sink = pa.BufferOutputStream()
         pq.write_table(table.cast(RESULTS_SCHEMA), sink, compression="zstd")
-        write_bytes_atomic(self._join(self.url, f"part-{start:012d}-{stop:012d}.parquet"), sink.getvalue().to_pybytes(), self._options)
+        write_bytes_atomic(join_url(self.url, f"part-{start:012d}-{stop:012d}.parquet"), sink.getvalue().to_pybytes(), self._options)
         marker = {**stats, "rows": table.num_rows, "stop": stop}
-        write_json_atomic(self._join(self.url, "_done", f"{start:012d}.json"), marker, self._options)
+        write_json_atomic(join_url(self.url, "_done", f"{start:012d}.json"), marker, self._options)
         self.done[start] = marker
         self.rows += table.num_rows
 
     def close(self, commit: bool = True) -> None:
-        from storage.atomic import write_json_atomic
-
         if commit:
             summary = {"blocks": len(self.done), "rows": sum(m["rows"] for m in self.done.values())}
-            write_json_atomic(self._join(self.url, "_SUCCESS.json"), summary, self._options)
+            write_json_atomic(join_url(self.url, "_SUCCESS.json"), summary, self._options)
 
     def __enter__(self) -> "DatasetWriter":
         return self

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import url_to_fs
+from storage.retry import retry_call
 
 __all__ = ["write_parquet", "read_parquet"]
 
@@ -29,8 +30,6 @@ def read_parquet(url: str, storage_options=None, columns: Sequence[str] | None =
     Arrow's thread pool intermittently aborted the process at exit ("terminate called
     without an active exception", apache/arrow#34314, #50482).
     """
-    from storage.retry import retry_call
-
     fs, path = url_to_fs(url, storage_options)
     data = retry_call(f"reading {url}", fs.cat_file, path)
     return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None, use_threads=False)
