@@ -1,10 +1,11 @@
 """Memory of a batch query job does not grow with the query file: peak RSS at two file sizes.
 
 Builds (or reuses) an index, writes query files of each size (Fashion-MNIST test images
-repeated, as ``.npy`` written through a memory map), and answers each in its own process on
-a fresh 2-worker LocalCluster into a partitioned Parquet dataset. Prints, per size, queries/s
-and the peak RSS of the client process and of the largest worker, then the ratios of the
-largest size to the smallest (1.0 = memory bounded, whatever the length of the file)::
+repeated, as ``.npy``), and answers each in its own process on a fresh 2-worker
+LocalCluster into a partitioned Parquet dataset. Prints, per size, queries/s and the peak
+RSS (``VmHWM``, see :func:`workflows.bench.peak_rss_mb`) of the client process and of the
+largest worker, then the ratios of the largest size to the smallest (1.0 = memory bounded,
+whatever the length of the file)::
 
     python benchmarks/bench_query_file.py [--index DIR] [--rows 20000,200000] [--mode default]
     python benchmarks/bench_query_file.py --smoke
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,22 +32,25 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def write_queries(path: str, rows: int, source: str) -> str:
-    """``rows`` query images (``source``'s images repeated) as ``.npy``, written in slices."""
+    """``rows`` query images (``source``'s images repeated) as ``.npy``, written in slices.
+
+    Written through a plain file, not a memory map: the pages of a memory map would count in
+    this process's resident memory, and the ``--one`` child forked from it would report them.
+    """
     from storage import open_corpus
 
     corpus = open_corpus(source)
     images = corpus.read(corpus.native_spec(), 0, min(len(corpus), 10000)).pixels[..., 0]
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *images.shape[1:]))
-    for start in range(0, rows, len(images)):
-        stop = min(rows, start + len(images))
-        out[start:stop] = images[: stop - start]
-    out.flush()
-    del out
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": (rows, *images.shape[1:])})
+        for start in range(0, rows, len(images)):
+            file.write(images[: min(rows, start + len(images)) - start].tobytes())
     return path
 
 
 def answer(index_url: str, queries: str, out: str, mode: str, block_size: int) -> dict:
     """One query job into a dataset (run in a fresh process by :func:`main`)."""
+    from workflows.bench import peak_rss_mb
     from workflows.cluster import ClusterSettings, dask_client
     from workflows.query import QuerySettings, query
 
@@ -55,10 +58,9 @@ def answer(index_url: str, queries: str, out: str, mode: str, block_size: int) -
         started = time.perf_counter()
         report = query(index_url, queries, out, QuerySettings(mode=mode, block_size=block_size), client=client)
         seconds = time.perf_counter() - started
-        workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        workers = client.run(peak_rss_mb)
     return {"rows": report.n_queries, "seconds": seconds, "queries_per_s": report.n_queries / seconds,
-            "client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": max(workers.values())}
+            "client_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": max(workers.values())}
 
 
 def main(argv=None) -> dict:

@@ -10,8 +10,9 @@ images in each mode with :func:`workflows.bench.bench` (warm-up block first, the
 timed job per mode).
 
 Reported per size: build seconds (codes + bucket maps + commit), peak RSS of each worker
-process during build and during queries (``ru_maxrss``: the high-water mark of the process),
-index bytes on disk per image, and ms/query per mode::
+process during build and during queries (``VmHWM``: the high-water mark of the process),
+index bytes on disk per image, and ms/query per mode. Each worker's cache of bucket maps and
+codes is bounded (``--cache-bytes``); each partition's search tasks are pinned to one worker::
 
     python benchmarks/bench_scale.py --sizes 100000,1000000,10000000 [--queries 1000]
     python benchmarks/bench_scale.py --smoke
@@ -108,6 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--shard-size", type=int, default=100_000)
     ap.add_argument("--partition-size", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cache-bytes", default="1.5GiB",
+                    help="each worker's cache of bucket maps and codes (PATCHHASH_CACHE_BYTES): keeps a worker under 4 GB at 10M images")
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--workdir", help="where the indexes go (default: a temporary directory; each index is removed after use)")
     ap.add_argument("--smoke", action="store_true", help="one index of 4000 images, 50 queries")
@@ -117,6 +120,7 @@ def main(argv=None) -> dict:
         args.sizes, args.queries, args.shard_size, args.partition_size = "4000", 50, 1000, 2000
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
+    os.environ["PATCHHASH_CACHE_BYTES"] = args.cache_bytes  # the workers inherit it
 
     from pipeline.encode import load_encoder
     from storage import ImageSpec, open_corpus

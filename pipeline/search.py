@@ -38,7 +38,7 @@ from .hamming import (
 )
 
 __all__ = ["SCORE_DTYPE", "TopK", "SearchIndex", "prepare_index", "seed_search", "merge_topk",
-           "choose_method", "mih_substrings"]
+           "choose_method", "mih_substrings", "index_nbytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,12 @@ class SearchIndex:
 # to their map, or the map would never be collected.
 _index_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _index_cache_lock = threading.Lock()
+
+
+def index_nbytes(bmap: BucketMap) -> int:
+    """Bytes of the multi-index tables :func:`prepare_index` has built and cached on ``bmap``."""
+    with _index_cache_lock:
+        return sum(index.nbytes for index in _index_cache.get(bmap, {}).values())
 
 
 def mih_substrings(n_keys: int, bits: int, threshold: int) -> int:

@@ -354,7 +354,7 @@ class IdxCorpus(ArrayCorpus):
 
 
 class NpyCorpus(ArrayCorpus):
-    """A ``.npy`` array, memory-mapped when local, read by byte ranges when remote."""
+    """A ``.npy`` array, read by byte ranges (local files with ``pread``, others by range requests)."""
 
     kind = "npy"
 
@@ -787,8 +787,12 @@ class _LazyArray(_ArraySource):
         return np.asarray(self._array[rows])
 
 
-class _NpyRanges(_ArraySource):
-    """A C-ordered remote ``.npy`` file read by byte ranges, so a shard fetches its rows only."""
+class _RowRanges(_ArraySource):
+    """A C-ordered array stored raw at a byte offset of a file (``.npy``, uncompressed IDX),
+    read by byte ranges: a shard reads its own rows only (runs of consecutive rows in one
+    request). Local files are read with ``pread``, not memory-mapped: the pages of a query
+    file a worker has read would otherwise stay in its resident memory until the end of the job.
+    """
 
     def __init__(
         self, fs: AbstractFileSystem, path: str, offset: int, shape: tuple[int, ...],
@@ -801,22 +805,56 @@ class _NpyRanges(_ArraySource):
     def get(self, rows: slice | np.ndarray) -> np.ndarray:
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.shape[0])
-            data = retry_call(
-                f"reading {self._path}", self._fs.cat_file, self._path,
-                start=self._offset + start * self._row_bytes,
-                end=self._offset + max(start, stop) * self._row_bytes,
-            )
+            runs = [(start, max(start, stop))]
         else:
-            starts = [self._offset + int(row) * self._row_bytes for row in rows]
-            ends = [begin + self._row_bytes for begin in starts]
-            parts = retry_call(f"reading {self._path}", self._fs.cat_ranges, [self._path] * len(starts), starts, ends, on_error="raise")
-            data = b"".join(parts)
-        if len(data) % self._row_bytes:
+            runs = _consecutive_runs(np.asarray(rows, dtype=np.int64))
+        out = np.empty((sum(b - a for a, b in runs), *self.shape[1:]), dtype=self.dtype)
+        buffer = memoryview(out.reshape(-1).view(np.uint8))
+        ranges = [(self._offset + a * self._row_bytes, self._offset + b * self._row_bytes) for a, b in runs]
+        filled = self._read_local(ranges, buffer) if is_local(self._fs) else self._read_remote(ranges, buffer)
+        if filled < len(buffer):
             raise CorpusError(
                 f"{self._fs.unstrip_protocol(self._path)} is truncated: a read of whole rows returned "
-                f"{len(data)} bytes; {_DAMAGED}"
+                f"{filled} of {len(buffer)} bytes; {_DAMAGED}"
             )
-        return np.frombuffer(data, dtype=self.dtype).reshape(-1, *self.shape[1:])
+        return out
+
+    def _read_local(self, ranges: list[tuple[int, int]], buffer: memoryview) -> int:
+        filled = 0
+        with open(self._path, "rb") as file:
+            for begin, end in ranges:
+                while begin < end:  # pread may return less than asked (2 GiB per call on Linux)
+                    got = os.preadv(file.fileno(), [buffer[filled:filled + end - begin]], begin)
+                    if not got:
+                        return filled
+                    begin, filled = begin + got, filled + got
+        return filled
+
+    def _read_remote(self, ranges: list[tuple[int, int]], buffer: memoryview) -> int:
+        what = f"reading {self._path}"
+        if len(ranges) == 1:
+            parts = [retry_call(what, self._fs.cat_file, self._path, start=ranges[0][0], end=ranges[0][1])]
+        else:
+            starts, ends = zip(*ranges)
+            parts = retry_call(what, self._fs.cat_ranges, [self._path] * len(ranges), list(starts), list(ends), on_error="raise")
+        filled = 0
+        for part, (begin, end) in zip(parts, ranges):
+            got = min(len(part), end - begin)
+            buffer[filled:filled + got] = part[:got]
+            filled += got
+            if got < end - begin:
+                break
+        return filled
+
+
+def _consecutive_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering the ascending unique ``rows`` with consecutive rows merged."""
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = rows[np.r_[0, breaks]]
+    stops = rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))
 
 
 class _ZarrArray(_ArraySource):
@@ -977,19 +1015,11 @@ def _open_idx(url: str, options: Mapping[str, Any]) -> _ArraySource:
         with reading(url, "IDX file"):
             check_size(fs, path, url, 4 + 4 * len(shape), shape, 1)
     if is_local(fs) and not path.lower().endswith(".gz"):
-        return _LazyArray(shape, dtype, lambda: _memmap_idx(path, url, shape))
+        return _RowRanges(fs, path, 4 + 4 * len(shape), shape, dtype)
     return _LazyArray(
         shape, dtype,
         lambda: read_idx_file(url, options, IDX_IMAGES_MAGIC, _IDX_IMAGES, _IDX_IMAGES_HINT),
     )
-
-
-def _memmap_idx(path: str, url: str, shape: tuple[int, ...]) -> np.ndarray:
-    offset = 4 + 4 * len(shape)
-    try:
-        return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
-    except (ValueError, OSError) as exc:  # the file is shorter than its header says
-        raise CorpusError(f"{url} is truncated for shape {shape} ({brief(exc)}); {_DAMAGED}") from None
 
 
 # --- npy ---------------------------------------------------------------------------------
@@ -1034,11 +1064,11 @@ def _open_npy(url: str, options: Mapping[str, Any]) -> _ArraySource:
     _check_array(url, shape, dtype)
     with reading(url, ".npy file"):
         check_size(fs, path, url, offset, shape, dtype.itemsize)
-    if is_local(fs):
+    if not fortran_order:
+        return _RowRanges(fs, path, offset, shape, dtype)
+    if is_local(fs):  # rare: a row of a Fortran-ordered array is spread over the whole file
         return _LazyArray(shape, dtype, lambda: _load_local_npy(path, url))
-    if fortran_order:
-        return _LazyArray(shape, dtype, lambda: _load_remote_npy(fs, path, url))
-    return _NpyRanges(fs, path, offset, shape, dtype)
+    return _LazyArray(shape, dtype, lambda: _load_remote_npy(fs, path, url))
 
 
 def _load_local_npy(path: str, url: str) -> np.ndarray:

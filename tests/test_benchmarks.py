@@ -65,3 +65,26 @@ def test_bench_query_file_smoke(tmp_path):
     assert [r["rows"] for r in figures["runs"]] == [200, 600] and figures["rows_ratio"] == 3
     assert figures["client_rss_ratio"] > 0 and figures["worker_rss_ratio"] > 0
     assert "client peak RSS x" in stdout
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    """``ru_maxrss`` survives fork and exec: a query job started by a benchmark that had written
+    a 313 MB query file reported the parent's memory as its own (client "growing" with the file).
+    ``peak_rss_mb`` reads the process's own high-water mark."""
+    import numpy as np
+
+    from workflows.bench import peak_rss_mb
+
+    ballast = np.ones(400 * 2**20, np.uint8)  # 400 MB resident in this process
+    child = subprocess.run([sys.executable, "-c", "from workflows.bench import peak_rss_mb; print(peak_rss_mb())"],
+                           cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
+    assert peak_rss_mb() > 400
+    assert float(child.stdout) < 200, child.stdout
+    del ballast
+
+
+def test_candidate_stage_smoke(tmp_path):
+    figures, stdout = run_smoke("candidate_stage.py", tmp_path)
+    assert figures["images"] == 20000 and len(figures["rows"]) == 4
+    assert all(0 <= r["recall_at_10"] <= 1 and 0 < r["candidates"] <= 20000 for r in figures["rows"])
+    assert "| t | shortlist |" in stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import multiprocessing
+import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -259,7 +260,7 @@ def test_second_idx_shard_read_hits_the_process_cache():
     assert source._array is decoded
 
 
-def test_uncompressed_idx_is_memory_mapped(tmp_path):
+def test_uncompressed_idx_is_read_by_byte_ranges(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (50, 9, 7), dtype=np.uint8)
     path = tmp_path / "small-images.idx3-ubyte"
     write_idx(path, images)
@@ -267,6 +268,60 @@ def test_uncompressed_idx_is_memory_mapped(tmp_path):
     assert corpus.kind == "idx" and corpus.native_spec() == ImageSpec(9, 7, 1)
     data = corpus.read(ImageSpec(9, 7, 1), 10, 20)
     np.testing.assert_array_equal(data.pixels[..., 0], images[10:20])
+
+
+def _mapped_files() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("name", ["q.npy", "q-idx3-ubyte"])
+def test_local_arrays_are_not_memory_mapped(tmp_path, name):
+    """A query job reads a large local file block by block: memory-mapped, every page a worker
+    had read stayed in its resident memory until the end of the job (RSS grew with the file)."""
+    images = np.random.default_rng(1).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    path = tmp_path / name
+    np.save(path, images) if name.endswith(".npy") else write_idx(path, images)
+    corpus_module._SOURCES.clear()
+    corpus = open_corpus(str(path))
+    parts = [shard.read(GREY).pixels[..., 0] for shard in corpus.shards(10)]
+    np.testing.assert_array_equal(np.concatenate(parts), images)
+    assert str(path) not in _mapped_files()
+
+
+def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monkeypatch):
+    """Rows asked out of a local file are read as runs of consecutive rows, and a ``pread``
+    returning less than asked (Linux caps one call at 2 GiB) is continued, not taken as EOF."""
+    array = np.random.default_rng(2).integers(0, 256, (40, 5, 6), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    source = corpus_module._open_npy(str(tmp_path / "a.npy"), {})
+    reads = []
+    real = os.preadv
+
+    def small_preadv(fd, buffers, offset):
+        reads.append(offset)
+        return real(fd, [buffers[0][:7]], offset)  # at most 7 bytes per call
+
+    monkeypatch.setattr(corpus_module.os, "preadv", small_preadv)
+    rows = np.array([2, 3, 4, 9, 30, 31])
+    np.testing.assert_array_equal(source.get(rows), array[rows])
+    assert corpus_module._consecutive_runs(rows) == [(2, 5), (9, 10), (30, 32)]
+    assert len(reads) == sum(-(-n * 30 // 7) for n in (3, 1, 2))
+    np.testing.assert_array_equal(source.get(slice(5, 25)), array[5:25])
+    assert source.get(np.array([], dtype=np.int64)).shape == (0, 5, 6)
+
+
+def test_npy_cut_after_opening_fails_on_read_naming_the_file(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((20, 8, 8), np.uint8))
+    corpus_module._SOURCES.clear()
+    corpus = open_corpus(str(tmp_path / "a.npy"))
+    corpus.read(ImageSpec(8, 8, 1), 0, 10)  # opens the file, as a worker's first shard does
+    with open(tmp_path / "a.npy", "r+b") as file:
+        file.truncate(file.seek(0, 2) - 100)
+    corpus.read(ImageSpec(8, 8, 1), 0, 10)  # the rows still there read fine
+    with pytest.raises(CorpusError, match=r"a\.npy is truncated: a read of whole rows returned 540 of 640 bytes"):
+        corpus.read(ImageSpec(8, 8, 1), 10, 20)
 
 
 @requires_fashion

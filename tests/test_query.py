@@ -187,3 +187,76 @@ def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tmp_path):
     strict = subprocess.run([*base, "--out", str(tmp_path / "b.parquet"), "--strict"], capture_output=True, text=True, timeout=600)
     assert strict.returncode == 1 and "--strict is set" in strict.stderr
     assert pq.read_table(tmp_path / "b.parquet").num_rows == 1 + 10  # the error row is still written
+
+
+# --------------------------------------------------------------------------- worker cache, affinity
+
+
+def _parts(*sizes: int) -> list[dict]:
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return [{"start": a, "stop": b, "path": f"p{i}"} for i, (a, b) in enumerate(zip(starts, starts[1:]))]
+
+
+def test_partition_affinity_balances_by_images_or_pins_nothing():
+    from workflows.query import partition_affinity
+
+    workers = ["tcp://b:1", "tcp://a:1"]
+    assert partition_affinity(_parts(*[1_000_000] * 10), workers).count("tcp://a:1") == 5
+    assert partition_affinity(_parts(1000, 1000, 600, 400), workers) == ["tcp://a:1", "tcp://b:1", "tcp://a:1", "tcp://b:1"]
+    assert partition_affinity(_parts(1000, 1000, 200, 800), workers) == [None] * 4  # 1800:1200 at best
+    assert partition_affinity(_parts(1000, 1000, 1000), workers) == [None] * 3  # 2:1, unbalanced
+    assert partition_affinity(_parts(1000), workers) == [None]  # fewer partitions than workers
+    assert partition_affinity(_parts(1000, 1000), []) == [None, None]
+
+
+def test_search_tasks_of_a_partition_run_on_its_worker_only(client, small_index, query_npy, tmp_path, monkeypatch):
+    """4 partitions on 2 workers: each worker loads and searches only its 2 partitions."""
+    import distributed
+
+    import workflows.query as query_module
+
+    used: dict[str, set[str]] = {}
+    real = query_module.load_partition
+
+    def spy(index_url, path, storage_options=None):
+        used.setdefault(path, set()).add(distributed.get_worker().address)
+        return real(index_url, path, storage_options)
+
+    monkeypatch.setattr(query_module, "load_partition", spy)
+    query(small_index, query_npy, str(tmp_path / "r.parquet"), QuerySettings(block_size=8), client=client)
+    assert len(used) == 4 and all(len(workers) == 1 for workers in used.values()), used
+    per_worker = [w for workers in used.values() for w in workers]
+    assert sorted(per_worker.count(w) for w in set(per_worker)) == [2, 2]
+
+
+def test_worker_cache_evicts_least_recently_used_beyond_its_byte_budget(monkeypatch):
+    from workflows.query import WorkerCache
+
+    monkeypatch.setenv("PATCHHASH_CACHE_BYTES", "2500")
+    cache = WorkerCache()
+    a = cache.get(("a",), lambda: np.zeros(1000, np.uint8))
+    cache.get(("b",), lambda: np.zeros(1000, np.uint8))
+    assert cache.get(("a",), lambda: None) is a  # a hit: a becomes the most recent
+    cache.get(("c",), lambda: np.zeros(1000, np.uint8))  # over 2500 bytes: b goes
+    assert cache.nbytes == 2000 and cache.loads == 3
+    assert cache.get(("b",), lambda: np.ones(1000, np.uint8))[0] == 1  # loaded again
+    big = cache.get(("d",), lambda: np.zeros(5000, np.uint8))  # alone over budget: kept alone
+    assert cache.nbytes == 5000 and cache.get(("d",), lambda: None) is big
+
+
+def test_worker_cache_counts_the_multi_index_tables_built_on_a_bucket_map(monkeypatch):
+    from pipeline.buckets import build_bucket_map
+    from pipeline.search import prepare_index
+    from workflows.query import WorkerCache, _nbytes
+
+    codes = np.random.default_rng(0).integers(0, 2**32, (2000, 4), dtype=np.uint64).astype(np.uint32)
+    bmap = build_bucket_map(codes, np.arange(2000), positional=True)
+    before = _nbytes(bmap)
+    assert before == sum(a.nbytes for a in (bmap.keys, bmap.offsets, bmap.ids, bmap.key_bounds))
+    index = prepare_index(bmap, 32, 3)
+    assert _nbytes(bmap) == before + index.nbytes
+    monkeypatch.setenv("PATCHHASH_CACHE_BYTES", str(before + 10))
+    cache = WorkerCache()
+    cache.get(("map",), lambda: bmap)
+    cache.get(("codes",), lambda: np.zeros(8, np.uint8))
+    assert cache.nbytes == 8  # the map with its tables no longer fits beside the newer entry

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -79,10 +80,24 @@ class BenchResult:
 
 
 def peak_rss_mb() -> float:
-    """The calling process's peak resident memory in MB (``ru_maxrss``; Linux reports KiB)."""
-    import resource
+    """The calling process's peak resident memory in MB.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    On Linux, ``VmHWM`` of ``/proc/self/status``: the high-water mark of this process's own
+    address space. ``ru_maxrss`` is not used there because it survives ``fork`` and ``exec``:
+    a process started by a big parent (a worker spawned by a client, a benchmark's child)
+    would report the parent's resident memory at the fork. Elsewhere, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource  # not on Windows
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB elsewhere
 
 
 def bench(

@@ -28,7 +28,7 @@ from storage.manifest import Manifest, read_manifest
 from storage.results import RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
 
-__all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris"]
+__all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris", "image_uri_array"]
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +123,83 @@ class QueryBlock:
 
 # --------------------------------------------------------------------------- worker tasks
 
-_partitions: OrderedDict[tuple[str, str], object] = OrderedDict()
-_partitions_lock = threading.Lock()
-_PARTITION_CACHE = 32
+class WorkerCache:
+    """Least-recently-used cache of index arrays in a worker process, bounded in bytes.
+
+    Holds bucket maps (with the multi-index tables built on them) and rows of codes: both are
+    immutable once committed, so a worker loads each partition once per job, or once per
+    cluster when it stays warm. The budget is ``PATCHHASH_CACHE_BYTES`` (e.g. ``2GiB``), else
+    40% of the worker's memory limit, else 2 GiB; the most recent entry is always kept, even
+    alone over the budget. Loading runs outside the lock (two threads may both load a key).
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, key: tuple, load):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        value = load()
+        with self._lock:
+            self.loads += 1
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+        self.trim()
+        return value
+
+    def trim(self) -> None:
+        """Evict least recently used entries until the cache fits its budget (sizes are taken
+        now: a bucket map grows when its multi-index tables are built)."""
+        budget = cache_budget()
+        with self._lock:
+            sizes = {key: _nbytes(value) for key, value in self._entries.items()}
+            total = sum(sizes.values())
+            while total > budget and len(self._entries) > 1:
+                key, _ = self._entries.popitem(last=False)
+                total -= sizes[key]
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(_nbytes(v) for v in self._entries.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.loads = 0
 
 
-def _cached(cache: OrderedDict, key, load):
-    """``cache[key]``, loaded by ``load()`` on a miss; the least recently used entries go
-    beyond ``_PARTITION_CACHE``. Loading runs outside the lock (two threads may both load)."""
-    with _partitions_lock:
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-    value = load()
-    with _partitions_lock:
-        cache[key] = value
-        while len(cache) > _PARTITION_CACHE:
-            cache.popitem(last=False)
-    return value
+def cache_budget() -> int:
+    """Bytes a worker's :class:`WorkerCache` may hold (see there)."""
+    import os
+
+    from dask.utils import parse_bytes
+
+    if os.environ.get("PATCHHASH_CACHE_BYTES"):
+        return parse_bytes(os.environ["PATCHHASH_CACHE_BYTES"])
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        limit = None
+    return int(0.4 * limit) if limit else 2 * 2**30
+
+
+def _nbytes(value) -> int:
+    from pipeline.buckets import BucketMap
+    from pipeline.search import index_nbytes
+
+    if isinstance(value, BucketMap):
+        return value.keys.nbytes + value.offsets.nbytes + value.ids.nbytes + value.key_bounds.nbytes + index_nbytes(value)
+    return value.nbytes
+
+
+_cache = WorkerCache()
 
 
 def load_partition(index_url: str, path: str, storage_options=None):
@@ -152,10 +211,7 @@ def load_partition(index_url: str, path: str, storage_options=None):
         arrays, _ = read_array_group(resolve(index_url, path), storage_options)
         return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
 
-    return _cached(_partitions, (index_url, path), load)
-
-
-_codes: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+    return _cache.get(("partition", index_url, path), load)
 
 
 def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> np.ndarray:
@@ -167,7 +223,7 @@ def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> n
     def load():
         return read_rows(join_url(index_url, CODES), start, stop, storage_options).reshape(stop - start, -1)
 
-    return _cached(_codes, (index_url, start, stop), load)
+    return _cache.get(("codes", index_url, start, stop), load)
 
 
 def encode_block_task(index_url: str, shard, storage_options, shift_radius: int = 0) -> QueryBlock:
@@ -190,7 +246,9 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
     bmap = load_partition(index_url, partition["path"], storage_options)
     start, stop = partition["start"], partition["stop"]
     if settings.mode == "seed":
-        return seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
+        found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
+        _cache.trim()  # the search may have built multi-index tables on the map
+        return found
     codes = load_codes(index_url, start, stop, storage_options)
     max_bucket = int(settings.max_bucket_fraction * (stop - start))
     found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
@@ -199,7 +257,30 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
         from pipeline.shifts import best_of_copies, offsets
 
         found = best_of_copies(found, len(offsets(settings.shift_radius)), settings.k)
+    _cache.trim()  # the search may have built multi-index tables on the map
     return found
+
+
+def partition_affinity(partitions: list[dict], workers: list[str], tolerance: float = 1.1) -> list[str | None]:
+    """The worker each partition's search tasks should run on, or ``None`` for each (anywhere).
+
+    Partitions go to workers greedily, largest first, to the least loaded (in images). Pinned
+    this way, a worker loads and caches only its own partitions: with an index larger than
+    one worker's cache budget, unpinned tasks would make every worker load every partition,
+    again and again. Pinning is used only when it keeps the load balanced: the busiest worker
+    at most ``tolerance`` times the mean (so never with fewer partitions than workers). The
+    pin is loose: if the worker is lost, its partitions go to the others.
+    """
+    if not workers or len(partitions) < len(workers):
+        return [None] * len(partitions)
+    load = {w: 0 for w in sorted(workers)}
+    chosen: list[str | None] = [None] * len(partitions)
+    for i in sorted(range(len(partitions)), key=lambda i: partitions[i]["start"] - partitions[i]["stop"]):
+        worker = min(load, key=load.get)
+        chosen[i] = worker
+        load[worker] += partitions[i]["stop"] - partitions[i]["start"]
+    mean = sum(load.values()) / len(load)
+    return chosen if max(load.values()) <= tolerance * mean else [None] * len(partitions)
 
 
 def merge_task(parts: list, k: int):
@@ -211,28 +292,44 @@ def merge_task(parts: list, k: int):
 # --------------------------------------------------------------------------- client side
 
 
-def image_uris(index_url: str, manifest: Manifest, storage_options=None) -> np.ndarray:
-    """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
+def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) -> pa.LargeStringArray:
+    """Uri of every image id of ``manifest`` as one Arrow array (null for unreadable rows).
+
+    About the uri's length in bytes per image, with no Python object per uri: the query client
+    holds it for the whole job, and gathers a block's hits from it with one ``take``.
+    """
     from storage.tables import read_parquet
 
-    uris = np.full(manifest.n_images, None, dtype=object)
+    ids, uris = [], []
     for shard in manifest.shards:
         table = read_parquet(resolve(index_url, shard.images), storage_options)
-        uris[table.column("image_id").to_numpy()] = table.column("uri").to_numpy(zero_copy_only=False)
-    return uris
+        ids.append(table.column("image_id").to_numpy())
+        uris.extend(table.column("uri").cast(pa.large_string()).chunks)
+    ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    values = pa.concat_arrays(uris) if uris else pa.array([], pa.large_string())
+    if np.array_equal(ids, np.arange(manifest.n_images)):
+        return values
+    position = np.full(manifest.n_images, -1, np.int64)
+    position[ids] = np.arange(len(ids))
+    return values.take(pa.array(position, mask=position < 0))
 
 
-def _block_table(block: QueryBlock, topk, uris: np.ndarray) -> pa.Table:
+def image_uris(index_url: str, manifest: Manifest, storage_options=None) -> np.ndarray:
+    """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
+    return image_uri_array(index_url, manifest, storage_options).to_numpy(zero_copy_only=False)
+
+
+def _block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
     """Result rows of one block, ordered by query row then rank; unreadable queries get one error row."""
     q_idx, ranks = np.nonzero(topk.ids >= 0)
     hit_ids = topk.ids[q_idx, ranks]
     hits = pa.table(
         {
             "query_id": block.rows[q_idx].astype(np.int64),
-            "query_uri": [block.uris[i] for i in q_idx],
+            "query_uri": pa.array(block.uris, pa.string()).take(q_idx),
             "rank": (ranks + 1).astype(np.int32),
             "image_id": hit_ids,
-            "image_uri": uris[hit_ids].tolist(),
+            "image_uri": uris.take(hit_ids).cast(pa.string()),
             "score": topk.scores[q_idx, ranks],
             "error": pa.nulls(len(q_idx), pa.string()),
         },
@@ -298,7 +395,7 @@ def query(
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     queries = source.url
     partitions = [p.__dict__ for p in manifest.partitions_of(PARTITION_KIND[settings.mode])]
-    uris = image_uris(index_url, manifest, storage_options)
+    uris = image_uri_array(index_url, manifest, storage_options)
     shards = source.shards(settings.block_size)
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
     log.info("answering %d queries from %s against %s (version %d, %d partitions, mode %s)",
@@ -323,12 +420,14 @@ def query(
                 result.rows += marker["rows"]
             bar.update(result.blocks_skipped)
         next_shards = iter(todo)
+        pinned_to = partition_affinity(partitions, list(dask.nthreads()))
 
         def refill() -> None:
             for shard in next_shards:
                 block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius, pure=False)
-                parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False)
-                         for p in partitions]
+                parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False,
+                                     **({} if w is None else {"workers": [w], "allow_other_workers": True}))
+                         for p, w in zip(partitions, pinned_to)]
                 window.append((shard, block, dask.submit(merge_task, parts, settings.k, pure=False)))
                 if len(window) >= settings.max_blocks_in_flight:
                     return
@@ -406,7 +505,7 @@ def _write_report(url: str, shown, limit: int, labels, uris, source, settings: Q
     hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
     hit_pixels = {}
     if hit_ids:
-        data = UriListCorpus("report hits", storage_options, [uris[i] for i in hit_ids]).read(spec)
+        data = UriListCorpus("report hits", storage_options, uris.take(hit_ids).to_pylist()).read(spec)
         hit_pixels = {hit_ids[int(j)]: px for j, px in zip(data.ids, data.pixels)}
     first = min(len(source), max((r[0] for r in rows), default=-1) + 1)
     query_data = source.read(spec, 0, first)
@@ -414,7 +513,7 @@ def _write_report(url: str, shown, limit: int, labels, uris, source, settings: Q
     queries = []
     for row, uri, ids, scores, error in rows:
         hits = () if ids is None else tuple(
-            ReportHit(rank=r + 1, image_id=int(i), uri=str(uris[i]), score=float(s), pixels=hit_pixels.get(int(i)),
+            ReportHit(rank=r + 1, image_id=int(i), uri=uris[int(i)].as_py(), score=float(s), pixels=hit_pixels.get(int(i)),
                       label=None if labels is None else str(labels[0][i]))
             for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
         )

@@ -1,0 +1,120 @@
+"""Why the default mode's cost grows with the index: its candidate stage on a 1M partition.
+
+Builds (or reuses) a synthetic index with ``bench_scale.build`` (real codes repeated, bits
+flipped), loads its first positional partition and its codes in this process, and runs the
+default mode's search (:func:`pipeline.rerank.rerank_search`, one thread) on Fashion-MNIST
+test queries for several per-position radii ``t``, shortlist sizes and bucket-size caps.
+Prints ms/query for the partition, the images with at least one vote (candidates), and
+recall@10 against the exact top-10 by the Hamming distance of the whole code grid (a
+brute-force scan of the partition, the reference the re-rank approximates; ties broken by
+id)::
+
+    python benchmarks/candidate_stage.py [--images 1000000] [--queries 100] [--workdir DIR]
+    python benchmarks/candidate_stage.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pipeline.hamming import _distance  # noqa: E402
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@njit(cache=True)
+def exact_topk(queries, codes, k, start):
+    """Reference: the ``k`` images nearest each query by whole-grid Hamming distance (then id)."""
+    out = np.empty((queries.shape[0], k), np.int64)
+    dist = np.empty(codes.shape[0], np.int64)
+    for i in range(queries.shape[0]):
+        for r in range(codes.shape[0]):
+            total = 0
+            for g in range(codes.shape[1]):
+                total += _distance(codes[r, g], queries[i, g])
+            dist[r] = total
+        out[i] = np.argsort(dist, kind="mergesort")[:k] + start
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=1_000_000, help="synthetic index size (one partition)")
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--thresholds", default="3,2,1,0")
+    ap.add_argument("--shortlists", default="400,2000")
+    ap.add_argument("--caps", default="0.1,3000,300", help="bucket-size caps: a fraction of the partition, or images")
+    ap.add_argument("--workdir", help="keep the synthetic index here and reuse it (default: temporary)")
+    ap.add_argument("--smoke", action="store_true", help="20k images, 10 queries")
+    ap.add_argument("--out-json")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.queries, args.thresholds, args.shortlists, args.caps = 20_000, 10, "3,1", "400", "0.1,300"
+
+    from bench_scale import build
+
+    from pipeline.encode import load_encoder
+    from pipeline.rerank import rerank_search
+    from storage import ImageSpec, open_corpus
+    from storage.manifest import read_manifest
+    from workflows.cluster import ClusterSettings, dask_client
+    from workflows.query import load_codes, load_partition
+
+    work = args.workdir or tempfile.mkdtemp(prefix="candidate-stage-")
+    index_url = f"{work}/index-{args.images}"
+    encoder = load_encoder("fashion-mnist")
+    if not Path(index_url, "manifest.json").exists():
+        base = f"{work}/base_codes.npy"
+        pixels = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, min(60000, args.images)).pixels
+        np.save(base, encoder.encode(pixels))
+        with dask_client(ClusterSettings(workers=2)) as client:
+            build(index_url, base, "fashion-mnist", args.images, min(100_000, args.images), args.images, 0.02, client)
+    manifest = read_manifest(index_url)
+    part = manifest.partitions_of("pos")[0]
+    bmap = load_partition(index_url, part.path)
+    codes = load_codes(index_url, part.start, part.stop)
+    n = part.stop - part.start
+    pixels = open_corpus(f"{FMNIST}/t10k-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, args.queries).pixels
+    queries = encoder.encode(pixels).reshape(args.queries, -1).astype(codes.dtype)
+    started = time.perf_counter()
+    exact = exact_topk(queries, codes, 10, part.start)
+    print(f"{n:,} images, {bmap.keys.size:,} keys in {bmap.n_blocks} positions; exact top-10 by brute force: "
+          f"{1000 * (time.perf_counter() - started) / args.queries:.0f} ms/query", flush=True)
+    rows = []
+    print("| t | shortlist | bucket cap | ms/query (one partition, one thread) | candidates (share of the partition) | recall@10 vs exact |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for t in (int(v) for v in args.thresholds.split(",")):
+        for shortlist in (int(v) for v in args.shortlists.split(",")):
+            for cap_arg in args.caps.split(","):
+                cap = int(float(cap_arg) * n) if float(cap_arg) < 1 else int(cap_arg)
+                search = lambda q: rerank_search(q, bmap, codes, t, manifest.bits, 10, shortlist, cap, id_range=(part.start, part.stop))  # noqa: E731
+                search(queries[:2])  # compile, build the multi-index tables
+                started = time.perf_counter()
+                found = search(queries)
+                ms = 1000 * (time.perf_counter() - started) / args.queries
+                recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.ids.tolist(), exact.tolist())]))
+                row = {"t": t, "shortlist": shortlist, "cap": cap, "ms_per_query": ms,
+                       "candidates": float(found.n_candidates.mean()), "recall_at_10": recall}
+                rows.append(row)
+                print(f"| {t} | {shortlist} | {cap:,} | {ms:.2f} | {row['candidates']:,.0f} ({row['candidates'] / n:.0%}) | {recall:.3f} |", flush=True)
+    result = {"images": n, "queries": args.queries, "keys": int(bmap.keys.size), "rows": rows}
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
