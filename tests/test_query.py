@@ -260,3 +260,10 @@ def test_worker_cache_counts_the_multi_index_tables_built_on_a_bucket_map(monkey
     cache.get(("map",), lambda: bmap)
     cache.get(("codes",), lambda: np.zeros(8, np.uint8))
     assert cache.nbytes == 8  # the map with its tables no longer fits beside the newer entry
+
+
+def test_bad_cache_budget_fails_before_any_work_naming_the_variable(small_index, query_npy, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATCHHASH_CACHE_BYTES", "lots")
+    with pytest.raises(ConfigError, match=r"PATCHHASH_CACHE_BYTES='lots' is not a size; set it to e\.g\. 2GiB"):
+        query(small_index, query_npy, str(tmp_path / "r.parquet"))
+    assert not (tmp_path / "r.parquet").exists()

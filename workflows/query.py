@@ -12,6 +12,7 @@ against the same committed version, even if an append commits a new one meanwhil
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -175,12 +176,13 @@ class WorkerCache:
 
 def cache_budget() -> int:
     """Bytes a worker's :class:`WorkerCache` may hold (see there)."""
-    import os
-
     from dask.utils import parse_bytes
 
-    if os.environ.get("PATCHHASH_CACHE_BYTES"):
-        return parse_bytes(os.environ["PATCHHASH_CACHE_BYTES"])
+    if value := os.environ.get("PATCHHASH_CACHE_BYTES"):
+        try:
+            return parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ConfigError(f"PATCHHASH_CACHE_BYTES={value!r} is not a size; set it to e.g. 2GiB or 2000000000") from None
     try:
         from distributed import get_worker
 
@@ -379,6 +381,7 @@ def query(
     """
     if report is not None and report_limit < 1:
         raise ConfigError(f"--report-limit must be >= 1, got {report_limit}")
+    cache_budget()  # a bad PATCHHASH_CACHE_BYTES fails here, not in every worker task
     shown: list[tuple[QueryBlock, object]] = []
 
     def collect(block: QueryBlock, topk) -> None:
