@@ -168,11 +168,6 @@ class WorkerCache:
         with self._lock:
             return sum(_nbytes(v) for v in self._entries.values())
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.loads = 0
-
 
 def cache_budget() -> int:
     """Bytes a worker's :class:`WorkerCache` may hold (see there)."""
@@ -249,16 +244,15 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
     start, stop = partition["start"], partition["stop"]
     if settings.mode == "seed":
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
-        _cache.trim()  # the search may have built multi-index tables on the map
-        return found
-    codes = load_codes(index_url, start, stop, storage_options)
-    max_bucket = int(settings.max_bucket_fraction * (stop - start))
-    found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
-                          max_bucket, id_range=(start, stop))
-    if settings.shift_radius:
-        from pipeline.shifts import best_of_copies, offsets
+    else:
+        codes = load_codes(index_url, start, stop, storage_options)
+        max_bucket = int(settings.max_bucket_fraction * (stop - start))
+        found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
+                              max_bucket, id_range=(start, stop))
+        if settings.shift_radius:
+            from pipeline.shifts import best_of_copies, offsets
 
-        found = best_of_copies(found, len(offsets(settings.shift_radius)), settings.k)
+            found = best_of_copies(found, len(offsets(settings.shift_radius)), settings.k)
     _cache.trim()  # the search may have built multi-index tables on the map
     return found
 
