@@ -8,6 +8,7 @@ unrelated "rogue" CA with a certificate of its own for the negative cases.
 from __future__ import annotations
 
 import datetime
+import gc
 import ipaddress
 import socket
 import ssl
@@ -187,6 +188,7 @@ def test_client_without_certificate_is_refused(tls_scheduler, pki):
 
     with pytest.raises((OSError, TimeoutError, TypeError)):
         Client(tls_scheduler, timeout="3s")  # no Security: no certificate to offer
+    gc.collect()  # finalise the refused Client now, not inside the next Client's start (cluster.py)
     # the scheduler itself refuses a TLS client that trusts it but shows no certificate ...
     assert _server_verdict(tls_scheduler, pki.ca) in {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"}
     # ... and accepts one that shows the cluster's certificate (the check above can tell)
@@ -199,6 +201,7 @@ def test_client_with_certificate_of_another_ca_is_refused(tls_scheduler, pki):
     rogue = Security(tls_ca_file=pki.ca, tls_client_cert=pki.rogue_cert, tls_client_key=pki.rogue_key, require_encryption=True)
     with pytest.raises((OSError, TimeoutError)):
         Client(tls_scheduler, security=rogue, timeout="3s")
+    gc.collect()  # as above
     assert _server_verdict(tls_scheduler, pki.ca, pki.rogue_cert, pki.rogue_key) == "TLSV1_ALERT_UNKNOWN_CA"
     # a client that trusts only the rogue CA will not talk to the cluster's scheduler either
     settings = ClusterSettings(scheduler=tls_scheduler, tls_ca=pki.rogue_ca, tls_cert=pki.rogue_cert, tls_key=pki.rogue_key)

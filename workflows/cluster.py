@@ -24,6 +24,7 @@ environment variables): with no options given, ``distributed.Security()`` reads 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import ssl
@@ -195,7 +196,15 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
         except (OSError, TimeoutError) as exc:
             hint = " (check that --tls-ca signed the scheduler's certificate and the cluster's CA signed --tls-cert)" \
                 if settings.scheduler.startswith("tls://") else ""
-            raise ConfigError(f"cannot connect to Dask scheduler {settings.scheduler}{hint}: {exc}") from exc
+            failure = f"cannot connect to Dask scheduler {settings.scheduler}{hint}: {exc}"
+        else:
+            failure = None
+        if failure is not None:
+            # The half-started Client lives on in the traceback. Were it finalised by the garbage
+            # collector inside the next Client's start, its close would wait on the loop lock that
+            # start holds (a deadlock seen in tests/test_tls.py): finalise it here instead.
+            gc.collect()
+            raise ConfigError(failure)
         with client:
             log.info("connected to Dask scheduler %s (dashboard: %s)", settings.scheduler, _dashboard(client))
             yield client
