@@ -109,6 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--shard-size", type=int, default=100_000)
     ap.add_argument("--partition-size", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=1000,
+                    help="queries per task; where a worker's partitions do not fit its cache, each block loads them again")
     ap.add_argument("--cache-bytes", default="1.5GiB",
                     help="each worker's cache of bucket maps and codes (PATCHHASH_CACHE_BYTES): keeps a worker under 4 GB at 10M images")
     ap.add_argument("--model", default="fashion-mnist")
@@ -144,7 +146,7 @@ def main(argv=None) -> dict:
                 build_rss = sorted(client.run(peak_rss_mb).values())
                 row = {"images": n, "build_s": seconds, "images_per_s": n / seconds,
                        "bytes_per_image": disk_bytes(index_url) / n, "build_peak_rss_mb": build_rss, "ms_per_query": {}}
-            timed = bench(index_url, queries, BenchSettings(modes=tuple(modes), repeats=1), ClusterSettings(workers=args.workers))
+            timed = bench(index_url, queries, BenchSettings(modes=tuple(modes), repeats=1, block_size=args.block_size), ClusterSettings(workers=args.workers))
             row["ms_per_query"] = {m: timed.ms_per_query(m) for m in modes}
             row["query_peak_rss_mb"] = sorted(timed.peak_rss_mb.values())
             shutil.rmtree(index_url)

@@ -3,7 +3,8 @@
 Builds (or reuses) a synthetic index with ``bench_scale.build`` (real codes repeated, bits
 flipped), loads its first positional partition and its codes in this process, and runs the
 default mode's search (:func:`pipeline.rerank.rerank_search`, one thread) on Fashion-MNIST
-test queries for several per-position radii ``t``, shortlist sizes and bucket-size caps.
+test queries for several per-position radii ``t``, shortlist sizes, bucket-size caps and vote
+budgets (the budget shrinks a query's radius where its buckets hold more images).
 Prints ms/query for the partition, the images with at least one vote (candidates), and
 recall@10 against the exact top-10 by the Hamming distance of the whole code grid (a
 brute-force scan of the partition, the reference the re-rank approximates; ties broken by
@@ -39,12 +40,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--thresholds", default="3,2,1,0")
     ap.add_argument("--shortlists", default="400,2000")
     ap.add_argument("--caps", default="0.1,3000,300", help="bucket-size caps: a fraction of the partition, or images")
+    ap.add_argument("--budgets", default="none,100000", help="vote budgets per query ('none': the radius is always t)")
     ap.add_argument("--workdir", help="keep the synthetic index here and reuse it (default: temporary)")
     ap.add_argument("--smoke", action="store_true", help="20k images, 10 queries")
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.images, args.queries, args.thresholds, args.shortlists, args.caps = 20_000, 10, "3,1", "400", "0.1,300"
+        args.images, args.queries, args.thresholds, args.shortlists, args.caps, args.budgets = 20_000, 10, "3,1", "400", "0.1,300", "none,5000"
 
     from bench_scale import build
 
@@ -78,22 +80,23 @@ def main(argv=None) -> dict:
     print(f"{n:,} images, {bmap.keys.size:,} keys in {bmap.n_blocks} positions; exact top-10 by brute force: "
           f"{1000 * (time.perf_counter() - started) / args.queries:.0f} ms/query", flush=True)
     rows = []
-    print("| t | shortlist | bucket cap | ms/query (one partition, one thread) | candidates (share of the partition) | recall@10 vs exact |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| t | shortlist | bucket cap | vote budget | ms/query (one partition, one thread) | candidates (share of the partition) | recall@10 vs exact |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for t in (int(v) for v in args.thresholds.split(",")):
         for shortlist in (int(v) for v in args.shortlists.split(",")):
-            for cap_arg in args.caps.split(","):
+            for cap_arg, budget_arg in ((c, b) for c in args.caps.split(",") for b in args.budgets.split(",")):
                 cap = int(float(cap_arg) * n) if float(cap_arg) < 1 else int(cap_arg)
-                search = lambda q: rerank_search(q, bmap, codes, t, manifest.bits, 10, shortlist, cap, id_range=(part.start, part.stop))  # noqa: E731
+                budget = None if budget_arg == "none" else int(budget_arg)
+                search = lambda q: rerank_search(q, bmap, codes, t, manifest.bits, 10, shortlist, cap, budget, id_range=(part.start, part.stop))  # noqa: E731
                 search(queries[:2])  # compile, build the multi-index tables
                 started = time.perf_counter()
                 found = search(queries)
                 ms = 1000 * (time.perf_counter() - started) / args.queries
                 recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.ids.tolist(), exact.tolist())]))
-                row = {"t": t, "shortlist": shortlist, "cap": cap, "ms_per_query": ms,
+                row = {"t": t, "shortlist": shortlist, "cap": cap, "vote_budget": budget, "ms_per_query": ms,
                        "candidates": float(found.n_candidates.mean()), "recall_at_10": recall}
                 rows.append(row)
-                print(f"| {t} | {shortlist} | {cap:,} | {ms:.2f} | {row['candidates']:,.0f} ({row['candidates'] / n:.0%}) | {recall:.3f} |", flush=True)
+                print(f"| {t} | {shortlist} | {cap:,} | {'none' if budget is None else f'{budget:,}'} | {ms:.2f} | {row['candidates']:,.0f} ({row['candidates'] / n:.0%}) | {recall:.3f} |", flush=True)
     result = {"images": n, "queries": args.queries, "keys": int(bmap.keys.size), "rows": rows}
     if args.out_json:
         Path(args.out_json).write_text(json.dumps(result, indent=1))

@@ -2,7 +2,8 @@
 
 Indexes 3,000 real Fashion-MNIST train images with a model (default: the shipped one),
 writes 40 of them altered as image files, queries each set through the whole default-mode
-job, and prints the share found at rank 1, with default settings and with --shift-radius 1.
+job, and prints the share found at rank 1, with default settings and with query shifts
+(--shift-radius 1; half-pixel steps, --shift-step 0.5).
 ``tests/test_near_duplicates.py`` asserts the cases docs/QUALITY.md promises.
 
     python benchmarks/near_duplicates.py [--model fashion-mnist]
@@ -64,6 +65,11 @@ ALTERATIONS = {
 }
 
 
+# (--shift-radius, --shift-step) of each column
+SHIFTS = ((0, 1), (1, 1), (0.5, 0.5), (1, 0.5))
+SHIFT_LABELS = ("default", "r=1", "r=0.5 s=0.5", "r=1 s=0.5")
+
+
 def write_copies(images: np.ndarray, name: str, folder: Path) -> None:
     """The altered copies of ``images[ORIGINALS]`` as files ``000.png``... in ``folder``."""
     alter, fmt = ALTERATIONS[name]
@@ -105,11 +111,11 @@ def main() -> None:
         for name in ALTERATIONS:
             write_copies(images, name, Path(tmp) / name)
             cells = []
-            for radius in (0, 1):
-                out = f"{tmp}/{name}-{radius}.parquet"
-                query(f"{tmp}/idx", str(Path(tmp) / name), out, QuerySettings(k=3, shift_radius=radius), client=client)
+            for radius, step in SHIFTS:
+                out = f"{tmp}/{name}-{radius}-{step}.parquet"
+                query(f"{tmp}/idx", str(Path(tmp) / name), out, QuerySettings(k=3, shift_radius=radius, shift_step=step), client=client)
                 cells.append(f"{int(found_first(out).sum())}/{len(ORIGINALS)}")
-            print(f"  {name:34s} default: {cells[0]:>6s}   --shift-radius 1: {cells[1]:>6s}")
+            print(f"  {name:34s} " + "   ".join(f"{label}: {cell:>6s}" for label, cell in zip(SHIFT_LABELS, cells)), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,12 @@ from workflows.cluster import ClusterSettings, dask_client  # noqa: E402
 from workflows.demo import FASHION_MNIST_DIR  # noqa: E402
 from workflows.evaluate import EvaluateSettings, evaluate  # noqa: E402
 from workflows.index import index  # noqa: E402
-from workflows.query import DEFAULT_MAX_BUCKET_FRACTION, DEFAULT_SHORTLIST  # noqa: E402
+from pipeline.rerank import DEFAULT_SHORTLIST  # noqa: E402
+from workflows.query import DEFAULT_MAX_BUCKET_FRACTION  # noqa: E402
 
 log = logging.getLogger("quality")
+N_TRAIN = 60_000
+UNBOUNDED = 2**62  # a vote budget no query reaches
 
 TRAIN = f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz"
 TRAIN_LABELS = f"{FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz"
@@ -68,14 +71,15 @@ def smoke_inputs(work: Path) -> tuple[str, str, str, str]:
 
 
 def table(rows: list[dict], ks: tuple[int, ...]) -> str:
-    head = ["mode / method", "model", "bits", "t", "shortlist", "skip buckets >", *(f"P@{k}" for k in ks), "mAP@100",
+    head = ["mode / method", "model", "bits", "t", "shortlist", "skip buckets >", "vote budget", *(f"P@{k}" for k in ks), "mAP@100",
             "candidates", "ms/query"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], r["model"], str(r["bits"]), "" if r["threshold"] is None else str(r["threshold"]),
             "" if r["shortlist"] is None else str(r["shortlist"]),
-            "" if r["max_bucket_fraction"] is None else f"{r['max_bucket_fraction']:g}",
+            "" if r["max_bucket_fraction"] is None else f"{r['max_bucket_fraction']:g} or {r['max_bucket']:,}",
+            "" if r["vote_budget"] is None else "none" if r["vote_budget"] >= UNBOUNDED else f"{r['vote_budget']:,}",
             *(f"{r['precision'][str(k)]:.3f}" for k in ks), f"{r['map']:.3f}",
             f"{r['mean_candidates']:,.0f}", f"{r['ms_per_query']:.2f}",
         ]) + " |")
@@ -116,8 +120,10 @@ def main() -> None:
             rows.append({
                 "method": m.name.split(" ")[0], "model": model if m.kind == "mode" else "(pixels)",
                 "bits": info["bits"] if m.kind == "mode" else "", "threshold": m.threshold,
-                "shortlist": settings.shortlist if default else None,
+                "shortlist": (settings.shortlist or "auto") if default else None,
                 "max_bucket_fraction": settings.max_bucket_fraction if default else None,
+                "max_bucket": settings.max_bucket if default else None,
+                "vote_budget": settings.vote_budget if default else None,
                 "precision": {str(k): v for k, v in m.precision.items()}, "map": m.map,
                 "mean_candidates": m.mean_candidates, "ms_per_query": m.ms_per_query,
             })
@@ -136,6 +142,9 @@ def main() -> None:
                          for s in shortlists if s != DEFAULT_SHORTLIST]
                 runs += [EvaluateSettings(modes=("default",), baselines=(), max_bucket_fraction=f, ks=ks, limit=args.limit)
                          for f in fractions if f != DEFAULT_MAX_BUCKET_FRACTION]
+                if not args.smoke:  # the default before the scale bounds (2026-11-27): a tenth of a partition only, no budget
+                    runs += [EvaluateSettings(modes=("default",), baselines=(), max_bucket=N_TRAIN, vote_budget=UNBOUNDED, ks=ks,
+                                              limit=args.limit)]
             for settings in runs:
                 add(evaluate(index_url, queries, labels, query_labels, settings, client=client), name, info, settings)
     text = table(rows, ks)

@@ -8,6 +8,13 @@ For one partition and each query:
    ``g``. An image's *votes* are the number of positions at which it matched. Buckets
    holding more than ``max_bucket`` images (codes nearly every image shares, such as the
    blank background) are skipped: they cost the most and say the least.
+
+   **Radius under a budget.** The matching buckets' sizes are summed by distance before
+   any vote is cast. The query uses the largest radius ``r <= threshold`` whose buckets
+   hold at most ``vote_budget`` images in all (radius 0 always). In a small partition every
+   query gets the full ``threshold``; in a large one, where a ball of radius 3 reaches a
+   large share of the images, the radius shrinks instead of the work growing with the
+   partition. The rule depends only on bucket sizes, never on visiting order.
 2. **Shortlist.** The images with the most votes: the largest vote count ``c`` such that at
    least ``shortlist`` images have ``c`` votes or more; all of those images (ties included,
    so the shortlist never depends on visiting order).
@@ -28,12 +35,25 @@ from numba import njit
 
 from .buckets import BucketMap
 from .hamming import _distance, ball_size, enumerate_within, mih_within, prefetch, scan_within
-from .search import _ENUMERATE, _METHOD_CODE, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _no_tables, _select_topk, choose_method, prepare_index
+from .search import _ENUMERATE, _METHOD_CODE, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _grow, _no_tables, _select_topk, choose_method, prepare_index
 
-__all__ = ["DEFAULT_SHORTLIST", "rerank_search"]
+__all__ = ["DEFAULT_SHORTLIST", "default_shortlist", "rerank_search"]
 
 DEFAULT_SHORTLIST = 400
-"""Images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
+"""The fewest images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
+_SHORTLIST_SHARE = 500  # one image in this many of a large partition is re-ranked
+
+
+def default_shortlist(n_images: int) -> int:
+    """Images re-ranked per query in a partition of ``n_images``: 400, or 0.2% of a partition
+    of more than 200,000 images.
+
+    Votes count matching positions, at most one per position, so in a large partition many
+    images tie around the shortlist's cut; a shortlist that grows with the partition keeps
+    the true nearest grids in it (docs/BENCHMARKS.md section 5: recall@10 0.57 with 400 and
+    0.78 with 2,000 images at 1M).
+    """
+    return max(DEFAULT_SHORTLIST, operator.index(n_images) // _SHORTLIST_SHARE)
 
 
 def rerank_search(
@@ -45,6 +65,7 @@ def rerank_search(
     k: int,
     shortlist: int = DEFAULT_SHORTLIST,
     max_bucket: int | None = None,
+    vote_budget: int | None = None,
     id_range: tuple[int, int] | None = None,
     method: str = "auto",
 ) -> TopK:
@@ -68,6 +89,10 @@ def rerank_search(
         Minimum number of images re-ranked per query (>= 1; raised to ``k``).
     max_bucket : int, optional
         Skip buckets with more images than this (default: none skipped).
+    vote_budget : int, optional
+        Per query, the largest radius ``r <= threshold`` is used whose buckets (those not
+        skipped) hold at most this many images in all, summed over positions; radius 0 is
+        always used (default: no budget, ``r = threshold``).
     id_range : (int, int), optional
         The partition's ``(start, stop)`` image ids; defaults to the span of the map's ids.
     method : {"auto", "scan", "enumerate", "mih"}
@@ -103,6 +128,7 @@ def rerank_search(
     queries = queries.astype(dtype, copy=False)
     codes = np.ascontiguousarray(codes, dtype=dtype)
     max_bucket = n_range if max_bucket is None else max(0, operator.index(max_bucket))
+    vote_budget = np.iinfo(np.int64).max if vote_budget is None else max(0, operator.index(vote_budget))
     n_queries = queries.shape[0]
     ids = np.full((n_queries, k), -1, np.int64)
     scores = np.zeros((n_queries, k), np.int64)
@@ -121,7 +147,7 @@ def rerank_search(
             tables = (*empty[:5], empty[5][None])
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            _METHOD_CODE[method], tables, start, max_bucket,
+            _METHOD_CODE[method], tables, start, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
@@ -131,13 +157,18 @@ def rerank_search(
 
 @njit(nogil=True, cache=True)
 def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, method,
-                    tables, start, max_bucket, shortlist, votes, touched, match_idx, match_dist, similarity,
-                    out_ids, out_scores, n_candidates):
+                    tables, start, max_bucket, vote_budget, shortlist, votes, touched, match_idx, match_dist,
+                    similarity, out_ids, out_scores, n_candidates):
     n_queries, grid = queries.shape
     hist = np.zeros(grid + 1, np.int64)
+    votes_at = np.zeros(t + 1, np.int64)  # votes the buckets at each distance would cast
     total_bits = grid * bits
+    # every position's matched keys (global key index) and their distances, one query at a time
+    found_keys = np.empty(max(1024, 4 * match_idx.size), np.int64)
+    found_dist = np.empty(found_keys.size, np.int64)
     for qi in range(n_queries):
-        n_touched = 0
+        n_found = 0
+        votes_at[:] = 0
         for g in range(grid):
             lo = key_bounds[g]
             hi = key_bounds[g + 1]
@@ -148,23 +179,41 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             else:
                 n_match = mih_within(queries[qi, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
                                      tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
+            if n_found + n_match > found_keys.size:
+                capacity = max(2 * found_keys.size, n_found + n_match)
+                found_keys = _grow(found_keys, n_found, capacity)
+                found_dist = _grow(found_dist, n_found, capacity)
             for j in range(n_match):
-                # matched keys are scattered: fetch the offsets, then the bucket, ahead
-                if j + 2 * _PREFETCH_AHEAD < n_match:
-                    prefetch(offsets, lo + match_idx[j + 2 * _PREFETCH_AHEAD])
                 if j + _PREFETCH_AHEAD < n_match:
-                    prefetch(bucket_ids, offsets[lo + match_idx[j + _PREFETCH_AHEAD]])
+                    prefetch(offsets, lo + match_idx[j + _PREFETCH_AHEAD])
                 key = lo + match_idx[j]
-                b0 = offsets[key]
-                b1 = offsets[key + 1]
-                if b1 - b0 > max_bucket:
+                size = offsets[key + 1] - offsets[key]
+                if size > max_bucket:
                     continue
-                for p in range(b0, b1):
-                    r = bucket_ids[p] - start
-                    if votes[r] == 0:
-                        touched[n_touched] = r
-                        n_touched += 1
-                    votes[r] += 1
+                found_keys[n_found] = key
+                found_dist[n_found] = match_dist[j]
+                votes_at[match_dist[j]] += size
+                n_found += 1
+        # the radius grows from 0 while the votes stay within the budget (radius 0 always)
+        r = 0
+        cast = votes_at[0]
+        while r < t and cast + votes_at[r + 1] <= vote_budget:
+            r += 1
+            cast += votes_at[r]
+        n_touched = 0
+        for j in range(n_found):
+            # matched keys are scattered: fetch the bucket ahead
+            if j + _PREFETCH_AHEAD < n_found:
+                prefetch(bucket_ids, offsets[found_keys[j + _PREFETCH_AHEAD]])
+            if found_dist[j] > r:
+                continue
+            key = found_keys[j]
+            for p in range(offsets[key], offsets[key + 1]):
+                row = bucket_ids[p] - start
+                if votes[row] == 0:
+                    touched[n_touched] = row
+                    n_touched += 1
+                votes[row] += 1
         n_candidates[qi] = n_touched
         hist[:] = 0
         for j in range(n_touched):
@@ -176,17 +225,16 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             above += hist[cut]
         n_short = 0
         for j in range(n_touched):
-            r = touched[j]
+            row = touched[j]
             if j + _PREFETCH_AHEAD < n_touched:
                 prefetch(votes, touched[j + _PREFETCH_AHEAD])
-            if votes[r] >= cut:
+            if votes[row] >= cut:
                 dist = 0
                 for g in range(grid):
-                    dist += _distance(codes[r, g], queries[qi, g])
-                similarity[r] = total_bits - dist
-                touched[n_short] = r  # n_short <= j: compacting in place is safe
+                    dist += _distance(codes[row, g], queries[qi, g])
+                similarity[row] = total_bits - dist
+                touched[n_short] = row  # n_short <= j: compacting in place is safe
                 n_short += 1
-            votes[r] = 0
+            votes[row] = 0
         _select_topk(touched, n_short, similarity, start, out_ids[qi], out_scores[qi])
         # votes of the images not shortlisted were cleared above; their similarity was never set
-

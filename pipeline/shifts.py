@@ -1,12 +1,21 @@
 """Query-time shift tolerance: search with shifted copies of each query and keep the best.
 
 Codes come from patches on a fixed grid, so an image shifted by a pixel or two gets other
-codes. With ``radius`` r, each query is also encoded at every offset ``(dy, dx)`` with
-``|dy|, |dx| <= r`` (edges replicated), every copy is searched, and an image's score is its
-best over the copies. This costs ``(2r + 1)**2`` times the encoding and search of one query.
+codes. With ``radius`` r and ``step`` s, each query is also encoded at every offset
+``(dy, dx)`` that is a multiple of s with ``|dy|, |dx| <= r`` (edges replicated), every copy
+is searched, and an image's score is its best over the copies. This costs
+``(2 r / s + 1)**2`` times the encoding and search of one query.
+
+A step of half a pixel serves copies of larger images: a photo moved by 2 pixels at 112x112
+is moved by half a pixel at the model's 28x28, plus the blur of the resize. Fractional
+offsets are interpolated bilinearly, and the blur that interpolation adds is taken back by an
+unsharp mask (the copy plus its difference from a 3x3 box blur of itself); docs/QUALITY.md
+measured both.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -14,32 +23,80 @@ from .search import TopK
 
 __all__ = ["offsets", "shifted_copies", "best_of_copies"]
 
+MAX_STEPS = 4
+"""Offsets per direction at most (``radius / step``): 81 copies of each query."""
 
-def offsets(radius: int) -> list[tuple[int, int]]:
-    """The ``(dy, dx)`` offsets of ``radius``, the unshifted one first."""
+
+def offsets(radius: float, step: float = 1) -> list[tuple[float, float]]:
+    """The ``(dy, dx)`` offsets of ``radius`` in multiples of ``step``, the unshifted one first."""
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    around = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) != (0, 0)]
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1] pixel, got {step}")
+    n = round(radius / step)
+    if not math.isclose(n * step, radius, abs_tol=1e-9) or n > MAX_STEPS:
+        raise ValueError(f"radius must be a multiple of step, at most {MAX_STEPS} steps: got radius {radius}, step {step}")
+    values = [i * step if step != 1 else i for i in range(-n, n + 1)]
+    around = [(dy, dx) for dy in values for dx in values if (dy, dx) != (0, 0)]
     return [(0, 0), *around]
 
 
-def shifted_copies(pixels: np.ndarray, radius: int) -> np.ndarray:
+def shifted_copies(pixels: np.ndarray, radius: float, step: float = 1) -> np.ndarray:
     """``[n * V, h, w, c]``: the ``V`` shifted copies of each image, image-major.
 
     Copy ``v`` of image ``i`` is row ``i * V + v``; it shows the image moved by
-    ``offsets(radius)[v]`` (content moves down/right for positive offsets), the uncovered
-    border filled by replicating the nearest edge pixels.
+    ``offsets(radius, step)[v]`` (content moves down/right for positive offsets), the
+    uncovered border filled by replicating the nearest edge pixels. Whole-pixel offsets copy
+    pixels; fractional ones are interpolated and sharpened (module docstring).
     """
     pixels = np.asarray(pixels)
     n, h, w = pixels.shape[:3]
-    shifts = offsets(radius)
+    shifts = offsets(radius, step)
     if radius >= min(h, w):
         raise ValueError(f"shift radius {radius} is not smaller than the image ({h}x{w})")
-    padded = np.pad(pixels, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    pad = math.ceil(radius) + 1
+    padded = np.pad(pixels, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     out = np.empty((n, len(shifts), *pixels.shape[1:]), pixels.dtype)
     for v, (dy, dx) in enumerate(shifts):
-        out[:, v] = padded[:, radius - dy:radius - dy + h, radius - dx:radius - dx + w]
+        if float(dy).is_integer() and float(dx).is_integer():
+            out[:, v] = _window(padded, pad, int(dy), int(dx), h, w)
+        else:
+            out[:, v] = _to_dtype(_sharpen(_interpolated(padded, pad, dy, dx, h, w)), pixels.dtype)
     return out.reshape(n * len(shifts), *pixels.shape[1:])
+
+
+def _window(padded: np.ndarray, pad: int, dy: int, dx: int, h: int, w: int) -> np.ndarray:
+    return padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+def _interpolated(padded: np.ndarray, pad: int, dy: float, dx: float, h: int, w: int) -> np.ndarray:
+    """Bilinear interpolation of the images moved by a fractional ``(dy, dx)``."""
+    out = np.zeros((padded.shape[0], h, w, padded.shape[3]), np.float32)
+    for iy, wy in _taps(dy):
+        for ix, wx in _taps(dx):
+            out += (wy * wx) * _window(padded, pad, iy, ix, h, w).astype(np.float32)
+    return out
+
+
+def _taps(offset: float) -> list[tuple[int, float]]:
+    low = math.floor(offset)
+    frac = offset - low
+    return [(low, 1 - frac)] + ([(low + 1, frac)] if frac else [])
+
+
+def _sharpen(images: np.ndarray) -> np.ndarray:
+    """Unsharp mask: ``2 x - box3x3(x)``, edges replicated."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = images.shape[1:3]
+    box = sum(padded[:, 1 + a:1 + a + h, 1 + b:1 + b + w] for a in (-1, 0, 1) for b in (-1, 0, 1)) / 9
+    return 2 * images - box
+
+
+def _to_dtype(images: np.ndarray, dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(images), info.min, info.max).astype(dtype)
+    return images.astype(dtype)
 
 
 def best_of_copies(topk: TopK, n_copies: int, k: int) -> TopK:

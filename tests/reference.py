@@ -73,7 +73,7 @@ def _score_items(query_code: int, table: dict, t: int) -> dict:
 
 
 def reference_rerank_search(query_codes, codes, ids, t: int, bits: int, k: int, shortlist: int,
-                            max_bucket: int | None = None) -> list:
+                            max_bucket: int | None = None, vote_budget: int | None = None) -> list:
     """The default mode (``pipeline.rerank``) stated directly with dicts and sets.
 
     Returns, per query, ``[(image_id, equal_bits), ...]`` best first (equal bits descending,
@@ -84,9 +84,17 @@ def reference_rerank_search(query_codes, codes, ids, t: int, bits: int, k: int, 
     shortlist = max(shortlist, k)
     results = []
     for query in np.asarray(query_codes).tolist():
+        matched = [(hamming(code, query[position]), bucket) for (position, code), bucket in table.items()
+                   if hamming(code, query[position]) <= t and (max_bucket is None or len(bucket) <= max_bucket)]
+        radius = 0  # the largest radius whose buckets hold at most vote_budget images (0 always)
+        for r in range(1, t + 1):
+            if vote_budget is None or sum(len(b) for d, b in matched if d <= r) <= vote_budget:
+                radius = r
+            else:
+                break
         votes: dict = {}
-        for (position, code), bucket in table.items():
-            if hamming(code, query[position]) <= t and (max_bucket is None or len(bucket) <= max_bucket):
+        for d, bucket in matched:
+            if d <= radius:
                 for image_id in bucket:
                     votes[image_id] = votes.get(image_id, 0) + 1
         cut = max((c for c in range(1, len(query) + 1) if sum(v >= c for v in votes.values()) >= shortlist), default=1)

@@ -28,7 +28,7 @@ def test_quality_ablation_smoke(tmp_path):
     methods = {(r["method"], r["threshold"]) for r in rows}
     assert {("seed", 0), ("seed", 1), ("default", 0), ("default", 1), ("pixel-knn", None), ("lsh-64", None), ("lsh-256", None)} <= methods
     assert all(0 <= r["precision"]["10"] <= 1 for r in rows)
-    assert "| default | default | 32 | 1 | 400 | 0.1 |" in result.stdout
+    assert "| default | default | 32 | 1 | auto | 0.1 or 300 | 100,000 |" in result.stdout
 
 
 def run_smoke(script: str, tmp_path, *args: str) -> tuple[dict, str]:
@@ -85,6 +85,19 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
 
 def test_candidate_stage_smoke(tmp_path):
     figures, stdout = run_smoke("candidate_stage.py", tmp_path)
-    assert figures["images"] == 20000 and len(figures["rows"]) == 4
-    assert all(0 <= r["recall_at_10"] <= 1 and 0 < r["candidates"] <= 20000 for r in figures["rows"])
+    rows = figures["rows"]
+    assert figures["images"] == 20000 and len(rows) == 8
+    assert all(0 <= r["recall_at_10"] <= 1 and 0 < r["candidates"] <= 20000 for r in rows)
+    # a vote budget can only shrink the radius: never more candidates than the same row without one
+    free = {(r["t"], r["cap"]): r["candidates"] for r in rows if r["vote_budget"] is None}
+    assert all(r["candidates"] <= free[r["t"], r["cap"]] for r in rows if r["vote_budget"] is not None)
     assert "| t | shortlist |" in stdout
+
+
+def test_shift_sweep_smoke(tmp_path):
+    figures, stdout = run_smoke("shift_sweep.py", tmp_path)
+    assert figures["indexed"] == 300 and [(r["size"], r["shift"]) for r in figures["rows"]] == [(112, 1), (112, 2)]
+    for row in figures["rows"]:
+        assert set(row["found"]) == {"r=0 s=1", "r=1 s=1", "r=0.5 s=0.5", "r=1 s=0.5"}
+        assert all(0 <= v <= row["originals"] for v in row["found"].values())
+    assert "| 112x112 moved 2 px |" in stdout

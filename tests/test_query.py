@@ -66,25 +66,29 @@ def test_seed_mode_equals_brute_force_reference(client, small_index, query_npy, 
     assert all(got[q][0][0] == 100 + (q - 40) for q in range(40, 50))  # indexed images find themselves
 
 
-@pytest.mark.parametrize("threshold, k, shortlist, fraction", [(3, 10, 400, 0.1), (1, 10, 100, 1.0), (0, 5, 20, 0.3), (2, 3, 1, 1.0)])
-def test_default_mode_equals_reference_per_partition(client, small_index, query_npy, tmp_path, threshold, k, shortlist, fraction):
+@pytest.mark.parametrize("threshold, k, shortlist, fraction, cap, budget", [
+    (3, 10, 400, 0.1, 300, 100_000), (1, 10, 100, 1.0, 300, 100_000), (0, 5, 20, 0.3, 300, 100_000), (2, 3, 1, 1.0, 300, 100_000),
+    (3, 10, 50, 1.0, 20, 400),  # the bucket cap in images and the vote budget both bind
+])
+def test_default_mode_equals_reference_per_partition(client, small_index, query_npy, tmp_path, threshold, k, shortlist, fraction, cap, budget):
     """The whole job (4 partitions, Dask, merge) against the reference run on each partition."""
     from storage.manifest import read_manifest
 
     out = str(tmp_path / "r.parquet")
     query(small_index, query_npy, out,
-          QuerySettings(k=k, threshold=threshold, shortlist=shortlist, max_bucket_fraction=fraction, block_size=16), client=client)
+          QuerySettings(k=k, threshold=threshold, shortlist=shortlist, max_bucket_fraction=fraction, max_bucket=cap,
+                        vote_budget=budget, block_size=16), client=client)
     codes = zarr.open_array(f"{small_index}/codes", mode="r")[:].reshape(500, -1)
     queries = _encode(f"{small_index}/model", np.load(query_npy)[..., None])
     parts = [reference_rerank_search(queries, codes[p.start:p.stop], np.arange(p.start, p.stop), threshold, 16, k, shortlist,
-                                     max_bucket=int(fraction * (p.stop - p.start)))
+                                     max_bucket=min(cap, int(fraction * (p.stop - p.start))), vote_budget=budget)
              for p in read_manifest(small_index).partitions_of("pos")]
     assert len(parts) == 4
     got = _results(out)
     for q in range(50):
         expected = sorted((hit for part in parts for hit in part[q]), key=lambda h: (-h[1], h[0]))[:k]
         assert got.get(q, []) == [(i, float(s)) for i, s in expected], f"query {q}"
-    if fraction == 1.0:  # indexed images find themselves (or an identical code grid) first, with every bit equal
+    if fraction == 1.0 and cap == 300:  # indexed images find themselves (or an identical code grid) first, with every bit equal
         assert all(got[q][0][1] == 16 * 49 for q in range(40, 50))
 
 
@@ -143,7 +147,7 @@ def test_threshold_defaults_per_mode():
 
 
 @pytest.mark.parametrize("kwargs", [dict(k=0), dict(threshold=-1), dict(mode="fast"), dict(block_size=0), dict(shortlist=0),
-                                    dict(max_bucket_fraction=0), dict(max_bucket_fraction=1.5)])
+                                    dict(max_bucket_fraction=0), dict(max_bucket_fraction=1.5), dict(max_bucket=0), dict(vote_budget=-1)])
 def test_options_are_validated(kwargs):
     with pytest.raises(ConfigError):
         QuerySettings(**kwargs)

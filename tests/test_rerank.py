@@ -69,6 +69,32 @@ def test_max_bucket_skips_common_codes():
     assert as_lists(skipped) == reference_rerank_search(q, codes, ids, 0, 16, 5, 5, max_bucket=59)
 
 
+@pytest.mark.parametrize("budget", [0, 40, 150, 400, 10_000])
+@pytest.mark.parametrize("method", ["scan", "enumerate", "mih"])
+def test_vote_budget_matches_reference(budget, method):
+    rng = np.random.default_rng(budget + 7)
+    codes = clustered_codes(rng, 300, 5, 16, n_centres=4, flips=2)
+    ids = np.arange(300)
+    queries = np.concatenate([clustered_codes(rng, 8, 5, 16, n_centres=4, flips=2), codes[:4]])
+    bmap = build_bucket_map(codes, ids, positional=True)
+    got = rerank_search(queries, bmap, codes, 3, 16, k=6, shortlist=20, max_bucket=100, vote_budget=budget, method=method)
+    assert as_lists(got) == reference_rerank_search(queries, codes, ids, 3, 16, 6, 20, max_bucket=100, vote_budget=budget)
+
+
+def test_vote_budget_shrinks_the_radius_only_where_it_binds():
+    rng = np.random.default_rng(17)
+    codes = clustered_codes(rng, 400, 6, 16, n_centres=3, flips=2)
+    bmap = build_bucket_map(codes, np.arange(400), positional=True)
+    queries = codes[:10]
+    free = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30)
+    roomy = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30, vote_budget=6 * 400)  # every image at every position
+    assert as_lists(roomy) == as_lists(free)
+    tight = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30, vote_budget=0)
+    exact_only = rerank_search(queries, bmap, codes, 0, 16, k=5, shortlist=30)
+    assert as_lists(tight) == as_lists(exact_only)  # radius 0 is always searched
+    assert np.all(tight.n_candidates <= free.n_candidates) and np.any(tight.n_candidates < free.n_candidates)
+
+
 def test_multi_index_tables_of_a_positional_map():
     """Each position gets its own tables; a larger map (where "auto" picks them) matches the reference."""
     rng = np.random.default_rng(11)
@@ -141,3 +167,10 @@ def test_random_cases_match_reference(seed, t, shortlist, k, max_bucket, method)
     bmap = build_bucket_map(codes, np.arange(40), positional=True)
     got = rerank_search(queries, bmap, codes, t, 8, k, shortlist, max_bucket, method=method)
     assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(40), t, 8, k, shortlist, max_bucket)
+
+
+def test_default_shortlist_grows_with_large_partitions():
+    from pipeline.rerank import DEFAULT_SHORTLIST, default_shortlist
+
+    assert default_shortlist(0) == default_shortlist(30_000) == default_shortlist(200_000) == DEFAULT_SHORTLIST == 400
+    assert default_shortlist(1_000_000) == 2000 and default_shortlist(10_000_000) == 20_000

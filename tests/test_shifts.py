@@ -48,3 +48,21 @@ def test_best_of_copies_pads_and_breaks_ties_by_id():
     scores = np.array([[7., 0], [7, 0]])
     merged = best_of_copies(TopK(ids, scores, np.array([1, 1])), 2, 3)
     assert merged.ids.tolist() == [[2, 4, -1]] and merged.scores.tolist() == [[7, 7, 0]]
+
+
+def test_half_pixel_offsets_and_copies():
+    got = offsets(1, 0.5)
+    assert got[0] == (0, 0) and len(got) == 25 and (0.5, -1) in got and (-0.5, -0.5) in got
+    assert len(offsets(0.5, 0.5)) == 9
+    for bad in [(1, 0.3), (1, 0), (1, 1.5), (5, 1)]:
+        with pytest.raises(ValueError):
+            offsets(*bad)
+    img = np.zeros((1, 6, 6, 1), np.uint8)
+    img[0, :, 3:] = 200  # a vertical edge between columns 2 and 3
+    copies = shifted_copies(img, 0.5, 0.5)
+    assert copies.dtype == np.uint8 and copies.shape == (9, 6, 6, 1)
+    np.testing.assert_array_equal(copies[0], img[0])
+    right = copies[offsets(0.5, 0.5).index((0, 0.5))][:, :, 0]
+    # moved right by half a pixel, the edge is interpolated (column 3 half-way, 100); the
+    # unsharp mask keeps flat regions flat and steepens the edge (233 = 2 * 200 - 500 / 3)
+    assert right[0].tolist() == [0, 0, 0, 100, 233, 200] and np.all(right == right[0])

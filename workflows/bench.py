@@ -35,6 +35,7 @@ class BenchSettings:
     modes: tuple[str, ...] = ("default", "seed")
     repeats: int = 3
     limit: int | None = None
+    block_size: int = 1000
 
     def __post_init__(self) -> None:
         from workflows.query import MODES
@@ -46,6 +47,8 @@ class BenchSettings:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.block_size < 1:
+            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
 
 
 @dataclass
@@ -124,11 +127,13 @@ def bench(
         nthreads = dask.nthreads()
         result = BenchResult(index_url, len(source), len(nthreads), max(nthreads.values(), default=0))
         for mode in settings.modes:
-            query(index_url, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode), storage_options=storage_options, client=dask)
+            query(index_url, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
+                  storage_options=storage_options, client=dask)
         for i in range(settings.repeats):
             for mode in settings.modes:
                 started = time.perf_counter()
-                query(index_url, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode), storage_options=storage_options, client=dask)
+                query(index_url, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
+                      storage_options=storage_options, client=dask)
                 result.runs.setdefault(mode, []).append(time.perf_counter() - started)
                 log.info("run %d/%d, %s mode: %.1f s", i + 1, settings.repeats, mode, result.runs[mode][-1])
         result.peak_rss_mb = dask.run(peak_rss_mb)

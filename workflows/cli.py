@@ -122,8 +122,10 @@ TlsCa = Annotated[Optional[str], typer.Option("--tls-ca", envvar="PATCHHASH_TLS_
 TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", envvar="PATCHHASH_TLS_CERT", help="This client's certificate (PEM), signed by the cluster's CA.")]
 TlsKey = Annotated[Optional[str], typer.Option("--tls-key", envvar="PATCHHASH_TLS_KEY", help="The private key (PEM) of --tls-cert.")]
 Config = Annotated[Optional[str], typer.Option("--config", help="YAML job spec with any of this command's options (see workflows/jobs/); options given on the command line or by environment variable override it.")]
-Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400].")]
+Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400, or 0.2% of a partition above 200,000 images].")]
 MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
+MaxBucket = Annotated[Optional[int], typer.Option(help="Default mode: skip codes shared by more than this many images of a partition [default: 300].")]
+VoteBudget = Annotated[Optional[int], typer.Option(help="Default mode: per query and partition, use the largest radius <= t whose buckets hold at most this many images [default: 100000].")]
 
 
 def _cluster(
@@ -229,7 +231,10 @@ def query(
     mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
     shortlist: Shortlist = None,
     max_bucket_fraction: MaxBucketFraction = None,
-    shift_radius: Annotated[int, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r+1)^2 times the work).")] = 0,
+    max_bucket: MaxBucket = None,
+    vote_budget: VoteBudget = None,
+    shift_radius: Annotated[float, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r/s+1)^2 times the work).")] = 0,
+    shift_step: Annotated[float, typer.Option(help="Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).")] = 1,
     format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun resumes).")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
     report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
@@ -253,8 +258,8 @@ def query(
     setup_logging(verbose)
     result = run_query(
         index, queries, out,
-        QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, block_size=block_size, strict=strict,
-                      format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction)),
+        QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, shift_step=shift_step, block_size=block_size, strict=strict,
+                      format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, max_bucket=max_bucket, vote_budget=vote_budget)),
         _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
         _options(storage_options), report=report, report_limit=report_limit,
     )
@@ -297,6 +302,8 @@ def evaluate(
     thresholds: Annotated[Optional[str], typer.Option(help="Run each mode at each of these thresholds t (default: the mode's own).")] = None,
     shortlist: Shortlist = None,
     max_bucket_fraction: MaxBucketFraction = None,
+    max_bucket: MaxBucket = None,
+    vote_budget: VoteBudget = None,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N queries only.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
     plot: Annotated[Optional[str], typer.Option(help="Draw precision@k curves and precision@10 against t into this PNG.")] = None,
@@ -319,7 +326,7 @@ def evaluate(
     settings = EvaluateSettings(
         ks=_int_list(k, "--k"), modes=_name_list(modes), baselines=_name_list(baselines),
         thresholds=_int_list(thresholds, "--thresholds"), limit=limit,
-        **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction),
+        **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, max_bucket=max_bucket, vote_budget=vote_budget),
     )
     result = run_evaluate(
         index, queries, labels, query_labels, settings,
@@ -338,6 +345,7 @@ def bench(
     modes: Annotated[str, typer.Option(help="Query modes to time (default, seed), comma-separated.")] = "default,seed",
     repeats: Annotated[int, typer.Option(help="Timed query jobs per mode (the median is reported).")] = 3,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N queries only.")] = None,
+    block_size: Annotated[int, typer.Option(help="Queries per task, as in patchhash query.")] = 1000,
     out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -356,7 +364,7 @@ def bench(
 
     setup_logging(verbose)
     result = run_bench(
-        index, queries, BenchSettings(modes=_name_list(modes), repeats=repeats, limit=limit),
+        index, queries, BenchSettings(modes=_name_list(modes), repeats=repeats, limit=limit, block_size=block_size),
         _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key), _options(storage_options), out=out,
     )
     typer.echo(result.render())

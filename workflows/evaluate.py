@@ -30,8 +30,9 @@ from storage import ConfigError, CorpusError, open_corpus, read_labels
 from storage.fs import url_to_fs
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.query import (
+    DEFAULT_MAX_BUCKET,
     DEFAULT_MAX_BUCKET_FRACTION,
-    DEFAULT_SHORTLIST,
+    DEFAULT_VOTE_BUDGET,
     DEFAULT_THRESHOLD,
     MODES,
     QuerySettings,
@@ -59,8 +60,10 @@ class EvaluateSettings:
     modes: tuple[str, ...] = ("seed", "default")
     baselines: tuple[str, ...] = ("pixel-knn", "lsh-64", "lsh-256")
     thresholds: tuple[int, ...] = ()
-    shortlist: int = DEFAULT_SHORTLIST
+    shortlist: int | None = None
     max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
+    max_bucket: int = DEFAULT_MAX_BUCKET
+    vote_budget: int = DEFAULT_VOTE_BUDGET
     map_k: int = 100
     limit: int | None = None
     block_size: int = 1000
@@ -83,8 +86,12 @@ class EvaluateSettings:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.map_k < 1:
             raise ConfigError(f"map_k must be >= 1, got {self.map_k}")
-        # the query job's own checks of the options passed on to it
-        QuerySettings(shortlist=self.shortlist, max_bucket_fraction=self.max_bucket_fraction, block_size=self.block_size)
+        self.query_settings()  # the query job's own checks of the options passed on to it
+
+    def query_settings(self, **settings) -> QuerySettings:
+        """The query job's settings: the default mode's tuning from here, plus ``settings``."""
+        return QuerySettings(shortlist=self.shortlist, max_bucket_fraction=self.max_bucket_fraction, max_bucket=self.max_bucket,
+                             vote_budget=self.vote_budget, block_size=self.block_size, **settings)
 
     @property
     def depth(self) -> int:
@@ -185,8 +192,7 @@ def evaluate(
 
                     run = query(
                         index_url, source, f"{tmp}/{mode}-{t}.parquet",
-                        QuerySettings(k=depth, threshold=t, mode=mode, shortlist=settings.shortlist,
-                                      max_bucket_fraction=settings.max_bucket_fraction, block_size=settings.block_size),
+                        settings.query_settings(k=depth, threshold=t, mode=mode),
                         client=dask, on_block=keep,
                     )
                     figures(f"{mode} t={t}", "mode", t, ids, run.mean_candidates, run.ms_per_query)

@@ -83,6 +83,8 @@ _COMMON = {"storage_options": Field("mapping", example="{anon: true}"), "verbose
 _TUNING = {
     "shortlist": _n(1, example="400"),
     "max_bucket_fraction": _n(0, 1, "float", open_minimum=True, example="0.1"),
+    "max_bucket": _n(1, example="300"),
+    "vote_budget": _n(0, example="100000"),
 }
 _MODES = ("default", "seed")
 
@@ -105,7 +107,8 @@ COMMANDS: Mapping[str, Mapping[str, Field]] = MappingProxyType({
         "threshold": _n(0, example="3"),
         "mode": Field("choice", choices=_MODES, example="default"),
         **_TUNING,
-        "shift_radius": _n(0, example="0"),
+        "shift_radius": _n(0, None, "float", example="0"),
+        "shift_step": _n(0, 1, "float", open_minimum=True, example="1"),
         "format": Field("choice", choices=("parquet", "csv", "jsonl", "dataset"), example="parquet"),
         "report": Field("path", example="report.html"),
         "report_limit": _n(0, example="50"),
@@ -134,6 +137,7 @@ COMMANDS: Mapping[str, Mapping[str, Field]] = MappingProxyType({
         "modes": Field("names", choices=_MODES, example="[default, seed]"),
         "repeats": _n(1, example="3"),
         "limit": _n(1, example="1000"),
+        "block_size": _n(1, example="1000"),
         "out": Field("path", example="bench.json"),
         **_CLUSTER, **_COMMON,
     }),

@@ -39,11 +39,13 @@ MAX_K = 10_000
 # default mode's shortlist, the value docs/QUALITY.md chose.
 DEFAULT_THRESHOLD = {"seed": 3, "default": 3}
 PARTITION_KIND = {"seed": "any", "default": "pos"}
-# Default mode: images re-ranked per query and partition, and the share of a partition's
-# images above which a bucket is skipped (docs/QUALITY.md: P@10 0.856 -> 0.855, candidates
-# 27k -> 18k of 60k per query on Fashion-MNIST).
-DEFAULT_SHORTLIST = 400
+# Default mode: images re-ranked per query and partition; buckets skipped above a share of
+# the partition or a number of images; the votes (bucket entries) a query may cast in a
+# partition before its radius shrinks. docs/QUALITY.md chose them on Fashion-MNIST, and
+# docs/BENCHMARKS.md section 5 on synthetic partitions of 1M images.
 DEFAULT_MAX_BUCKET_FRACTION = 0.1
+DEFAULT_MAX_BUCKET = 300
+DEFAULT_VOTE_BUDGET = 100_000
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,15 @@ class QuerySettings:
 
     ``mode="seed"`` is seed 000's scoring rule exactly (position-free buckets); ``"default"``
     shortlists by positional buckets and re-ranks by the Hamming distance of the whole code
-    grid (:mod:`pipeline.rerank`; ``shortlist`` images per query and partition, buckets of
-    more than ``max_bucket_fraction`` of a partition's images skipped). ``threshold`` is the
+    grid (:mod:`pipeline.rerank`; ``shortlist`` images per query and partition, by default
+    :func:`pipeline.rerank.default_shortlist` of the partition's size; buckets of
+    more than ``max_bucket_fraction`` of a partition's images or more than ``max_bucket``
+    images skipped; the radius shrinks below ``threshold`` where a query's buckets in a
+    partition would cast more than ``vote_budget`` votes). ``threshold`` is the
     per-code Hamming radius; ``None`` takes the mode's default (:data:`DEFAULT_THRESHOLD`).
     ``shift_radius`` r > 0 (default mode) also searches each query shifted by up to r pixels
-    and keeps each image's best score (:mod:`pipeline.shifts`; (2r+1)**2 times the work).
+    in steps of ``shift_step`` s (1 or less, e.g. 0.5) and keeps each image's best score
+    (:mod:`pipeline.shifts`; (2r/s+1)**2 times the work).
     ``strict`` makes any unreadable query row an error (raised after the results file,
     error rows included, is written).
     """
@@ -64,9 +70,12 @@ class QuerySettings:
     k: int = 10
     threshold: int | None = None
     mode: str = "default"
-    shortlist: int = DEFAULT_SHORTLIST
+    shortlist: int | None = None
     max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
-    shift_radius: int = 0
+    max_bucket: int = DEFAULT_MAX_BUCKET
+    vote_budget: int = DEFAULT_VOTE_BUDGET
+    shift_radius: float = 0
+    shift_step: float = 1
     block_size: int = 1000
     strict: bool = False
     format: str | None = None
@@ -81,16 +90,30 @@ class QuerySettings:
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLD[self.mode])
         if self.threshold < 0:
             raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
-        if self.shortlist < 1:
+        if self.shortlist is not None and self.shortlist < 1:
             raise ConfigError(f"--shortlist must be >= 1, got {self.shortlist}")
         if self.shift_radius < 0 or (self.shift_radius and self.mode == "seed"):
             raise ConfigError(f"--shift-radius must be >= 0, and 0 in seed mode (the seed's rule has no shifts), got {self.shift_radius}")
+        try:
+            self.shift_offsets()
+        except ValueError as err:
+            raise ConfigError(f"--shift-radius / --shift-step: {err} (e.g. --shift-radius 1 --shift-step 0.5)") from None
         if not 0 < self.max_bucket_fraction <= 1:
             raise ConfigError(f"--max-bucket-fraction must be in (0, 1], got {self.max_bucket_fraction}")
+        if self.max_bucket < 1:
+            raise ConfigError(f"--max-bucket must be >= 1 (images), got {self.max_bucket}")
+        if self.vote_budget < 0:
+            raise ConfigError(f"--vote-budget must be >= 0, got {self.vote_budget}")
         if self.block_size < 1:
             raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
         if self.max_blocks_in_flight < 1:
             raise ConfigError("max_blocks_in_flight must be >= 1")
+
+    def shift_offsets(self) -> list[tuple[float, float]]:
+        """The offsets each query is searched at (just ``(0, 0)`` without shifts)."""
+        from pipeline.shifts import offsets
+
+        return offsets(self.shift_radius, self.shift_step)
 
 
 @dataclass
@@ -223,7 +246,7 @@ def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> n
     return _cache.get(("codes", index_url, start, stop), load)
 
 
-def encode_block_task(index_url: str, shard, storage_options, shift_radius: int = 0) -> QueryBlock:
+def encode_block_task(index_url: str, shard, storage_options, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
     from pipeline.encode import load_encoder
     from pipeline.shifts import shifted_copies
     from storage import ImageSpec
@@ -231,13 +254,13 @@ def encode_block_task(index_url: str, shard, storage_options, shift_radius: int 
     encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
     gh, gw = encoder.card.grid
-    pixels = shifted_copies(data.pixels, shift_radius) if shift_radius else data.pixels
+    pixels = shifted_copies(data.pixels, shift_radius, shift_step) if shift_radius else data.pixels
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
     return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
 
 
 def search_task(index_url: str, partition: dict, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
-    from pipeline.rerank import rerank_search
+    from pipeline.rerank import default_shortlist, rerank_search
     from pipeline.search import seed_search
 
     bmap = load_partition(index_url, partition["path"], storage_options)
@@ -246,13 +269,14 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
         codes = load_codes(index_url, start, stop, storage_options)
-        max_bucket = int(settings.max_bucket_fraction * (stop - start))
-        found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, settings.shortlist,
-                              max_bucket, id_range=(start, stop))
+        max_bucket = min(settings.max_bucket, int(settings.max_bucket_fraction * (stop - start)))
+        shortlist = settings.shortlist or default_shortlist(stop - start)
+        found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
+                              settings.vote_budget, id_range=(start, stop))
         if settings.shift_radius:
-            from pipeline.shifts import best_of_copies, offsets
+            from pipeline.shifts import best_of_copies
 
-            found = best_of_copies(found, len(offsets(settings.shift_radius)), settings.k)
+            found = best_of_copies(found, len(settings.shift_offsets()), settings.k)
     _cache.trim()  # the search may have built multi-index tables on the map
     return found
 
@@ -421,7 +445,8 @@ def query(
 
         def refill() -> None:
             for shard in next_shards:
-                block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius, pure=False)
+                block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius,
+                                     settings.shift_step, pure=False)
                 parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False,
                                      **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                          for p, w in zip(partitions, pinned_to)]
