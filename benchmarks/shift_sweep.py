@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
             n_offsets = len(offsets(radius, step))
             grids = encoder.encode(shifted_copies(queries, radius, step)).reshape(n_originals * n_offsets, -1).astype(np.uint64)
             # whole-grid distance to every indexed image, best over each query's shifted copies
-            dist = np.stack([np.bitwise_count(indexed ^ g[None]).sum(axis=1) for g in grids])
+            dist = np.stack([np.unpackbits((indexed ^ g[None]).view(np.uint8), axis=1).sum(axis=1, dtype=np.int64) for g in grids])
             best = dist.reshape(n_originals, n_offsets, n_index).min(axis=1)
             pick = best.argmin(axis=1)  # ties: the lowest id, as the query job breaks them
             found[f"r={radius} s={step}"] = int((pick == originals).sum())

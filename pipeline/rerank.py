@@ -11,10 +11,10 @@ For one partition and each query:
 
    **Radius under a budget.** The matching buckets' sizes are summed by distance before
    any vote is cast. The query uses the largest radius ``r <= threshold`` whose buckets
-   hold at most ``vote_budget`` images in all (radius 0 always). In a small partition every
-   query gets the full ``threshold``; in a large one, where a ball of radius 3 reaches a
-   large share of the images, the radius shrinks instead of the work growing with the
-   partition. The rule depends only on bucket sizes, never on visiting order.
+   hold at most ``vote_budget`` entries in all, the votes it would cast (radius 0 always).
+   In a small partition every query gets the full ``threshold``; in a large one, where a
+   ball of radius 3 reaches a large share of the images, the radius shrinks instead of the
+   work growing with the partition. The rule depends only on bucket sizes, never on visiting order.
 2. **Shortlist.** The images with the most votes: the largest vote count ``c`` such that at
    least ``shortlist`` images have ``c`` votes or more; all of those images (ties included,
    so the shortlist never depends on visiting order).
@@ -91,7 +91,7 @@ def rerank_search(
         Skip buckets with more images than this (default: none skipped).
     vote_budget : int, optional
         Per query, the largest radius ``r <= threshold`` is used whose buckets (those not
-        skipped) hold at most this many images in all, summed over positions; radius 0 is
+        skipped) hold at most this many entries in all, summed over positions; radius 0 is
         always used (default: no budget, ``r = threshold``).
     id_range : (int, int), optional
         The partition's ``(start, stop)`` image ids; defaults to the span of the map's ids.
@@ -127,8 +127,9 @@ def rerank_search(
     dtype = bmap.keys.dtype
     queries = queries.astype(dtype, copy=False)
     codes = np.ascontiguousarray(codes, dtype=dtype)
-    max_bucket = n_range if max_bucket is None else max(0, operator.index(max_bucket))
-    vote_budget = np.iinfo(np.int64).max if vote_budget is None else max(0, operator.index(vote_budget))
+    max_bucket = n_range if max_bucket is None else min(max(0, operator.index(max_bucket)), n_range)
+    most = int(np.iinfo(np.int64).max)  # the kernel's integers; a larger budget is no budget
+    vote_budget = most if vote_budget is None else min(max(0, operator.index(vote_budget)), most)
     n_queries = queries.shape[0]
     ids = np.full((n_queries, k), -1, np.int64)
     scores = np.zeros((n_queries, k), np.int64)

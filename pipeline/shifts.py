@@ -34,8 +34,11 @@ def offsets(radius: float, step: float = 1) -> list[tuple[float, float]]:
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1] pixel, got {step}")
     n = round(radius / step)
-    if not math.isclose(n * step, radius, abs_tol=1e-9) or n > MAX_STEPS:
-        raise ValueError(f"radius must be a multiple of step, at most {MAX_STEPS} steps: got radius {radius}, step {step}")
+    if not math.isclose(n * step, radius, abs_tol=1e-9):
+        raise ValueError(f"radius must be a multiple of step: got radius {radius}, step {step}")
+    if n > MAX_STEPS:
+        raise ValueError(f"at most {MAX_STEPS} steps each way ({(2 * MAX_STEPS + 1) ** 2} copies of each query): "
+                         f"got radius {radius}, step {step}")
     values = [i * step if step != 1 else i for i in range(-n, n + 1)]
     around = [(dy, dx) for dy in values for dx in values if (dy, dx) != (0, 0)]
     return [(0, 0), *around]

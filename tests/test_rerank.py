@@ -89,6 +89,8 @@ def test_vote_budget_shrinks_the_radius_only_where_it_binds():
     free = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30)
     roomy = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30, vote_budget=6 * 400)  # every image at every position
     assert as_lists(roomy) == as_lists(free)
+    huge = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30, max_bucket=10**20, vote_budget=10**20)  # beyond int64
+    assert as_lists(huge) == as_lists(free)
     tight = rerank_search(queries, bmap, codes, 2, 16, k=5, shortlist=30, vote_budget=0)
     exact_only = rerank_search(queries, bmap, codes, 0, 16, k=5, shortlist=30)
     assert as_lists(tight) == as_lists(exact_only)  # radius 0 is always searched
@@ -174,3 +176,15 @@ def test_default_shortlist_grows_with_large_partitions():
 
     assert default_shortlist(0) == default_shortlist(30_000) == default_shortlist(200_000) == DEFAULT_SHORTLIST == 400
     assert default_shortlist(1_000_000) == 2000 and default_shortlist(10_000_000) == 20_000
+
+
+@pytest.mark.parametrize("method", ["scan", "enumerate", "mih"])
+@pytest.mark.parametrize("budget", [None, 3000])
+def test_many_matches_grow_the_match_buffer(method, budget):
+    """More keys match than the kernel's first buffer holds (4x the largest position's keys)."""
+    rng = np.random.default_rng(23)
+    codes = rng.integers(0, 2**8, size=(600, 8)).astype(np.uint32)  # ~250 distinct keys per position
+    queries = codes[:3]
+    bmap = build_bucket_map(codes, np.arange(600), positional=True)
+    got = rerank_search(queries, bmap, codes, 8, 8, k=5, shortlist=20, vote_budget=budget, method=method)  # t = bits: every key
+    assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(600), 8, 8, 5, 20, vote_budget=budget)

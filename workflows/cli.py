@@ -125,7 +125,7 @@ Config = Annotated[Optional[str], typer.Option("--config", help="YAML job spec w
 Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400, or 0.2% of a partition above 200,000 images].")]
 MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
 MaxBucket = Annotated[Optional[int], typer.Option(help="Default mode: skip codes shared by more than this many images of a partition [default: 300].")]
-VoteBudget = Annotated[Optional[int], typer.Option(help="Default mode: per query and partition, use the largest radius <= t whose buckets hold at most this many images [default: 100000].")]
+VoteBudget = Annotated[Optional[int], typer.Option(help="Default mode: per query and partition, use the largest radius <= t whose matching buckets hold at most this many entries in all (an image counts once per matching position) [default: 100000].")]
 
 
 def _cluster(
@@ -233,7 +233,7 @@ def query(
     max_bucket_fraction: MaxBucketFraction = None,
     max_bucket: MaxBucket = None,
     vote_budget: VoteBudget = None,
-    shift_radius: Annotated[float, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r/s+1)^2 times the work).")] = 0,
+    shift_radius: Annotated[float, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r/s+1)^2 times the work; r/s <= 4).")] = 0,
     shift_step: Annotated[float, typer.Option(help="Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).")] = 1,
     format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun resumes).")] = None,
     report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
