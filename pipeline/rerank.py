@@ -14,7 +14,8 @@ For one partition and each query:
    hold at most ``vote_budget`` entries in all, the votes it would cast (radius 0 always).
    In a small partition every query gets the full ``threshold``; in a large one, where a
    ball of radius 3 reaches a large share of the images, the radius shrinks instead of the
-   work growing with the partition. The rule depends only on bucket sizes, never on visiting order.
+   work growing with the partition. The rule depends only on bucket sizes, never on
+   visiting order.
 2. **Shortlist.** The images with the most votes: the largest vote count ``c`` such that at
    least ``shortlist`` images have ``c`` votes or more; all of those images (ties included,
    so the shortlist never depends on visiting order).
@@ -201,13 +202,16 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         while r < t and cast + votes_at[r + 1] <= vote_budget:
             r += 1
             cast += votes_at[r]
-        n_touched = 0
+        n_used = 0  # keep the keys within the radius (in place), so only their buckets are fetched
         for j in range(n_found):
+            if found_dist[j] <= r:
+                found_keys[n_used] = found_keys[j]
+                n_used += 1
+        n_touched = 0
+        for j in range(n_used):
             # matched keys are scattered: fetch the bucket ahead
-            if j + _PREFETCH_AHEAD < n_found:
+            if j + _PREFETCH_AHEAD < n_used:
                 prefetch(bucket_ids, offsets[found_keys[j + _PREFETCH_AHEAD]])
-            if found_dist[j] > r:
-                continue
             key = found_keys[j]
             for p in range(offsets[key], offsets[key + 1]):
                 row = bucket_ids[p] - start
