@@ -78,8 +78,11 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     ballast = np.ones(400 * 2**20, np.uint8)  # 400 MB resident in this process
     child = subprocess.run([sys.executable, "-c", "from workflows.bench import peak_rss_mb; print(peak_rss_mb())"],
                            cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
-    assert peak_rss_mb() > 400
-    assert float(child.stdout) < 200, child.stdout
+    parent = peak_rss_mb()
+    assert parent > 400
+    # The child imports the same packages as this process (its own peak is a few hundred MB,
+    # more on some machines), so it is compared with the parent: without the ballast.
+    assert float(child.stdout) < parent - 300, (child.stdout, parent)
     del ballast
 
 
