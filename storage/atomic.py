@@ -10,7 +10,18 @@ from typing import Any
 from storage.fs import is_local, url_to_fs
 from storage.retry import retry_call
 
-__all__ = ["write_bytes_atomic", "write_json_atomic", "read_json"]
+__all__ = ["write_bytes_atomic", "write_json_atomic", "read_json", "temporary_sibling"]
+
+
+def temporary_sibling(path: str) -> str:
+    """A unique temporary name beside the local file ``path``, hidden (``.name.tmp-<id>``).
+
+    A process killed between writing it and renaming it leaves it behind. Hidden, it is
+    skipped by the readers of a results dataset folder (pyarrow, Dask, Spark and pandas
+    ignore names starting with ``.`` or ``_``); ``name.tmp-<id>`` was read as one more part.
+    """
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/.{name}.tmp-{uuid.uuid4().hex}" if parent else f".{name}.tmp-{uuid.uuid4().hex}"
 
 
 def write_bytes_atomic(url: str, data: bytes, storage_options: dict | None = None) -> None:
@@ -28,7 +39,7 @@ def _write_bytes_atomic(url: str, data: bytes, storage_options: dict | None) -> 
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = temporary_sibling(path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

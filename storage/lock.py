@@ -33,6 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+from storage.atomic import temporary_sibling
 from storage.errors import PatchhashError
 from storage.fs import is_local, join_url, url_to_fs
 from storage.retry import retry_call
@@ -143,7 +144,7 @@ class _Store:
         path = path or self.path
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            tmp = temporary_sibling(path)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()

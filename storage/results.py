@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from storage.atomic import read_json, write_bytes_atomic, write_json_atomic
+from storage.atomic import read_json, temporary_sibling, write_bytes_atomic, write_json_atomic
 from storage.errors import ConfigError
 from storage.fs import is_local, join_url, url_to_fs
 from storage.retry import retry_call
@@ -76,7 +75,7 @@ class ResultsWriter:
         if parent:
             fs.makedirs(parent, exist_ok=True)
         self._fs, self._final = fs, path
-        self._path = f"{path}.tmp-{uuid.uuid4().hex}" if is_local(fs) else path
+        self._path = temporary_sibling(path) if is_local(fs) else path
         self._file = retry_call(f"opening {url}", fs.open, self._path, "wb")
         self._parquet = pq.ParquetWriter(self._file, RESULTS_SCHEMA, compression="zstd") if self.format == "parquet" else None
         self._csv_header = True

@@ -103,3 +103,25 @@ def test_sigkilled_cli_query_resumes_from_the_parts_written(setup, tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed an interrupted run: {written} block(s) were already answered" in rerun.stdout
     assert _dataset(out).equals(setup["expected"])
+
+
+def test_a_part_killed_before_its_rename_is_not_read_as_part_of_the_dataset(client, setup, tmp_path, monkeypatch):
+    """A SIGKILL between writing a part's temporary file and renaming it left
+    ``part-....parquet.tmp-<id>`` in the folder, and dataset readers read it as one more part
+    (the resumed run then held a block twice). Temporary files are now hidden names."""
+    import storage.atomic
+
+    out = tmp_path / "results"
+    query(setup["index"], setup["queries"], f"{out}/", SETTINGS, client=client)
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # as if the process died here, before the rename
+
+    monkeypatch.setattr(storage.atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        storage.atomic.write_bytes_atomic(str(out / "part-000000000000-000000000040.parquet"),
+                                          (out / "part-000000000000-000000000040.parquet").read_bytes())
+    monkeypatch.undo()
+    left = [name for name in os.listdir(out) if ".tmp-" in name]
+    assert len(left) == 1 and left[0].startswith(".part-000000000000-000000000040.parquet.tmp-")
+    assert _dataset(out).equals(setup["expected"])
