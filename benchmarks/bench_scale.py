@@ -133,6 +133,8 @@ def main(argv=None) -> dict:
     base_images = 60000 if not args.smoke else 3000
     pixels = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, base_images).pixels
     results = []
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         base_url = f"{tmp}/base_codes.npy"
         np.save(base_url, encoder.encode(pixels))

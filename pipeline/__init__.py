@@ -4,7 +4,16 @@ Names are imported lazily, so that ``import pipeline`` (and the CLI) pays for Te
 numba only when a name that needs them is used.
 """
 
+import os
 from importlib import import_module
+
+# TensorFlow's oneDNN kernels run the default model's convolutions 1.3x faster per core than
+# its Eigen ones on this project's AVX2 machine, where TensorFlow leaves them off by itself (it
+# turns them on only with AVX-512 VNNI, BF16 or AMX). The codes are the same but for float
+# rounding at the binary threshold (docs/BENCHMARKS.md, section 3). TensorFlow reads this when
+# it is first imported, and every import of it here goes through pipeline.backend. A value
+# already set (0 to turn them off) is kept.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 _EXPORTS = {
     "Binarize": "binarize",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import keras
-from keras import ops
+from pipeline.backend import keras
+
+ops = keras.ops
 
 __all__ = ["Binarize"]
 

@@ -65,7 +65,7 @@ def _load_keras(url: str, card: ModelCard, storage_options: dict | None):
     """The Keras model of ``url``: hash-checked and inspected (:func:`read_model_file`), then
     loaded in safe mode from those very bytes (a private copy, so the file cannot change
     between the check and the load)."""
-    import keras
+    from pipeline.backend import keras
 
     import pipeline.binarize  # noqa: F401  (registers the custom layer before loading)
 

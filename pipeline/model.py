@@ -96,7 +96,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def _conv1x1(x, width: int, activation: str = "relu"):
-    import keras
+    from pipeline.backend import keras
 
     x = keras.layers.Conv2D(width, 1, activation=activation)(x)
     return keras.layers.BatchNormalization()(x)
@@ -104,7 +104,7 @@ def _conv1x1(x, width: int, activation: str = "relu"):
 
 def build_autoencoder(config: ModelConfig) -> "keras.Model":  # noqa: F821
     """The trainable autoencoder: image in, reconstructed (normalised) image out."""
-    import keras  # imported here so that ModelConfig and model cards need no TensorFlow
+    from pipeline.backend import keras  # imported here so that ModelConfig and model cards need no TensorFlow
 
     from pipeline.binarize import Binarize
 
@@ -134,6 +134,6 @@ def build_autoencoder(config: ModelConfig) -> "keras.Model":  # noqa: F821
 
 def build_encoder(autoencoder: "keras.Model") -> "keras.Model":  # noqa: F821
     """The encoder half: image in, ``[grid_h, grid_w, bits]`` of exact 0/1 out."""
-    import keras
+    from pipeline.backend import keras
 
     return keras.Model(autoencoder.input, autoencoder.get_layer(ENCODING_LAYER).output, name="patchhash_encoder")

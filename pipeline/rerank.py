@@ -43,6 +43,12 @@ __all__ = ["DEFAULT_SHORTLIST", "default_shortlist", "rerank_search"]
 DEFAULT_SHORTLIST = 400
 """The fewest images re-ranked per query and partition unless told otherwise (docs/QUALITY.md)."""
 _SHORTLIST_SHARE = 500  # one image in this many of a large partition is re-ranked
+# Queries are matched in batches, position by position. The first batch is one query; each
+# next one is sized by the matches per query so far to hold about _BATCH_MATCHES matched keys
+# (13 bytes each) at once, and at most _BATCH_GROWTH times the previous one.
+_MAX_BATCH = 1024
+_BATCH_MATCHES = 4 << 20
+_BATCH_GROWTH = 8
 
 
 def default_shortlist(n_images: int) -> int:
@@ -150,7 +156,7 @@ def rerank_search(
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
             _METHOD_CODE[method], tables, start, max_bucket, vote_budget,
-            max(shortlist, k), np.zeros(n_range, np.int32), np.empty(n_range, np.int64),
+            max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
         )
@@ -162,84 +168,129 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                     tables, start, max_bucket, vote_budget, shortlist, votes, touched, match_idx, match_dist,
                     similarity, out_ids, out_scores, n_candidates):
     n_queries, grid = queries.shape
-    hist = np.zeros(grid + 1, np.int64)
-    votes_at = np.zeros(t + 1, np.int64)  # votes the buckets at each distance would cast
-    total_bits = grid * bits
-    # every position's matched keys (global key index) and their distances, one query at a time
-    found_keys = np.empty(max(1024, 4 * match_idx.size), np.int64)
-    found_dist = np.empty(found_keys.size, np.int64)
-    for qi in range(n_queries):
+    # The buckets of the keys matched by a batch of queries, position by position: where each
+    # starts in bucket_ids, its size, and the key's distance from the query
+    found_at = np.empty(max(1024, 4 * match_idx.size), np.int64)
+    found_size = np.empty(found_at.size, np.int32)
+    found_dist = np.empty(found_at.size, np.uint8)
+    used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
+    used_size = np.empty(found_at.size, np.int32)
+    batch = 1
+    b0 = 0
+    while b0 < n_queries:
+        b1 = min(b0 + batch, n_queries)
+        nb = b1 - b0
+        # 1. Keys, one position at a time for the whole batch: that position's keys and
+        #    tables stay in cache from one query to the next (on 30k images, 2.8x faster than
+        #    query by query for a batch of 2000, 1.9x for 256). seg[g, i] is where query
+        #    b0 + i's matches at g begin.
+        seg = np.empty((grid, nb + 1), np.int64)
+        votes_at = np.zeros((nb, t + 1), np.int64)  # votes the buckets at each distance would cast
         n_found = 0
-        votes_at[:] = 0
         for g in range(grid):
             lo = key_bounds[g]
             hi = key_bounds[g + 1]
-            if method == _SCAN:
-                n_match = scan_within(queries[qi, g], keys[lo:hi], t, match_idx, match_dist)
-            elif method == _ENUMERATE:
-                n_match = enumerate_within(queries[qi, g], keys[lo:hi], bits, t, match_idx, match_dist)
-            else:
-                n_match = mih_within(queries[qi, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
-                                     tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
-            if n_found + n_match > found_keys.size:
-                capacity = max(2 * found_keys.size, n_found + n_match)
-                found_keys = _grow(found_keys, n_found, capacity)
-                found_dist = _grow(found_dist, n_found, capacity)
-            for j in range(n_match):
-                if j + _PREFETCH_AHEAD < n_match:
-                    prefetch(offsets, lo + match_idx[j + _PREFETCH_AHEAD])
-                key = lo + match_idx[j]
-                size = offsets[key + 1] - offsets[key]
-                if size > max_bucket:
-                    continue
-                found_keys[n_found] = key
-                found_dist[n_found] = match_dist[j]
-                votes_at[match_dist[j]] += size
-                n_found += 1
-        # the radius grows from 0 while the votes stay within the budget (radius 0 always)
-        r = 0
-        cast = votes_at[0]
-        while r < t and cast + votes_at[r + 1] <= vote_budget:
-            r += 1
-            cast += votes_at[r]
-        n_used = 0  # keep the keys within the radius (in place), so only their buckets are fetched
-        for j in range(n_found):
-            if found_dist[j] <= r:
-                found_keys[n_used] = found_keys[j]
-                n_used += 1
-        n_touched = 0
-        for j in range(n_used):
-            # matched keys are scattered: fetch the bucket ahead
-            if j + _PREFETCH_AHEAD < n_used:
-                prefetch(bucket_ids, offsets[found_keys[j + _PREFETCH_AHEAD]])
-            key = found_keys[j]
-            for p in range(offsets[key], offsets[key + 1]):
-                row = bucket_ids[p] - start
-                if votes[row] == 0:
-                    touched[n_touched] = row
-                    n_touched += 1
-                votes[row] += 1
-        n_candidates[qi] = n_touched
-        hist[:] = 0
-        for j in range(n_touched):
-            hist[votes[touched[j]]] += 1
-        cut = grid
-        above = hist[grid]
-        while cut > 1 and above < shortlist:
-            cut -= 1
-            above += hist[cut]
-        n_short = 0
-        for j in range(n_touched):
-            row = touched[j]
-            if j + _PREFETCH_AHEAD < n_touched:
-                prefetch(votes, touched[j + _PREFETCH_AHEAD])
-            if votes[row] >= cut:
-                dist = 0
-                for g in range(grid):
-                    dist += _distance(codes[row, g], queries[qi, g])
-                similarity[row] = total_bits - dist
-                touched[n_short] = row  # n_short <= j: compacting in place is safe
-                n_short += 1
-            votes[row] = 0
-        _select_topk(touched, n_short, similarity, start, out_ids[qi], out_scores[qi])
-        # votes of the images not shortlisted were cleared above; their similarity was never set
+            for i in range(nb):
+                seg[g, i] = n_found
+                if method == _SCAN:
+                    n_match = scan_within(queries[b0 + i, g], keys[lo:hi], t, match_idx, match_dist)
+                elif method == _ENUMERATE:
+                    n_match = enumerate_within(queries[b0 + i, g], keys[lo:hi], bits, t, match_idx, match_dist)
+                else:
+                    n_match = mih_within(queries[b0 + i, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
+                                         tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
+                if n_found + n_match > found_at.size:
+                    capacity = max(2 * found_at.size, n_found + n_match)
+                    found_at = _grow(found_at, n_found, capacity)
+                    found_size = _grow(found_size, n_found, capacity)
+                    found_dist = _grow(found_dist, n_found, capacity)
+                for j in range(n_match):
+                    if j + _PREFETCH_AHEAD < n_match:
+                        prefetch(offsets, lo + match_idx[j + _PREFETCH_AHEAD])
+                    key = lo + match_idx[j]
+                    size = offsets[key + 1] - offsets[key]
+                    if size > max_bucket:
+                        continue
+                    found_at[n_found] = offsets[key]
+                    found_size[n_found] = size
+                    found_dist[n_found] = match_dist[j]
+                    votes_at[i, match_dist[j]] += size
+                    n_found += 1
+            seg[g, nb] = n_found
+        # 2. Each query of the batch on its own: radius, votes, shortlist, re-rank
+        for i in range(nb):
+            qi = b0 + i
+            # the radius grows from 0 while the votes stay within the budget (radius 0 always)
+            r = 0
+            cast = votes_at[i, 0]
+            while r < t and cast + votes_at[i, r + 1] <= vote_budget:
+                r += 1
+                cast += votes_at[i, r]
+            n_used = 0  # only the buckets within the radius are fetched
+            for g in range(grid):
+                more = seg[g, i + 1] - seg[g, i]
+                if n_used + more > used_at.size:
+                    used_at = _grow(used_at, n_used, max(2 * used_at.size, n_used + more))
+                    used_size = _grow(used_size, n_used, used_at.size)
+                for j in range(seg[g, i], seg[g, i + 1]):
+                    if found_dist[j] <= r:
+                        used_at[n_used] = found_at[j]
+                        used_size[n_used] = found_size[j]
+                        n_used += 1
+            _vote_and_rerank(queries[qi], used_at, used_size, n_used, bucket_ids, codes, bits, start, shortlist,
+                             votes, touched, similarity, out_ids[qi], out_scores[qi], n_candidates, qi)
+        # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
+        batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found, 1)))
+        b0 = b1
+
+
+@njit(nogil=True, cache=True)
+def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits, start, shortlist, votes, touched,
+                     similarity, out_ids, out_scores, n_candidates, qi):
+    """Steps 1 (votes) to 3 of the module docstring for one query, whose matching buckets
+    are ``bucket_ids[used_at[j]:used_at[j] + used_size[j]]`` for ``j < n_used``."""
+    grid = query.size
+    n_touched = 0
+    for j in range(n_used):
+        # the buckets are scattered: fetch ahead
+        if j + _PREFETCH_AHEAD < n_used:
+            prefetch(bucket_ids, used_at[j + _PREFETCH_AHEAD])
+        for p in range(used_at[j], used_at[j] + used_size[j]):
+            row = bucket_ids[p] - start
+            if votes[row] == 0:
+                touched[n_touched] = row
+                n_touched += 1
+            votes[row] += 1
+    n_candidates[qi] = n_touched
+    hist = np.zeros(grid + 1, np.int64)
+    for j in range(n_touched):
+        hist[votes[touched[j]]] += 1
+    cut = grid
+    above = hist[grid]
+    while cut > 1 and above < shortlist:
+        cut -= 1
+        above += hist[cut]
+    n_short = 0
+    for j in range(n_touched):
+        row = touched[j]
+        if votes[row] >= cut:
+            touched[n_short] = row  # n_short <= j: compacting in place is safe
+            n_short += 1
+        votes[row] = 0
+    # the shortlisted code grids are scattered rows: fetch each a few rows ahead, every cache line
+    flat = codes.reshape(codes.size)
+    per_line = max(1, 64 // codes.itemsize)
+    total_bits = grid * bits
+    for j in range(n_short):
+        if j + _PREFETCH_AHEAD < n_short:
+            ahead = touched[j + _PREFETCH_AHEAD] * grid
+            for e in range(0, grid, per_line):
+                prefetch(flat, ahead + e)
+            prefetch(flat, ahead + grid - 1)  # a row that does not start a cache line ends in one more
+        row = touched[j]
+        dist = 0
+        for g in range(grid):
+            dist += _distance(codes[row, g], query[g])
+        similarity[row] = total_bits - dist
+    _select_topk(touched, n_short, similarity, start, out_ids, out_scores)
+    # votes of the images not shortlisted were cleared above; their similarity was never set

@@ -89,8 +89,7 @@ def train_autoencoder(
     Reproducible for a given ``settings.seed`` on a given machine (Keras seeds and TF op
     determinism are set).
     """
-    import keras
-    import tensorflow as tf
+    from pipeline.backend import keras, tf
 
     if pixels.ndim != 4 or pixels.shape[1:] != config.input_shape:
         raise ValueError(f"training images must have shape [n, {config.input_shape}], got {pixels.shape}")
@@ -146,7 +145,7 @@ def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: fl
     ``max_shift`` (pixels), also ``"shift"``: per bit, the share of grid cells whose bit
     differs between the input and the input moved by a random offset (training only).
     """
-    import keras
+    from pipeline.backend import keras
 
     codes = autoencoder.get_layer(ENCODING_LAYER).output
     outputs = {"reconstruction": autoencoder.output}
@@ -164,8 +163,7 @@ def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: fl
 
 
 def _software_versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
+    from pipeline.backend import keras, tf
 
     from importlib.metadata import PackageNotFoundError, version
 

@@ -46,6 +46,13 @@ def test_bench_kernel_smoke(tmp_path):
     assert figures["read_bandwidth_bytes_per_s"] > 0 and "ours / FAISS" in stdout
 
 
+def test_bench_encoder_smoke(tmp_path):
+    figures, stdout = run_smoke("bench_encoder.py", tmp_path)
+    assert figures["images"] == 300 and set(figures["ms_per_image"]) == {"onednn", "eigen"}
+    assert all(v > 0 for v in figures["ms_per_image"].values()) and figures["code_bits"] == 300 * 49 * 32
+    assert figures["bits_differing"] < figures["code_bits"] // 1000 and "oneDNN / Eigen" in stdout
+
+
 def test_bench_query_smoke(tmp_path):
     figures, stdout = run_smoke("bench_query.py", tmp_path)
     for mode in ("default", "seed"):

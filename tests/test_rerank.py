@@ -188,3 +188,32 @@ def test_many_matches_grow_the_match_buffer(method, budget):
     bmap = build_bucket_map(codes, np.arange(600), positional=True)
     got = rerank_search(queries, bmap, codes, 8, 8, k=5, shortlist=20, vote_budget=budget, method=method)  # t = bits: every key
     assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(600), 8, 8, 5, 20, vote_budget=budget)
+
+
+@pytest.mark.parametrize("method", ["scan", "mih"])
+def test_large_blocks_are_matched_in_batches_with_the_same_results(method):
+    """Keys are matched position by position for batches of queries (64, then larger):
+    a block of 700 queries gives each query what it gets alone and what the reference gives."""
+    rng = np.random.default_rng(31)
+    grid, n, bits = 5, 300, 16
+    codes = clustered_codes(rng, n, grid, bits, n_centres=6, flips=3)
+    queries = np.concatenate([clustered_codes(rng, 650, grid, bits, n_centres=6, flips=3), codes[:50]])
+    bmap = build_bucket_map(codes, np.arange(n), positional=True)
+    got = rerank_search(queries, bmap, codes, 3, bits, k=6, shortlist=15, max_bucket=40, vote_budget=120, method=method)
+    alone = [as_lists(rerank_search(q[None], bmap, codes, 3, bits, k=6, shortlist=15, max_bucket=40, vote_budget=120,
+                                    method=method))[0] for q in queries[::7]]
+    assert as_lists(got)[::7] == alone
+    assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(n), 3, bits, 6, 15, 40, vote_budget=120)
+
+
+def test_grids_of_256_positions_or_more_count_votes_in_wider_integers():
+    """Votes are one byte per image for grids under 256 positions; a 16x16 grid (the cifar
+    preset's) can give an image 256 votes, so it takes the int32 path."""
+    rng = np.random.default_rng(41)
+    grid, n, bits = 256, 30, 8
+    codes = clustered_codes(rng, n, grid, bits, n_centres=2, flips=1)
+    queries = np.concatenate([codes[:2], clustered_codes(rng, 3, grid, bits, n_centres=2, flips=1)])
+    bmap = build_bucket_map(codes, np.arange(n), positional=True)
+    got = rerank_search(queries, bmap, codes, 1, bits, k=5, shortlist=4)
+    assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(n), 1, bits, 5, 4)
+    assert got.ids[0, 0] == 0 and got.scores[0, 0] == grid * bits  # all 256 positions voted for it

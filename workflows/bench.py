@@ -1,9 +1,9 @@
 """``patchhash bench``: query throughput of an index on a cluster, for sizing a deployment.
 
-On one running cluster: a warm-up block per mode (workers load the model, the bucket maps and
-the codes), then ``repeats`` whole query jobs per mode over the given queries, timed from the
-client (reading, encoding, searching every partition, merging, writing results; cluster
-start-up excluded). Also reports each worker's peak resident memory (the process's
+On one running cluster: every worker loads the model and runs it once, then a warm-up block
+per mode (workers load the bucket maps and the codes), then ``repeats`` whole query jobs per
+mode over the given queries, timed from the client (reading, encoding, searching every
+partition, merging, writing results; cluster start-up excluded). Also reports each worker's peak resident memory (the process's
 high-water mark: on a fresh cluster, this job's; on a long-lived one, since the worker
 started), so that a user can size workers before pointing a scheduled job at a bigger index.
 """
@@ -126,6 +126,9 @@ def bench(
     ):
         nthreads = dask.nthreads()
         result = BenchResult(index_url, len(source), len(nthreads), max(nthreads.values(), default=0))
+        # a task pinned to each worker (not Client.run, which would block the worker's event loop)
+        dask.gather([dask.submit(_warm_encoder, index_url, storage_options, workers=[w], allow_other_workers=False,
+                                 pure=False) for w in nthreads])
         for mode in settings.modes:
             query(index_url, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
                   storage_options=storage_options, client=dask)
@@ -141,6 +144,19 @@ def bench(
         fs, path = url_to_fs(out, storage_options)
         fs.pipe_file(path, json.dumps(result.to_dict(), indent=1).encode())
     return result
+
+
+def _warm_encoder(index_url: str, storage_options) -> None:
+    """Load the index's model in this worker and run it once: the warm-up block is encoded
+    by one worker, and another would otherwise load the model in the first timed job."""
+    import numpy as np
+
+    from pipeline.encode import load_encoder
+    from storage import join_url
+    from storage.layout import MODEL_DIR
+
+    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    encoder.encode(np.zeros((1, *encoder.input_shape), np.uint8))
 
 
 def _first(source: Corpus, n: int, storage_options) -> Corpus:

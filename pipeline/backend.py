@@ -1,0 +1,53 @@
+"""Keras and TensorFlow, imported once for the whole package.
+
+With oneDNN on (``pipeline/__init__.py``), TensorFlow's C++ code writes a notice ("oneDNN
+custom operations are on ...") to the process's standard error when it is imported, below
+Python's ``sys.stderr`` and past ``TF_CPP_MIN_LOG_LEVEL``: every worker process would print
+it on the user's terminal. The first import here runs with file descriptor 2 pointed at a
+temporary file; afterwards every line written there, except that notice and absl's line
+about logging before its initialisation, is written back to standard error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+__all__ = ["keras", "tf"]
+
+_HIDDEN = ("oneDNN custom operations are on", "All log messages before absl::InitializeLog()")
+
+
+def _import_quietly():
+    if "tensorflow" in sys.modules:
+        import keras
+        import tensorflow
+
+        return keras, tensorflow
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable standard error: nothing to keep clean
+        import keras
+        import tensorflow
+
+        return keras, tensorflow
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            import keras
+            import tensorflow
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(hidden in line for hidden in _HIDDEN):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+    return keras, tensorflow
+
+
+keras, tf = _import_quietly()
