@@ -3,9 +3,8 @@
 Builds (or reuses) an index of the Fashion-MNIST train images, then, for each cluster size,
 runs :func:`workflows.bench.bench` (what ``patchhash bench`` runs) on a fresh LocalCluster:
 every worker loads and runs the model, a warm-up block (workers load the bucket maps and the
-codes), then whole
-``query()`` jobs on the test images: reading, encoding, searching every partition, merging,
-and writing the results. Process and cluster start-up are excluded
+codes), then whole ``query()`` jobs on the test images: reading, encoding, searching every
+partition, merging, and writing the results. Process and cluster start-up are excluded
 (``bench_query_vs_seed.py`` times the whole command). Prints queries/s (median
 of repeats) per mode and cluster size, and the 2-worker / 1-worker ratio::
 

@@ -19,25 +19,25 @@ __all__ = ["keras", "tf"]
 _HIDDEN = ("oneDNN custom operations are on", "All log messages before absl::InitializeLog()")
 
 
+def _import():
+    import keras
+    import tensorflow
+
+    return keras, tensorflow
+
+
 def _import_quietly():
     if "tensorflow" in sys.modules:
-        import keras
-        import tensorflow
-
-        return keras, tensorflow
+        return _import()
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no usable standard error: nothing to keep clean
-        import keras
-        import tensorflow
-
-        return keras, tensorflow
+        return _import()
     with tempfile.TemporaryFile() as captured:
         try:
             os.dup2(captured.fileno(), 2)
-            import keras
-            import tensorflow
+            return _import()
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -47,7 +47,6 @@ def _import_quietly():
                 if not any(hidden in line for hidden in _HIDDEN):
                     sys.stderr.write(line)
             sys.stderr.flush()
-    return keras, tensorflow
 
 
 keras, tf = _import_quietly()

@@ -175,6 +175,7 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     found_dist = np.empty(found_at.size, np.uint8)
     used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
     used_size = np.empty(found_at.size, np.int32)
+    hist = np.empty(grid + 1, np.int64)  # shortlisted images per vote count, one query at a time
     batch = 1
     b0 = 0
     while b0 < n_queries:
@@ -237,8 +238,8 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                         used_at[n_used] = found_at[j]
                         used_size[n_used] = found_size[j]
                         n_used += 1
-            _vote_and_rerank(queries[qi], used_at, used_size, n_used, bucket_ids, codes, bits, start, shortlist,
-                             votes, touched, similarity, out_ids[qi], out_scores[qi], n_candidates, qi)
+            n_candidates[qi] = _vote_and_rerank(queries[qi], used_at, used_size, n_used, bucket_ids, codes, bits, start,
+                                                shortlist, votes, touched, hist, similarity, out_ids[qi], out_scores[qi])
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
         batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found, 1)))
         b0 = b1
@@ -246,9 +247,10 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
 
 @njit(nogil=True, cache=True)
 def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits, start, shortlist, votes, touched,
-                     similarity, out_ids, out_scores, n_candidates, qi):
+                     hist, similarity, out_ids, out_scores):
     """Steps 1 (votes) to 3 of the module docstring for one query, whose matching buckets
-    are ``bucket_ids[used_at[j]:used_at[j] + used_size[j]]`` for ``j < n_used``."""
+    are ``bucket_ids[used_at[j]:used_at[j] + used_size[j]]`` for ``j < n_used``; returns the
+    number of candidates (images with a vote)."""
     grid = query.size
     n_touched = 0
     for j in range(n_used):
@@ -261,8 +263,7 @@ def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits,
                 touched[n_touched] = row
                 n_touched += 1
             votes[row] += 1
-    n_candidates[qi] = n_touched
-    hist = np.zeros(grid + 1, np.int64)
+    hist[:] = 0
     for j in range(n_touched):
         hist[votes[touched[j]]] += 1
     cut = grid
@@ -294,3 +295,4 @@ def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits,
         similarity[row] = total_bits - dist
     _select_topk(touched, n_short, similarity, start, out_ids, out_scores)
     # votes of the images not shortlisted were cleared above; their similarity was never set
+    return n_touched

@@ -192,7 +192,7 @@ def test_many_matches_grow_the_match_buffer(method, budget):
 
 @pytest.mark.parametrize("method", ["scan", "mih"])
 def test_large_blocks_are_matched_in_batches_with_the_same_results(method):
-    """Keys are matched position by position for batches of queries (64, then larger):
+    """Keys are matched position by position for batches of queries (1, 8, 64, ... queries):
     a block of 700 queries gives each query what it gets alone and what the reference gives."""
     rng = np.random.default_rng(31)
     grid, n, bits = 5, 300, 16

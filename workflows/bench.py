@@ -3,9 +3,10 @@
 On one running cluster: every worker loads the model and runs it once, then a warm-up block
 per mode (workers load the bucket maps and the codes), then ``repeats`` whole query jobs per
 mode over the given queries, timed from the client (reading, encoding, searching every
-partition, merging, writing results; cluster start-up excluded). Also reports each worker's peak resident memory (the process's
-high-water mark: on a fresh cluster, this job's; on a long-lived one, since the worker
-started), so that a user can size workers before pointing a scheduled job at a bigger index.
+partition, merging, writing results; cluster start-up excluded). Also reports each worker's
+peak resident memory (the process's high-water mark: on a fresh cluster, this job's; on a
+long-lived one, since the worker started), so that a user can size workers before pointing a
+scheduled job at a bigger index.
 """
 
 from __future__ import annotations
