@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["keras", "tf"]
+__all__ = ["keras", "tf", "convolution_kernels"]
 
 _HIDDEN = ("oneDNN custom operations are on", "All log messages before absl::InitializeLog()")
 
@@ -50,3 +50,14 @@ def _import_quietly():
 
 
 keras, tf = _import_quietly()
+
+
+def convolution_kernels() -> str:
+    """``"oneDNN"`` or ``"Eigen"``: the CPU kernels this process's TensorFlow runs convolutions
+    with (``TF_ENABLE_ONEDNN_OPTS`` when TensorFlow was imported). Their float results differ by
+    rounding, so a model card records which trained the model."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own test of the setting
+    except ImportError:  # a TensorFlow without it: the variable is what it read
+        return "oneDNN" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" else "Eigen"
+    return "oneDNN" if _pywrap_util_port.IsMklEnabled() else "Eigen"

@@ -163,7 +163,7 @@ def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: fl
 
 
 def _software_versions() -> dict[str, str]:
-    from pipeline.backend import keras, tf
+    from pipeline.backend import convolution_kernels, keras, tf
 
     from importlib.metadata import PackageNotFoundError, version
 
@@ -171,7 +171,8 @@ def _software_versions() -> dict[str, str]:
         own = version("patchhash")
     except PackageNotFoundError:
         own = "unknown"
-    return {"patchhash": own, "keras": keras.__version__, "tensorflow": tf.__version__}
+    return {"patchhash": own, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "tensorflow_kernels": convolution_kernels()}
 
 
 def save_model(

@@ -109,6 +109,47 @@ def test_worker_lost_during_query_batch_gives_identical_results(cluster, data, b
     assert _rows(out) == expected
 
 
+def _worker_log_records() -> list[str]:
+    """Run in a worker: the records of a failed task and of a heartbeat to a scheduler that is
+    gone, and of a plain error, that reach the log's handlers."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log, keep = logging.getLogger("distributed.worker"), Keep()
+    log.addHandler(keep)
+    try:
+        try:
+            raise OSError("Stream is closed")
+        except OSError:
+            log.exception("Failed to communicate with scheduler during heartbeat.")
+        log.error("Compute Failed\nKey: x\nException: ValueError('bad')")
+        log.error("some other worker error")
+    finally:
+        log.removeHandler(keep)
+    return seen
+
+
+def test_worker_tracebacks_the_job_reports_itself_stay_off_stderr_also_after_a_restart(cluster):
+    """A LocalCluster worker drops "Compute Failed" (the client reports the task's error in one
+    line) and heartbeat failures (its scheduler, in the job's process, is gone only while a job
+    closes the cluster: seen as a traceback after a failed job's error line on CI), also in a
+    worker the nanny restarted after a kill; other records pass."""
+    killed = _kill_one_worker(cluster)
+    deadline = time.monotonic() + 120
+    while True:
+        pids = cluster.run(os.getpid, on_error="ignore")  # the killed one may still be listed
+        if len(pids) == 2 and killed not in pids.values():
+            break
+        assert time.monotonic() < deadline, "the killed worker was not restarted"
+        time.sleep(0.5)
+    assert list(cluster.run(_worker_log_records).values()) == [["some other worker error"]] * 2
+
+
 def _cli_index(corpus: str, url: str, model: str | None, failpoint: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATCHHASH_FAILPOINTS": failpoint or ""}
     args = [sys.executable, "-m", "workflows.cli", "index", "--corpus", corpus, "--index", url, "--workers", "1"]

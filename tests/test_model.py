@@ -132,6 +132,9 @@ def test_card_records_geometry_and_training(tiny_model):
     assert data["code_dtype"] == "uint32" and data["bit_order"].startswith("little")
     assert data["training"]["epochs"] == 1 and data["training"]["final_loss"] > 0
     assert card.normalization.mean.shape == (28, 28, 1)
+    from pipeline.backend import convolution_kernels
+
+    assert card.software["tensorflow_kernels"] == convolution_kernels() == "oneDNN"  # training's floats depend on it
 
 
 def test_tampered_weights_are_refused(tiny_model, tmp_path):
@@ -306,9 +309,10 @@ def test_onednn_is_on_unless_set_and_tensorflow_imports_quietly(setting):
             "from pipeline.encode import load_encoder\n"
             "codes = load_encoder('fashion-mnist').encode(np.zeros((2, 28, 28, 1), np.uint8))\n"
             "from tensorflow.python.util import _pywrap_util_port\n"
-            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], _pywrap_util_port.IsMklEnabled(), codes.shape)\n"
+            "from pipeline.backend import convolution_kernels\n"
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], _pywrap_util_port.IsMklEnabled(), convolution_kernels())\n"
             "os.write(2, b'fd 2 after import\\n')\n")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[:2] == (["1", "True"] if setting is None else [setting, "False"])
+    assert done.stdout.split() == (["1", "True", "oneDNN"] if setting is None else [setting, "False", "Eigen"])
     assert done.stderr == "fd 2 after import\n", done.stderr

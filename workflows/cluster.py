@@ -158,22 +158,6 @@ def _dashboard(client) -> str:
         return "none"
 
 
-class _QuietTaskFailures(logging.Filter):
-    """Drop a LocalCluster worker's "Compute Failed" report (a traceback on the job's stderr): the
-    client re-raises the task's exception and prints it as one line, or in full with
-    ``PATCHHASH_TRACEBACK=1`` (which also keeps these reports)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return bool(os.environ.get("PATCHHASH_TRACEBACK")) or not str(record.msg).startswith("Compute Failed")
-
-
-def _quiet_task_failures() -> None:
-    """Run in each LocalCluster worker (``client.run``)."""
-    worker_log = logging.getLogger("distributed.worker")
-    if not any(isinstance(f, _QuietTaskFailures) for f in worker_log.filters):
-        worker_log.addFilter(_QuietTaskFailures())
-
-
 @contextmanager
 def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a connected ``distributed.Client``; closes what it started.
@@ -185,6 +169,8 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
         not signed by the cluster's CA, or a scheduler certificate not signed by ``tls_ca``).
     """
     from distributed import Client, LocalCluster
+
+    from workflows.worker_log import QuietWorkerLog
 
     # distributed configures its loggers at import; keep its INFO chatter out of job output
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.worker", "distributed.http"):
@@ -227,5 +213,5 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
             " (TLS)" if settings.tls else "", workers, "processes" if settings.processes else "threads", threads,
             _dashboard(client),
         )
-        client.run(_quiet_task_failures)  # one line per failure: the client reports the task's error
+        client.register_plugin(QuietWorkerLog())  # one line per failure: the client reports the task's error
         yield client
