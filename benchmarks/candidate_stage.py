@@ -12,6 +12,10 @@ id)::
 
     python benchmarks/candidate_stage.py [--images 1000000] [--queries 100] [--workdir DIR]
     python benchmarks/candidate_stage.py --smoke
+
+``--substrings 2,3,4`` then times the default settings with multi-index tables of each number
+of substrings, alternating, and prints the medians beside the cost model's choice
+(:func:`pipeline.search.mih_substrings`); the results are the same for each.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--shortlists", default="400,2000")
     ap.add_argument("--caps", default="0.1,3000,300", help="bucket-size caps: a fraction of the partition, or images")
     ap.add_argument("--budgets", default="none,100000", help="vote budgets per query ('none': the radius is always t)")
+    ap.add_argument("--substrings", default="", help="multi-index substrings to time with the default settings, e.g. 2,3,4")
+    ap.add_argument("--repeats", type=int, default=5, help="alternating runs per substring count (medians)")
     ap.add_argument("--workdir", help="keep the synthetic index here and reuse it (default: temporary)")
     ap.add_argument("--smoke", action="store_true", help="20k images, 10 queries")
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.queries, args.thresholds, args.shortlists, args.caps, args.budgets = 20_000, 10, "3,1", "400", "0.1,300", "none,5000"
+        args.substrings, args.repeats = args.substrings or "2,4", 1
 
     from bench_scale import build
 
@@ -98,9 +105,45 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print(f"| {t} | {shortlist} | {cap:,} | {'none' if budget is None else f'{budget:,}'} | {ms:.2f} | {row['candidates']:,.0f} ({row['candidates'] / n:.0%}) | {recall:.3f} |", flush=True)
     result = {"images": n, "queries": args.queries, "keys": int(bmap.keys.size), "rows": rows}
+    if args.substrings:
+        result["substrings"] = _time_substrings(bmap, codes, queries, manifest.bits, (part.start, part.stop),
+                                                [int(v) for v in args.substrings.split(",")], args.repeats)
     if args.out_json:
         Path(args.out_json).write_text(json.dumps(result, indent=1))
     return result
+
+
+def _time_substrings(bmap, codes, queries, bits: int, id_range: tuple[int, int], counts: list[int], repeats: int) -> dict:
+    """Median ms/query of the default settings with each number of multi-index substrings."""
+    from pipeline.rerank import default_shortlist, rerank_search
+    from pipeline.search import mih_substrings
+    from workflows.query import QuerySettings
+
+    settings, n = QuerySettings(), id_range[1] - id_range[0]
+    t = settings.threshold
+    chosen = mih_substrings(bmap.keys.size // bmap.n_blocks, bits, t)
+
+    def search(q, m):
+        return rerank_search(q, bmap, codes, t, bits, 10, default_shortlist(n), min(settings.max_bucket, int(settings.max_bucket_fraction * n)),
+                             settings.vote_budget, id_range=id_range, method="mih", n_substrings=m)
+
+    counts = sorted({*counts, chosen})
+    expected = search(queries, chosen).ids  # also compiles and builds the chosen tables
+    times: dict[int, list[float]] = {m: [] for m in counts}
+    for m in counts:
+        assert (search(queries, m).ids == expected).all(), f"{m} substrings changed the results"
+    for _ in range(repeats):  # alternating, so a change in the machine's load touches every count
+        for m in counts:
+            started = time.perf_counter()
+            search(queries, m)
+            times[m].append(1000 * (time.perf_counter() - started) / len(queries))
+    medians = {m: float(np.median(v)) for m, v in times.items()}
+    print(f"\nmulti-index substrings, default settings (t={t}), median of {repeats} alternating runs; "
+          f"the cost model picks {chosen}:")
+    for m in counts:
+        print(f"  {m} substrings: {medians[m]:.3f} ms/query ({medians[m] / medians[chosen]:.2f}x the cost model's choice)")
+    return {"threshold": t, "cost_model_choice": chosen, "ms_per_query": {str(m): medians[m] for m in counts},
+            "runs": {str(m): times[m] for m in counts}}
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def rerank_search(
     vote_budget: int | None = None,
     id_range: tuple[int, int] | None = None,
     method: str = "auto",
+    n_substrings: int | None = None,
 ) -> TopK:
     """Answer a block of queries against one partition in the default mode (module docstring).
 
@@ -106,6 +107,9 @@ def rerank_search(
         How each position's keys within ``threshold`` are found; ``"auto"`` lets
         :func:`pipeline.search.choose_method` pick by the mean keys per position. Results
         never depend on it.
+    n_substrings : int, optional
+        With ``method="mih"``: the substrings of the multi-index tables (default: the cost
+        model's choice, :func:`pipeline.search.mih_substrings`). Results never depend on it.
 
     Returns
     -------
@@ -148,7 +152,7 @@ def rerank_search(
         largest_block = int(np.diff(bmap.key_bounds).max(initial=0))
         buffer = min(largest_block, ball_size(bits, threshold)) if method == "enumerate" else largest_block
         if method == "mih":
-            index = prepare_index(bmap, bits, threshold)
+            index = prepare_index(bmap, bits, threshold, n_substrings)
             tables = (index.shifts, index.widths, index.table_bits, index.order, index.table_keys, index.starts)
         else:
             empty = _no_tables(dtype)

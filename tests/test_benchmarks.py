@@ -102,6 +102,9 @@ def test_candidate_stage_smoke(tmp_path):
     free = {(r["t"], r["cap"]): r["candidates"] for r in rows if r["vote_budget"] is None}
     assert all(r["candidates"] <= free[r["t"], r["cap"]] for r in rows if r["vote_budget"] is not None)
     assert "| t | shortlist |" in stdout
+    timed = figures["substrings"]  # each count gave the same results as the cost model's choice
+    assert {"2", "4", str(timed["cost_model_choice"])} == set(timed["ms_per_query"])
+    assert "the cost model picks" in stdout
 
 
 def test_shift_sweep_smoke(tmp_path):

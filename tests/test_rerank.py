@@ -98,16 +98,21 @@ def test_vote_budget_shrinks_the_radius_only_where_it_binds():
 
 
 def test_multi_index_tables_of_a_positional_map():
-    """Each position gets its own tables; a larger map (where "auto" picks them) matches the reference."""
+    """Each position gets its own tables; a larger map (where "auto" picks them) matches the
+    reference, with any number of substrings."""
     rng = np.random.default_rng(11)
     codes = clustered_codes(rng, 3000, 5, 32, n_centres=50, flips=3)
     queries = np.concatenate([clustered_codes(rng, 20, 5, 32, n_centres=50, flips=3), codes[:5]])
     bmap = build_bucket_map(codes, np.arange(3000), positional=True)
     index = prepare_index(bmap, 32, 3, n_substrings=4)
     assert index.n_blocks == 5 and index.order.shape == (4, bmap.keys.size)
+    expected = reference_rerank_search(queries, codes, np.arange(3000), 3, 32, 6, 40, max_bucket=500)
     for method in ("mih", "scan"):
         got = rerank_search(queries, bmap, codes, 3, 32, k=6, shortlist=40, max_bucket=500, method=method)
-        assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(3000), 3, 32, 6, 40, max_bucket=500)
+        assert as_lists(got) == expected
+    for m in (1, 2, 3, 4):  # the substrings the cost model did not choose find the same keys
+        got = rerank_search(queries, bmap, codes, 3, 32, k=6, shortlist=40, max_bucket=500, method="mih", n_substrings=m)
+        assert as_lists(got) == expected
     with pytest.raises(ValueError, match="index"):  # seed mode takes position-free tables only
         seed_search(queries, build_bucket_map(codes, np.arange(3000), False), 3, 32, 5, method="mih", index=index)
 
