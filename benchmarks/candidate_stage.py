@@ -131,7 +131,8 @@ def _time_substrings(bmap, codes, queries, bits: int, id_range: tuple[int, int],
     expected = search(queries, chosen).ids  # also compiles and builds the chosen tables
     times: dict[int, list[float]] = {m: [] for m in counts}
     for m in counts:
-        assert (search(queries, m).ids == expected).all(), f"{m} substrings changed the results"
+        if not (search(queries, m).ids == expected).all():
+            raise RuntimeError(f"{m} substrings changed the results")
     for _ in range(repeats):  # alternating, so a change in the machine's load touches every count
         for m in counts:
             started = time.perf_counter()
