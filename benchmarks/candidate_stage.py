@@ -115,17 +115,18 @@ def main(argv=None) -> dict:
 
 def _time_substrings(bmap, codes, queries, bits: int, id_range: tuple[int, int], counts: list[int], repeats: int) -> dict:
     """Median ms/query of the default settings with each number of multi-index substrings."""
-    from pipeline.rerank import default_shortlist, rerank_search
+    from pipeline.rerank import rerank_search
     from pipeline.search import mih_substrings
     from workflows.query import QuerySettings
 
-    settings, n = QuerySettings(), id_range[1] - id_range[0]
+    settings = QuerySettings()
     t = settings.threshold
+    shortlist, max_bucket = settings.partition_limits(id_range[1] - id_range[0])
     chosen = mih_substrings(bmap.keys.size // bmap.n_blocks, bits, t)
 
     def search(q, m):
-        return rerank_search(q, bmap, codes, t, bits, 10, default_shortlist(n), min(settings.max_bucket, int(settings.max_bucket_fraction * n)),
-                             settings.vote_budget, id_range=id_range, method="mih", n_substrings=m)
+        return rerank_search(q, bmap, codes, t, bits, 10, shortlist, max_bucket, settings.vote_budget,
+                             id_range=id_range, method="mih", n_substrings=m)
 
     counts = sorted({*counts, chosen})
     expected = search(queries, chosen).ids  # also compiles and builds the chosen tables

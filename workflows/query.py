@@ -109,6 +109,13 @@ class QuerySettings:
         if self.max_blocks_in_flight < 1:
             raise ConfigError("max_blocks_in_flight must be >= 1")
 
+    def partition_limits(self, n_images: int) -> tuple[int, int]:
+        """The default mode's ``(shortlist, max_bucket)`` in a partition of ``n_images``."""
+        from pipeline.rerank import default_shortlist
+
+        return (self.shortlist or default_shortlist(n_images),
+                min(self.max_bucket, int(self.max_bucket_fraction * n_images)))
+
     def shift_offsets(self) -> list[tuple[float, float]]:
         """The offsets each query is searched at (just ``(0, 0)`` without shifts)."""
         from pipeline.shifts import offsets
@@ -260,7 +267,7 @@ def encode_block_task(index_url: str, shard, storage_options, shift_radius: floa
 
 
 def search_task(index_url: str, partition: dict, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
-    from pipeline.rerank import default_shortlist, rerank_search
+    from pipeline.rerank import rerank_search
     from pipeline.search import seed_search
 
     bmap = load_partition(index_url, partition["path"], storage_options)
@@ -269,8 +276,7 @@ def search_task(index_url: str, partition: dict, block: QueryBlock, settings: Qu
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
         codes = load_codes(index_url, start, stop, storage_options)
-        max_bucket = min(settings.max_bucket, int(settings.max_bucket_fraction * (stop - start)))
-        shortlist = settings.shortlist or default_shortlist(stop - start)
+        shortlist, max_bucket = settings.partition_limits(stop - start)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
         if settings.shift_radius:
