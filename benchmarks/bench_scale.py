@@ -42,10 +42,8 @@ def synthetic_shard_task(index_url: str, base_url: str, start: int, stop: int, f
     """Write codes rows ``[start, stop)`` (base codes with bits flipped) and their images table."""
     from storage import join_url
     from storage.arrays import open_array
-    from storage.layout import CODES, shard_table_path
-    from storage.manifest import ShardEntry
-    from storage.tables import write_parquet
-    from workflows.index import IMAGES_SCHEMA
+    from storage.image_tables import IMAGES_SCHEMA, ERRORS_SCHEMA, write_shard_tables
+    from storage.layout import CODES
 
     base = np.load(base_url, mmap_mode="r")
     rows = np.arange(start, stop)
@@ -57,9 +55,9 @@ def synthetic_shard_task(index_url: str, base_url: str, start: int, stop: int, f
     for b in range(bits):
         flips |= (rng.random(codes.shape) < flip).astype(codes.dtype) << codes.dtype.type(b)
     open_array(join_url(index_url, CODES), mode="r+")[start:stop] = codes ^ flips
-    table = shard_table_path("images", start, stop)
-    write_parquet(join_url(index_url, table), {"image_id": rows, "uri": pa.array([f"synthetic/{r}" for r in rows])}, IMAGES_SCHEMA)
-    return ShardEntry(start, stop, table, None, stop - start, 0).__dict__
+    images = pa.table({"image_id": rows, "uri": [f"synthetic/{r}" for r in rows], "source": np.zeros(len(rows), np.int32),
+                       "fingerprint": [None] * len(rows)}, schema=IMAGES_SCHEMA)
+    return write_shard_tables(index_url, start, stop, 1, images, ERRORS_SCHEMA.empty_table()).__dict__
 
 
 def build(index_url: str, base_url: str, card_model: str, n: int, shard_size: int, partition_size: int, flip: float, client) -> float:
@@ -67,32 +65,26 @@ def build(index_url: str, base_url: str, card_model: str, n: int, shard_size: in
     from pipeline.modelcard import read_card
     from storage import join_url
     from storage.arrays import create_codes_array
-    from storage.layout import CODES, MODEL_DIR, staging_dir
-    from storage.manifest import Manifest, ShardEntry, commit_manifest, utc_now
-    from workflows.index import IndexReport, _install_model, _partition_phase, _partition_ranges
+    from storage.layout import CODES, MODEL_DIR
+    from storage.manifest import Manifest, ShardEntry, SourceEntry, commit_manifest, utc_now
+    from workflows.index import build_partitions, install_model
     from workflows.progress import track
 
     started = time.perf_counter()
-    _install_model(index_url, card_model, None)
+    install_model(index_url, card_model, None)
     card = read_card(join_url(index_url, MODEL_DIR))
     create_codes_array(join_url(index_url, CODES), n, card.grid, card.code_dtype, shard_size)
     futures = [client.submit(synthetic_shard_task, index_url, base_url, s, min(s + shard_size, n), flip, pure=False)
                for s in range(0, n, shard_size)]
     done = [ShardEntry(**f.result()) for f in track(futures, total=len(futures), desc="codes", unit="shard")]
     shards = tuple(sorted(done, key=lambda s: s.start))  # the manifest lists shards in id order
-    report = IndexReport(index_url, None, n, n, 0)
-    ranges = _partition_ranges(0, n, partition_size)
-    stage = join_url(index_url, staging_dir(1))
-    partitions = _partition_phase(client, index_url, shards, ranges, 1, set(), stage, report, None)
+    partitions = build_partitions(client, index_url, shards, n, partition_size)
     manifest = Manifest(
         version=1, model={**card.identity, "path": MODEL_DIR}, bits=card.bits, grid=card.grid, code_dtype=card.code_dtype.name,
-        shard_size=shard_size, partition_size=partition_size, n_images=n, shards=shards,
-        partitions=tuple(sorted(partitions, key=lambda p: (p.kind, p.start))),
-        sources=({"corpus": "synthetic", "kind": "synthetic", "n_new": n, "n_errors": 0, "version": 1, "committed": utc_now()},),
-        created=utc_now(), parent=None,
+        shard_size=shard_size, partition_size=partition_size, n_images=n, shards=shards, partitions=partitions,
+        sources=(SourceEntry(0, "synthetic", None, "synthetic", 1, 1, utc_now()),), created=utc_now(), parent=None,
     )
     commit_manifest(index_url, manifest)
-    shutil.rmtree(os.path.join(index_url, staging_dir(1)), ignore_errors=True)
     return time.perf_counter() - started
 
 

@@ -75,9 +75,9 @@ def main(argv=None) -> dict:
         with dask_client(ClusterSettings(workers=2)) as client:
             build(index_url, base, "fashion-mnist", args.images, min(100_000, args.images), args.images, 0.02, client)
     manifest = read_manifest(index_url)
-    part = manifest.partitions_of("pos")[0]
-    bmap = load_partition(index_url, part.path)
-    codes = load_codes(index_url, part.start, part.stop)
+    part = manifest.search_partitions("pos")[0]
+    bmap = load_partition(index_url, part)
+    codes = load_codes(index_url, part.codes, part.start, part.stop)
     n = part.stop - part.start
     pixels = open_corpus(f"{FMNIST}/t10k-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, args.queries).pixels
     queries = encoder.encode(pixels).reshape(args.queries, -1).astype(codes.dtype)

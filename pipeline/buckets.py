@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["BucketMap", "build_bucket_map", "merge_bucket_maps"]
+__all__ = ["BucketMap", "build_bucket_map", "merge_bucket_maps", "drop_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,12 @@ class BucketMap:
             mean_density=float(sizes.mean()),
             max_density=int(sizes.max()),
         )
+
+    @property
+    def n_images(self) -> int:
+        """Images in a positional map (each is in one bucket per position); for a
+        position-free map, the (key, image) pairs of its first block."""
+        return int(self.offsets[self.key_bounds[1]] - self.offsets[0]) if self.keys.size else 0
 
     @functools.cached_property
     def id_span(self) -> tuple[int, int]:
@@ -472,3 +478,57 @@ def _buckets_ascending(offsets, ids):
             if ids[p] <= ids[p - 1]:
                 return False
     return True
+
+
+def drop_ids(bmap: BucketMap, dead: np.ndarray) -> BucketMap:
+    """The map without the image ids in ``dead``; buckets left empty are dropped.
+
+    The result equals :func:`build_bucket_map` over the rows of the other images.
+
+    Parameters
+    ----------
+    bmap : BucketMap
+    dead : numpy.ndarray
+        Integer image ids; ids the map does not hold are ignored.
+    """
+    lo, hi = bmap.id_span
+    dead = np.asarray(dead, np.int64)
+    dead = dead[(dead >= lo) & (dead < hi)]
+    if dead.size == 0:
+        return bmap
+    is_dead = np.zeros(hi - lo, np.bool_)
+    is_dead[dead - lo] = True
+    keys, offsets, ids, key_bounds = _filter_ids(bmap.keys, bmap.offsets, bmap.ids, bmap.key_bounds, is_dead, lo)
+    return BucketMap(keys, offsets, ids, key_bounds)
+
+
+@njit(nogil=True, cache=True)
+def _filter_ids(keys, offsets, ids, key_bounds, is_dead, lo):
+    n_keys = 0
+    n_ids = 0
+    for k in range(keys.size):
+        kept = 0
+        for p in range(offsets[k], offsets[k + 1]):
+            kept += not is_dead[ids[p] - lo]
+        n_keys += kept > 0
+        n_ids += kept
+    out_keys = np.empty(n_keys, keys.dtype)
+    out_offsets = np.empty(n_keys + 1, np.int64)
+    out_ids = np.empty(n_ids, np.int64)
+    out_bounds = np.zeros(key_bounds.size, np.int64)
+    k_out = 0
+    p_out = 0
+    for b in range(key_bounds.size - 1):
+        for k in range(key_bounds[b], key_bounds[b + 1]):
+            first = p_out
+            for p in range(offsets[k], offsets[k + 1]):
+                if not is_dead[ids[p] - lo]:
+                    out_ids[p_out] = ids[p]
+                    p_out += 1
+            if p_out > first:
+                out_keys[k_out] = keys[k]
+                out_offsets[k_out] = first
+                k_out += 1
+        out_bounds[b + 1] = k_out
+    out_offsets[k_out] = p_out
+    return out_keys, out_offsets, out_ids, out_bounds

@@ -18,6 +18,7 @@ __all__ = [
     "ModelMismatchError",
     "ConfigError",
     "StorageUnavailableError",
+    "MassDeletionError",
 ]
 
 
@@ -55,3 +56,7 @@ class ConfigError(PatchhashError, ValueError):
 
 class StorageUnavailableError(PatchhashError, OSError):
     """Storage kept failing after every retry (see :mod:`storage.retry`)."""
+
+
+class MassDeletionError(PatchhashError, RuntimeError):
+    """A sync would remove more of a source's images than allowed (a short listing?)."""

@@ -1,4 +1,4 @@
-"""The run log of an index: one small JSON object per ``patchhash index`` run.
+"""The run log of an index: one small JSON object per run of a command that writes it.
 
 Each run writes ``<index>/runs/<start>-<token>.json`` once, when it ends (whole-object
 writes, never appends, so it works the same on object stores). ``<start>`` is the UTC start
@@ -32,19 +32,24 @@ def run_record_path(started: datetime, token: str) -> str:
 
 
 def write_run(index_url: str, started: datetime, ended: datetime, token: str, status: str, *,
-              corpus: str, images_added: int = 0, errors: int = 0, version: int | None = None,
-              error: str | None = None, storage_options: dict | None = None) -> str:
+              corpus: str | None = None, images_added: int = 0, errors: int = 0, version: int | None = None,
+              error: str | None = None, command: str = "index", counts: dict[str, int] | None = None,
+              storage_options: dict | None = None) -> str:
     """Write one run's record; returns its path relative to the index.
 
+    ``command`` is the writer (``index``, ``delete``, ``compact``, ``gc``, ``upgrade``);
     ``version`` is the version the run committed (None when it committed none); ``errors``
-    counts the images it found unreadable; ``error`` is the failure message of a failed run.
+    counts the images it found unreadable; ``counts`` what it did (``added``, ``removed``,
+    ``changed``, ``retried`` for a sync; ``deleted``, ``compacted``, ``objects``, ``bytes``
+    for the others); ``error`` is the failure message of a failed run.
     """
     if status not in RUN_STATUSES:
         raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
     record = {
         "start": started.astimezone(timezone.utc).isoformat(), "end": ended.astimezone(timezone.utc).isoformat(),
-        "seconds": round((ended - started).total_seconds(), 3), "status": status, "corpus": corpus,
+        "seconds": round((ended - started).total_seconds(), 3), "status": status, "command": command, "corpus": corpus,
         "images_added": int(images_added), "errors": int(errors), "version": version,
+        **{key: int(value) for key, value in (counts or {}).items()},
         "host": socket.gethostname(), "token": token, "error": error,
     }
     path = run_record_path(started, token)

@@ -6,27 +6,31 @@ import pyarrow.parquet as pq
 
 from storage import join_url, url_to_fs
 from storage.arrays import read_array_group, read_rows
-from storage.manifest import read_manifest
+from storage.manifest import PARTITION_KINDS, read_manifest
 from storage.tables import read_parquet
 
 
 def index_snapshot(index_url: str, storage_options=None, version: int | None = None) -> dict:
     """Everything that defines a committed index version's content: codes, tables, bucket maps."""
     manifest = read_manifest(index_url, storage_options, version)
-    codes = read_rows(join_url(index_url, "codes"), 0, manifest.n_images, storage_options)
+    codes = [read_rows(join_url(index_url, p.codes), p.start, p.stop, storage_options).tolist() for p in manifest.partitions]
     tables = {
         rel: read_parquet(join_url(index_url, rel), storage_options).to_pylist()
         for shard in manifest.shards for rel in (shard.images, shard.errors) if rel
     }
     buckets = {}
     for part in manifest.partitions:
-        arrays, _ = read_array_group(join_url(index_url, part.path), storage_options)
-        buckets[(part.kind, part.start, part.stop)] = {k: v.tolist() for k, v in arrays.items()}
+        for kind in PARTITION_KINDS:
+            for path in part.map_paths(kind):
+                arrays, _ = read_array_group(join_url(index_url, path), storage_options)
+                buckets[(kind, path.rsplit("/", 1)[-1].split(".v")[0])] = {k: v.tolist() for k, v in arrays.items()}
     return {
-        "codes": codes.tolist(),
+        "codes": codes,
         "tables": tables,
         "buckets": buckets,
-        "manifest": [manifest.n_images, [s.__dict__ for s in manifest.shards], [(p.kind, p.start, p.stop, p.stats) for p in manifest.partitions]],
+        "manifest": [manifest.n_images, [s.__dict__ for s in manifest.shards],
+                     [(p.start, p.stop, p.codes, {k: m.stats for k, m in p.maps.items()}, len(p.deltas), p.tombstones)
+                      for p in manifest.partitions]],
     }
 
 

@@ -135,7 +135,8 @@ def assert_committed_version_kept(index: str, before: tuple[dict[str, bytes], np
     manifest = json.loads(files["manifest.json"])
     named = [name for name in files if name == "manifest.json" or name.startswith(("versions/", "model/"))]
     named += [s[key] for s in manifest["shards"] for key in ("images", "errors") if s[key]]
-    named += [name for name in files for p in manifest["partitions"] if name.startswith(p["path"] + "/")]
+    named += [name for name in files for p in manifest["partitions"] for d in (p, *p["deltas"]) for m in d["maps"].values()
+              if name.startswith(m["path"] + "/")]
     for name in named:
         assert after.get(name) == files[name], f"{name} changed"
     now = zarr.open_array(f"{index}/codes", mode="r")
@@ -365,8 +366,8 @@ CASES: dict[str, Case] = {
     "index-folder-not-an-index": Case(query(index=lambda c: str(c.bad / "no-images")), in_bad("no-images"),
                                       r"no committed patchhash index here.*Build one with `patchhash index"),
     "index-does-not-exist": Case(query(index=lambda c: str(c.bad / "no-index-here")), in_bad("no-index-here"), r"Build one with"),
-    "index-newer-format": Case(query(index=broken_index(edit_manifest(lambda m: {**m, "format_version": 2}))),
-                               lambda c: INDEX_AT(c) + "/manifest.json", r"index format version 2 is newer.*upgrade patchhash"),
+    "index-newer-format": Case(query(index=broken_index(edit_manifest(lambda m: {**m, "format_version": 3}))),
+                               lambda c: INDEX_AT(c) + "/manifest.json", r"index format version 3 is newer.*upgrade patchhash"),
     "index-half-written": Case(query(index=broken_index(stage_only)), INDEX_AT,
                                r"interrupted before its first commit\. Rerun the same `patchhash index"),
     "index-manifest-not-json": Case(query(index=broken_index(lambda r: (r / "manifest.json").write_text("{"))),

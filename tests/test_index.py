@@ -46,16 +46,17 @@ def _brute_force(codes: np.ndarray, ids: np.ndarray, positional: bool) -> dict:
 def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
     manifest = read_manifest(index_url, storage_options)
     table: dict = defaultdict(set)
-    for part in manifest.partitions_of(kind):
-        arrays, attrs = read_array_group(join_url(index_url, part.path), storage_options)
-        assert attrs["stats"] == part.stats
-        keys, offsets, ids, bounds = arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"]
-        for block in range(len(bounds) - 1):
-            for i in range(bounds[block], bounds[block + 1]):
-                bucket = ids[offsets[i] : offsets[i + 1]]
-                assert np.all(np.diff(bucket) > 0), "bucket ids must be sorted and unique"
-                assert np.all((bucket >= part.start) & (bucket < part.stop))
-                table[(block, int(keys[i])) if kind == "pos" else int(keys[i])].update(bucket.tolist())
+    for part in manifest.partitions:  # each partition's base map and its deltas
+        for entry in (part.maps[kind], *(d.maps[kind] for d in part.deltas)):
+            arrays, attrs = read_array_group(join_url(index_url, entry.path), storage_options)
+            assert attrs["stats"] == entry.stats
+            keys, offsets, ids, bounds = arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"]
+            for block in range(len(bounds) - 1):
+                for i in range(bounds[block], bounds[block + 1]):
+                    bucket = ids[offsets[i] : offsets[i + 1]]
+                    assert np.all(np.diff(bucket) > 0), "bucket ids must be sorted and unique"
+                    assert np.all((bucket >= part.start) & (bucket < part.stop))
+                    table[(block, int(keys[i])) if kind == "pos" else int(keys[i])].update(bucket.tolist())
     return {k: sorted(v) for k, v in table.items()}
 
 
@@ -74,7 +75,7 @@ def test_codes_and_bucket_maps_are_exact(client, tiny_model, corpus_npy, fmnist_
     manifest = read_manifest(url)
     # partitions are whole shards, so the count can come out below the one asked for
     assert manifest.partition_size % shard_size == 0
-    assert len(manifest.partitions_of("any")) == -(-700 // manifest.partition_size) <= partitions
+    assert len(manifest.partitions) == -(-700 // manifest.partition_size) <= partitions
     table = pq.read_table(f"{url}/{manifest.shards[0].images}").to_pydict()
     assert table["image_id"][:3] == [0, 1, 2] and table["uri"][0] == f"{corpus_npy}#0"
 
@@ -108,7 +109,7 @@ def test_append_adds_only_new_images_and_updates_buckets(client, tiny_model, fmn
     report = index(str(second), url, tiny_model, client=client)
     assert (report.version, report.n_new, report.n_images) == (2, 350, 600)
     v2 = read_manifest(url)
-    assert v2.parent == 1 and [s["corpus"] for s in v2.sources] == [str(first), str(second)]
+    assert v2.parent == 1 and [s.corpus for s in v2.sources] == [str(first), str(second)]
     # the first new shard completes the partial chunk [200, 300); then whole chunks
     assert [(s.start, s.stop) for s in v2.shards] == [(0, 100), (100, 200), (200, 250), (250, 300), (300, 400), (400, 500), (500, 600)]
     expected = _encode_directly(tiny_model, fmnist_train[:600])
@@ -203,10 +204,10 @@ def test_failed_run_resumes_and_ends_identical(client, tiny_model, corpus_npy, t
     url = str(tmp_path / "idx")
     real_task = index_module.encode_shard_task
 
-    def flaky(index_url, shard, id_start, storage_options):
+    def flaky(index_url, codes, shard, id_start, *rest):
         if id_start >= 400:
             raise RuntimeError("injected worker failure")
-        return real_task(index_url, shard, id_start, storage_options)
+        return real_task(index_url, codes, shard, id_start, *rest)
 
     monkeypatch.setattr(index_module, "encode_shard_task", flaky)
     with pytest.raises(RuntimeError, match="injected"):

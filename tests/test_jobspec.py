@@ -77,7 +77,7 @@ def test_values_take_the_command_lines_form(tmp_path):
 @pytest.mark.parametrize(
     "command, text, message",
     [
-        ("index", "workerz: 2", "unknown key 'workerz' for `patchhash index`; valid keys: command, corpus"),
+        ("index", "workerz: 2", "unknown key 'workerz' for `patchhash index`; valid keys: command, append_only, compact, corpus"),
         ("index", "workers: four", "key 'workers' must be an integer, e.g. `workers: 4`; got 'four'"),
         ("index", "workers: true", "key 'workers' must be an integer"),
         ("index", "shard-size: 0", "key 'shard_size' must be >= 1 and <= 1e+07, e.g. `shard_size: 10000`; got 0"),

@@ -82,7 +82,7 @@ def test_default_mode_equals_reference_per_partition(client, small_index, query_
     queries = _encode(f"{small_index}/model", np.load(query_npy)[..., None])
     parts = [reference_rerank_search(queries, codes[p.start:p.stop], np.arange(p.start, p.stop), threshold, 16, k, shortlist,
                                      max_bucket=min(cap, int(fraction * (p.stop - p.start))), vote_budget=budget)
-             for p in read_manifest(small_index).partitions_of("pos")]
+             for p in read_manifest(small_index).partitions]
     assert len(parts) == 4
     got = _results(out)
     for q in range(50):

@@ -406,7 +406,11 @@ ESCAPING_PATHS = ["../x", "/abs", "s3://other/x", "file:///etc/passwd", "images/
 FIELDS = {
     "image table": lambda m, p: m["shards"][0].__setitem__("images", p),
     "errors table": lambda m, p: m["shards"][0].__setitem__("errors", p),
-    "partition": lambda m, p: m["partitions"][0].__setitem__("path", p),
+    "partition": lambda m, p: m["partitions"][0]["maps"]["any"].__setitem__("path", p),
+    "delta": lambda m, p: m["partitions"][0]["deltas"].append({"start": m["partitions"][0]["stop"] - 1, "stop": m["partitions"][0]["stop"],
+                                                                "maps": {"any": {"path": p}, "pos": {"path": "buckets/pos/x"}}}),
+    "codes": lambda m, p: m["partitions"][0].__setitem__("codes", p),
+    "tombstones": lambda m, p: m["partitions"][0].__setitem__("tombstones", {"path": p, "n_images": 0, "n_errors": 0}),
     "model": lambda m, p: m["model"].__setitem__("path", p),
 }
 

@@ -100,15 +100,23 @@ def info(
     index: Annotated[Optional[str], typer.Option(help="Index URL.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     runs: Annotated[int, typer.Option(help="With --index: show the last N runs of its run log.")] = 5,
+    errors: Annotated[bool, typer.Option("--errors", help="With --index: list the unreadable images and why.")] = False,
     storage_options: StorageOptions = None,
 ) -> None:
-    """Describe a model (its card) or an index (versions, counts, model, bucket statistics, lock, last runs)."""
+    """Describe a model (its card) or an index (counts, versions, bytes, model, buckets, lock, last runs)."""
     from storage import ConfigError
-    from workflows.info import describe_index, describe_model, render
+    from workflows.info import describe_index, describe_model, index_errors, render
 
     if (model is None) == (index is None):
         raise ConfigError("give exactly one of --model or --index")
     opts = _options(storage_options)
+    if errors:
+        if index is None:
+            raise ConfigError("--errors lists the unreadable images of an index: give --index")
+        rows = index_errors(index, opts)
+        typer.echo(json.dumps(rows, indent=1) if as_json else "\n".join(f"{r['uri']}: {r['reason']}" for r in rows)
+                   or f"{index} holds no unreadable image")
+        return
     data = describe_model(model, opts) if model is not None else describe_index(index, opts, runs=runs)
     typer.echo(json.dumps(data, indent=1) if as_json else render(data))
 
@@ -121,6 +129,9 @@ MemoryLimit = Annotated[str, typer.Option(envvar="PATCHHASH_MEMORY_LIMIT", help=
 TlsCa = Annotated[Optional[str], typer.Option("--tls-ca", envvar="PATCHHASH_TLS_CA", help="CA certificate (PEM) of a TLS cluster: with --tls-cert and --tls-key, talk TLS with mutual authentication (tls:// --scheduler, or a TLS LocalCluster).")]
 TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", envvar="PATCHHASH_TLS_CERT", help="This client's certificate (PEM), signed by the cluster's CA.")]
 TlsKey = Annotated[Optional[str], typer.Option("--tls-key", envvar="PATCHHASH_TLS_KEY", help="The private key (PEM) of --tls-cert.")]
+WaitForLock = Annotated[float, typer.Option(envvar="PATCHHASH_WAIT_FOR_LOCK", help="If another run holds the index's lock, wait up to this many seconds for it (0: exit at once).")]
+KeepVersions = Annotated[int, typer.Option(help="gc: keep this many newest versions (and every version current less than --min-age ago).")]
+MinAge = Annotated[str, typer.Option(help="gc: keep versions and objects that were in use less than this long ago (e.g. 24h, 90m, 7d): a query job that started on an older version can finish.")]
 Config = Annotated[Optional[str], typer.Option("--config", help="YAML job spec with any of this command's options (see workflows/jobs/); options given on the command line or by environment variable override it.")]
 Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400, or 0.2% of a partition above 200,000 images].")]
 MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
@@ -191,32 +202,134 @@ def index(
     shard_size: Annotated[int, typer.Option(help="Images per task and per Zarr chunk (new index only).")] = 10_000,
     partitions: Annotated[Optional[int], typer.Option(help="Bucket-map partitions (new index only; default: one per worker).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail before commit if any image cannot be read.")] = False,
-    wait_for_lock: Annotated[float, typer.Option(envvar="PATCHHASH_WAIT_FOR_LOCK", help="If another run holds the index's lock, wait up to this many seconds for it (0: exit at once).")] = 0.0,
+    append_only: Annotated[bool, typer.Option(help="Only add images not in the index yet: do not remove unlisted ones, re-encode changed files or retry unreadable ones.")] = False,
+    max_delete_fraction: Annotated[float, typer.Option(help="Refuse (before writing anything) a sync that would remove more than this fraction of the corpus's indexed images: a short listing must not empty the index. 1 allows any.")] = 0.2,
+    compact: Annotated[bool, typer.Option(help="Compact partitions that pass the fragmentation thresholds after the commit (--no-compact: leave it to `patchhash compact`).")] = True,
+    gc: Annotated[bool, typer.Option(help="After a successful run, delete what no kept version references (as `patchhash gc` with --keep-versions and --min-age).")] = False,
+    keep_versions: KeepVersions = 1,
+    min_age: MinAge = "24h",
+    wait_for_lock: WaitForLock = 0.0,
     config: Config = None,
     storage_options: StorageOptions = None,
     verbose: Verbose = False,
 ) -> None:
-    """Encode a corpus into an index (create, resume, or append only new images), holding the index's lock."""
+    """Make an index mirror a corpus: create it, or add new images, remove deleted ones, encode changed files again and retry unreadable ones (resumable, under the index's lock)."""
     from workflows.index import IndexSettings, index as run_index
+    from workflows.maintenance import GcSettings
 
     setup_logging(verbose)
     report = run_index(
         corpus, index, model,
-        IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict),
+        IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict, append_only=append_only,
+                      max_delete_fraction=max_delete_fraction, **({} if compact else {"compaction": None})),
         _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
         _options(storage_options), wait_for_lock=wait_for_lock,
+        gc=GcSettings(keep_versions, min_age) if gc else None,
     )
-    if report.n_new == 0:
-        typer.echo(f"nothing new: {index} already holds every image of {corpus} (version {report.version})")
+    if not report.committed:
+        typer.echo(f"nothing new: {index} already mirrors {corpus} ({report.n_images} images, version {report.version})")
         return
     typer.echo(
         f"indexed {report.n_new - report.n_errors_new} new images into {index} (version {report.version}, "
-        f"{report.n_images} rows) in {report.seconds:.1f} s, {report.images_per_second:.0f} images/s"
+        f"{report.n_images} images): {report.added} added, {report.removed} removed, {report.changed} changed, "
+        f"{report.retried} retried, in {report.seconds:.1f} s, {report.images_per_second:.0f} images/s"
+        + (" (upgraded from index format 1)" if report.upgraded else "")
+        + (f"; compacted {report.compacted} partition(s)" if report.compacted else "")
     )
     if report.shards_skipped or report.partitions_skipped:
         typer.echo(f"resumed an interrupted run: {report.shards_skipped} shard(s) and {report.partitions_skipped} bucket partition(s) were already done")
     if report.n_errors_new:
-        typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index}`", err=True)
+        typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index} --errors`", err=True)
+
+
+@app.command()
+def delete(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    uris: Annotated[str, typer.Option(help="The uris to remove: a .txt (one per line), .csv or .parquet list.")],
+    keep_out: Annotated[bool, typer.Option(help="Keep the uris out of later syncs while their files still exist (--no-keep-out: let syncs add them back).")] = True,
+    wait_for_lock: WaitForLock = 0.0,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Remove images from an index by uri: no query returns them from the next version on."""
+    from workflows.maintenance import delete as run_delete
+
+    setup_logging(verbose)
+    report = run_delete(index, uris, _options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
+    if report.version is None:
+        typer.echo(f"nothing to delete: none of the uris of {uris} is in {index}")
+        return
+    typer.echo(f"deleted {report.deleted} images from {index} (version {report.version}); "
+               f"{report.not_found} uris were not in it; {report.excluded} uris kept out of syncs")
+
+
+@app.command()
+def compact(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    all_partitions: Annotated[bool, typer.Option("--all", help="Compact every partition holding deleted images or deltas, not only those past the thresholds.")] = False,
+    max_garbage: Annotated[float, typer.Option(help="A partition is due when its deleted images exceed this fraction of its live ones.")] = 0.2,
+    max_deltas: Annotated[int, typer.Option(help="A partition is due when it has more delta maps than this.")] = 8,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = "auto",
+    wait_for_lock: WaitForLock = 0.0,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Rewrite fragmented partitions: drop deleted images from the bucket maps, fold deltas in, merge small neighbours."""
+    from workflows.compact import CompactionPolicy
+    from workflows.maintenance import compact as run_compact
+
+    setup_logging(verbose)
+    result = run_compact(index, CompactionPolicy(max_garbage=max_garbage, max_deltas=max_deltas), force=all_partitions,
+                         cluster=_cluster(scheduler, workers, threads_per_worker, memory_limit),
+                         storage_options=_options(storage_options), wait_for_lock=wait_for_lock)
+    if result is None:
+        typer.echo(f"nothing to compact in {index}")
+        return
+    typer.echo(f"compacted {result.partitions} partition(s) of {index} ({result.images} live images rewritten; version {result.version})")
+
+
+@app.command()
+def gc(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    keep_versions: KeepVersions = 1,
+    min_age: MinAge = "24h",
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted, and its bytes.")] = False,
+    wait_for_lock: WaitForLock = 0.0,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Delete the versions and objects no kept version references (under the index's lock)."""
+    from workflows.maintenance import GcSettings, gc as run_gc
+
+    setup_logging(verbose)
+    settings = GcSettings(keep_versions, min_age, dry_run)
+    plan = run_gc(index, settings, _options(storage_options), wait_for_lock=wait_for_lock)
+    if dry_run:
+        for rel, size in plan.garbage:
+            typer.echo(f"{size:>12} {rel}")
+        for version in plan.dropped:
+            typer.echo(f"{'':>12} versions/v{version:06d}.json")
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {len(plan.dropped)} version(s) and {len(plan.garbage)} object(s), {plan.garbage_bytes:,} bytes; "
+               f"kept versions {', '.join(map(str, plan.kept))} and {len(plan.young)} unreferenced object(s) younger than --min-age")
+
+
+@app.command()
+def upgrade(
+    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    wait_for_lock: WaitForLock = 0.0,
+    storage_options: StorageOptions = None,
+    verbose: Verbose = False,
+) -> None:
+    """Upgrade an index of format 1 to format 2 in place (atomically; the first sync does it too)."""
+    from workflows.maintenance import upgrade as run_upgrade
+
+    setup_logging(verbose)
+    version = run_upgrade(index, _options(storage_options), wait_for_lock=wait_for_lock)
+    typer.echo(f"{index} is format 2 already" if version is None else f"upgraded {index} to index format 2 (version {version})")
 
 
 @app.command()

@@ -1,10 +1,13 @@
-"""``patchhash index``: the bulk indexing job.
+"""``patchhash index``: build an index, then keep it a mirror of its corpus.
 
-corpus -> shards -> (Dask: read, convert, encode, write codes + image table + done-marker)
--> bucket partitions (Dask: one task per partition, from the codes on storage) -> commit.
+corpus listing -> sync plan (:mod:`workflows.sync`: added, removed, changed, retried)
+-> shards of the images to encode (Dask: read, convert, encode, write codes rows + tables)
+-> bucket maps of the new ids (Dask: a delta per touched partition, or a new partition)
+-> tombstones of the removed ids -> commit -> compaction when fragmentation passes the
+policy's threshold (:mod:`workflows.compact`).
 
 Every task writes deterministic paths with whole-object writes, so a task that runs twice
-rewrites the same bytes, and a rerun after an interruption skips shards whose done-marker
+rewrites the same bytes, and a rerun after an interruption skips the work whose done-marker
 exists. A version becomes visible only when ``manifest.json`` is replaced, last.
 """
 
@@ -15,16 +18,15 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from storage import (
     ConfigError,
     CorpusError,
+    ImageSpec,
     IndexNotFoundError,
     ModelMismatchError,
     join_url,
@@ -32,20 +34,20 @@ from storage import (
     url_to_fs,
 )
 from storage.atomic import read_json, write_json_atomic
-from storage.layout import CODES, MODEL_DIR, partition_path, shard_table_path, staging_dir
-from storage.manifest import Manifest, PartitionEntry, ShardEntry, commit_manifest, read_manifest, utc_now
+from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
+from storage.layout import CODES, MODEL_DIR, resolve, staging_dir
+from storage.manifest import PARTITION_KINDS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
 from storage.retry import retry_call
 from workflows.cluster import ClusterSettings, dask_client
+from workflows.compact import CompactionPolicy, compact_job, plan_compaction
+from workflows.index_tasks import build_map_task, encode_shard_task
 from workflows.progress import track
 from workflows.runtime import failpoint
+from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
 
-__all__ = ["IndexSettings", "IndexReport", "index", "PARTITION_KINDS"]
+__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "PARTITION_KINDS"]
 
 log = logging.getLogger(__name__)
-
-PARTITION_KINDS = ("any", "pos")
-IMAGES_SCHEMA = pa.schema([("image_id", pa.int64()), ("uri", pa.string())])
-ERRORS_SCHEMA = pa.schema([("image_id", pa.int64()), ("uri", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -53,27 +55,45 @@ class IndexSettings:
     """Options of an indexing job, validated up front.
 
     ``shard_size`` (images per task and per Zarr chunk) and ``partitions`` (number of bucket
-    partitions) only apply when the index is created; later appends keep the index's own.
+    partitions) only apply when the index is created; later runs keep the index's own.
+    ``append_only`` only adds images not in the index yet (format 1's behaviour); otherwise a
+    rerun for a corpus already indexed mirrors it (:mod:`workflows.sync`), refusing to remove
+    more than ``max_delete_fraction`` of its images. ``compaction`` decides when a run
+    compacts the index afterwards (None: never).
     """
 
     shard_size: int = 10_000
     partitions: int | None = None
     strict: bool = False
+    append_only: bool = False
+    max_delete_fraction: float = 0.2
+    compaction: CompactionPolicy | None = CompactionPolicy()
 
     def __post_init__(self) -> None:
         if not 1 <= self.shard_size <= 10_000_000:
             raise ConfigError(f"--shard-size must be between 1 and 10000000, got {self.shard_size}")
         if self.partitions is not None and self.partitions < 1:
             raise ConfigError(f"--partitions must be >= 1, got {self.partitions}")
+        if not 0 <= self.max_delete_fraction <= 1:
+            raise ConfigError(f"--max-delete-fraction must be between 0 and 1, got {self.max_delete_fraction}")
 
 
 @dataclass
 class IndexReport:
+    """What one run did. ``n_new`` counts the images it encoded (added, changed and retried);
+    ``n_images`` the live images after it."""
+
     index: str
     version: int | None
     n_images: int
     n_new: int
     n_errors_new: int
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    retried: int = 0
+    upgraded: bool = False
+    compacted: int = 0
     shards_done: int = 0
     shards_skipped: int = 0
     partitions_built: int = 0
@@ -86,117 +106,15 @@ class IndexReport:
     def images_per_second(self) -> float:
         return self.n_new / self.seconds if self.seconds else 0.0
 
+    @property
+    def committed(self) -> bool:
+        return bool(self.n_new or self.removed or self.upgraded or self.compacted)
 
-# --------------------------------------------------------------------------- worker tasks
-
-
-def encode_shard_task(index_url: str, shard, id_start: int, storage_options: dict | None) -> dict:
-    """Read, convert and encode one shard; write its codes rows, tables, then its done-marker."""
-    from pipeline.encode import load_encoder
-    from storage import ImageSpec
-    from storage.arrays import write_rows
-    from storage.tables import write_parquet
-
-    started = time.perf_counter()
-    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
-    data = shard.read(ImageSpec(*encoder.input_shape))
-    n_rows = shard.stop - shard.start
-    gh, gw = encoder.card.grid
-    codes = np.zeros((n_rows, gh, gw), dtype=encoder.card.code_dtype)
-    if len(data.ids):
-        codes[data.ids - shard.start] = encoder.encode(data.pixels)
-    start, stop = id_start, id_start + n_rows
-    write_rows(join_url(index_url, CODES), start, codes, storage_options)
-    images = shard_table_path("images", start, stop)
-    write_parquet(join_url(index_url, images), {"image_id": data.ids - shard.start + start, "uri": data.uris}, IMAGES_SCHEMA, storage_options)
-    errors = None
-    if data.errors:
-        errors = shard_table_path("errors", start, stop)
-        write_parquet(
-            join_url(index_url, errors),
-            {"image_id": [e.image_id - shard.start + start for e in data.errors], "uri": [e.uri for e in data.errors], "reason": [e.reason for e in data.errors]},
-            ERRORS_SCHEMA, storage_options,
-        )
-    entry = ShardEntry(start, stop, images, errors, int(len(data.ids)), len(data.errors))
-    summary = {"entry": entry.__dict__, "seconds": time.perf_counter() - started,
-               "errors": [{"uri": e.uri, "reason": e.reason} for e in data.errors[:20]]}
-    return summary
+    def counts(self) -> dict[str, int]:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed, "retried": self.retried}
 
 
-def build_partition_task(index_url: str, kind: str, start: int, stop: int, tables: list[str], version: int, storage_options) -> dict:
-    """Build the ``kind`` bucket map of image ids ``[start, stop)`` from the stored codes."""
-    from pipeline.buckets import build_bucket_map
-    from storage.arrays import read_rows, write_array_group
-    from storage.tables import read_parquet
-
-    codes = read_rows(join_url(index_url, CODES), start, stop, storage_options)
-    ids = np.concatenate(
-        [read_parquet(join_url(index_url, t), storage_options, ["image_id"]).column("image_id").to_numpy() for t in tables]
-        or [np.empty(0, np.int64)]
-    ).astype(np.int64)
-    ids = ids[(ids >= start) & (ids < stop)]
-    ids.sort()
-    flat = codes.reshape(len(codes), -1)[ids - start]
-    bmap = build_bucket_map(flat, ids, positional=kind == "pos")
-    stats = bmap.stats()
-    path = partition_path(kind, start, stop, version)
-    arrays = {"keys": bmap.keys, "offsets": bmap.offsets, "ids": bmap.ids, "key_bounds": bmap.key_bounds}
-    write_array_group(join_url(index_url, path), arrays, {"kind": kind, "start": start, "stop": stop, "stats": stats}, storage_options)
-    return PartitionEntry(kind, start, stop, path, stats).__dict__
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def _new_rows(uris: list[str], index_url: str, manifest: Manifest | None, storage_options) -> np.ndarray:
-    """Positions of ``uris`` the index holds neither as an image nor as an unreadable one."""
-    from storage.tables import read_parquet
-
-    if manifest is None:
-        return np.arange(len(uris))
-    chunks = [
-        chunk
-        for s in manifest.shards
-        for table in (s.images, s.errors) if table
-        for chunk in read_parquet(join_url(index_url, table), storage_options, ["uri"]).column("uri").chunks
-    ]
-    known = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
-    seen = pc.is_in(pa.array(uris, pa.string()), value_set=known).to_numpy(zero_copy_only=False)
-    return np.flatnonzero(~seen)
-
-
-def _plan_shards(corpus, rows: np.ndarray, n_old: int, shard_size: int) -> list[tuple[object, int]]:
-    """``(corpus shard, first image id)`` pairs for ``rows`` of ``corpus``, chunk-aligned in id space.
-
-    New image ids start at ``n_old``; shard boundaries fall on multiples of ``shard_size`` so
-    that no two tasks ever write the same Zarr chunk.
-    """
-    from storage.corpus import UriListCorpus
-
-    if len(rows) == 0:
-        return []
-    if rows[-1] - rows[0] + 1 != len(rows):  # not one contiguous run: list just the new uris
-        all_uris = corpus.uris()
-        corpus = UriListCorpus(f"{corpus.url} (new images)", corpus.storage_options, [all_uris[r] for r in rows])
-        rows = np.arange(len(rows))
-    first_row = int(rows[0])
-    plan: list[tuple[object, int]] = []
-    head = (-n_old) % shard_size
-    if head:
-        shard = corpus.shards(min(head, len(rows)), start=first_row)[0]
-        plan.append((shard, n_old))
-    next_row = first_row + min(head, len(rows))
-    if next_row <= rows[-1]:
-        for shard in corpus.shards(shard_size, start=next_row):
-            plan.append((shard, n_old + shard.start - first_row))
-    return plan
-
-
-def _partition_ranges(n_old: int, n_new: int, partition_size: int) -> list[tuple[int, int]]:
-    """Partitions touched by images ``[n_old, n_new)`` (the others are reused as they are)."""
-    first = n_old // partition_size
-    last = math.ceil(n_new / partition_size)
-    return [(p * partition_size, min((p + 1) * partition_size, n_new)) for p in range(first, last)]
+# --------------------------------------------------------------------------- helpers
 
 
 def _check_model(index_url: str, model: str | None, storage_options) -> None:
@@ -215,7 +133,7 @@ def _check_model(index_url: str, model: str | None, storage_options) -> None:
         )
 
 
-def _install_model(index_url: str, model: str | None, storage_options) -> None:
+def install_model(index_url: str, model: str | None, storage_options) -> None:
     """Copy the model into a new index (replacing one left by an uncommitted attempt)."""
     from pipeline.modelcard import CARD_FILE, MODEL_FILE, read_card, resolve_model_url
 
@@ -244,7 +162,7 @@ def _read_manifest_or_none(index_url: str, storage_options) -> Manifest | None:
         return None
 
 
-def _staging_plan(index_url: str, version: int, plan_doc: dict, storage_options) -> set[str]:
+def staging_plan(index_url: str, version: int, plan_doc: dict, storage_options) -> set[str]:
     """Done-markers of an earlier attempt at the same plan; a different plan starts afresh."""
     stage = join_url(index_url, staging_dir(version))
     fs, path = url_to_fs(stage, storage_options)
@@ -264,6 +182,91 @@ def _staging_plan(index_url: str, version: int, plan_doc: dict, storage_options)
     return {p.rstrip("/").rsplit("/", 1)[-1] for p in names}
 
 
+def cleanup_staging(index_url: str, version: int, storage_options) -> None:
+    fs, path = url_to_fs(join_url(index_url, staging_dir(version)), storage_options)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def _sha(values) -> str:
+    return hashlib.sha256("\n".join(map(str, values)).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- placing new ids
+
+
+@dataclass(frozen=True)
+class _Range:
+    """New ids ``[start, stop)`` in partition ``partition`` (an index into the new list), which is new or grows."""
+
+    start: int
+    stop: int
+    partition: int
+    new: bool
+
+
+def _place(partitions: tuple[PartitionEntry, ...], n_old: int, n_new: int, partition_size: int) -> list[_Range]:
+    """Where ids ``[n_old, n_new)`` go: the last partition while it spans under ``partition_size``
+    ids, then new partitions of ``partition_size`` ids."""
+    ranges: list[_Range] = []
+    cur = n_old
+    if partitions and partitions[-1].stop - partitions[-1].start < partition_size and n_new > cur:
+        stop = min(n_new, partitions[-1].start + partition_size)
+        ranges.append(_Range(cur, stop, len(partitions) - 1, False))
+        cur = stop
+    index = len(partitions)
+    while cur < n_new:
+        stop = min(n_new, cur + partition_size)
+        ranges.append(_Range(cur, stop, index, True))
+        cur, index = stop, index + 1
+    return ranges
+
+
+def _shard_cuts(ranges: list[_Range], shard_size: int) -> list[tuple[int, int, int]]:
+    """Encode tasks' ``(start, stop, partition)``: within one partition, cut at multiples of
+    ``shard_size``, so that no two tasks write one chunk of one codes array."""
+    cuts = []
+    for r in ranges:
+        bounds = [r.start, *range((r.start // shard_size + 1) * shard_size, r.stop, shard_size), r.stop]
+        cuts += [(a, b, r.partition) for a, b in zip(bounds[:-1], bounds[1:])]
+    return cuts
+
+
+def _encode_jobs(corpus, plan: SyncPlan, cuts, codes_of: dict[int, str], n_old: int) -> list[tuple]:
+    """``(corpus shard, first id, fingerprints or None, codes array)`` of each cut."""
+    from storage.corpus import UriListCorpus
+
+    rows = plan.rows
+    if rows[-1] - rows[0] + 1 == len(rows):  # one run of the listing: read it as the corpus's own shards
+        first_row = int(rows[0])
+    else:
+        all_uris = corpus.uris()
+        corpus = UriListCorpus(f"{corpus.url} (images to encode)", corpus.storage_options, [all_uris[r] for r in rows])
+        first_row = 0
+    hash_pixels = corpus.kind in ARRAY_KINDS or all(f is None for f in plan.fingerprints)
+    jobs = []
+    for start, stop, partition in cuts:
+        shard = corpus.shards(stop - start, start=first_row + start - n_old)[0]
+        fps = None if hash_pixels else plan.fingerprints[start - n_old : stop - n_old]
+        jobs.append((shard, start, fps, codes_of[partition]))
+    return jobs
+
+
+def build_partitions(dask, index_url: str, shards: tuple[ShardEntry, ...], n_images: int, partition_size: int,
+                     storage_options=None) -> tuple[PartitionEntry, ...]:
+    """The partitions of version 1 of an index whose ``codes/`` rows and tables were written by
+    other means (``benchmarks/bench_scale.py`` writes synthetic codes): base bucket maps of
+    ``partition_size`` ids each, built by the index job's own tasks."""
+    ranges = _place((), 0, n_images, partition_size)
+    report = IndexReport(index_url, None, 0, 0, 0)
+    maps = _map_phase(dask, index_url, ranges, {r.partition: CODES for r in ranges}, shards, 1, set(),
+                      join_url(index_url, staging_dir(1)), report, storage_options)
+    cleanup_staging(index_url, 1, storage_options)
+    return tuple(PartitionEntry(r.start, r.stop, CODES, maps[r.start]) for r in ranges)
+
+
 # --------------------------------------------------------------------------- the job
 
 
@@ -276,146 +279,196 @@ def index(
     storage_options: dict | None = None,
     client=None,
     wait_for_lock: float = 0.0,
+    gc=None,
 ) -> IndexReport:
-    """Index every image of ``corpus`` that ``index_url`` does not hold yet, under the index's lock.
+    """Make ``index_url`` mirror ``corpus``, under the index's lock.
 
     Creates the index on first use (bound to ``model``, default the built-in
-    ``fashion-mnist``), appends new images afterwards, and is a quick no-op when nothing is
-    new. Pass a connected ``client`` to reuse a Dask cluster; otherwise one is started from
-    ``cluster``. Returns an :class:`IndexReport`.
+    ``fashion-mnist``). Afterwards, for a corpus the index already holds, adds new images,
+    removes those no longer listed, encodes changed files again and retries unreadable ones
+    (:mod:`workflows.sync`); with ``settings.append_only`` it only adds. A run with nothing to
+    change is a quick no-op. A format-1 index is upgraded first. Pass a connected ``client``
+    to reuse a Dask cluster; otherwise one is started from ``cluster``.
 
     The job runs holding ``<index>/_lock.json`` (:class:`storage.lock.IndexLock`): if another
     run holds it, wait up to ``wait_for_lock`` seconds, then raise ``LockHeldError``. Every run
-    that got the lock appends a record to ``<index>/runs/`` (:mod:`storage.runlog`), also when
-    nothing was new or the job failed.
+    that got the lock writes a record to ``<index>/runs/`` (:mod:`storage.runlog`), also when
+    nothing was new or the job failed. ``gc`` (a :class:`workflows.maintenance.GcSettings`)
+    collects garbage after a successful run, under the same lock.
     """
     from storage.lock import IndexLock
-    from storage.runlog import write_run
+    from workflows.maintenance import logged_run, run_gc
 
-    with IndexLock(index_url, storage_options, wait_s=wait_for_lock) as lock:
-        started = datetime.now(timezone.utc)
-        record = {"status": "failed", "error": "interrupted"}
-        try:
-            report = _index_job(corpus, index_url, model, settings, cluster, storage_options, client, lock=lock)
-            record = {"status": "ok" if report.n_new else "no-op", "error": None, "version": report.version if report.n_new else None,
-                      "images_added": report.n_new - report.n_errors_new, "errors": report.n_errors_new}
-            return report
-        except Exception as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            try:
-                write_run(index_url, started, datetime.now(timezone.utc), lock.token, corpus=corpus,
-                          storage_options=storage_options, **record)
-            except Exception as exc:  # the job's own outcome matters more than its log entry
-                log.warning("could not write the run log of %s: %s", index_url, exc)
+    with IndexLock(index_url, storage_options, wait_s=wait_for_lock) as lock, \
+            logged_run(index_url, lock, "index", storage_options, corpus=corpus) as record:
+        report = _index_job(corpus, index_url, model, settings, cluster, storage_options, client, lock=lock)
+        record.update(status="ok" if report.committed else "no-op", version=report.version if report.committed else None,
+                      images_added=report.n_new - report.n_errors_new, errors=report.n_errors_new, **report.counts())
+        if gc is not None:
+            run_gc(index_url, gc, storage_options)
+        return report
 
 
 def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSettings, cluster: ClusterSettings,
                storage_options: dict | None, client, lock) -> IndexReport:
-    """The job of :func:`index`, run while holding ``lock`` (verified just before the commit)."""
+    """The job of :func:`index`, run while holding ``lock`` (verified just before each commit)."""
+    from pipeline.modelcard import read_card
+    from workflows.maintenance import commit_upgrade
+
     started = time.perf_counter()
     manifest = _read_manifest_or_none(index_url, storage_options)
     if manifest is not None:
         _check_model(index_url, model, storage_options)
     source = open_corpus(corpus, storage_options)
-    uris = source.uris()
-    rows = _new_rows(uris, index_url, manifest, storage_options)
-    n_old = manifest.n_images if manifest else 0
-    if len(rows) == 0:
-        log.info("nothing new to index: all %d images of %s are already in %s (version %s)", len(uris), corpus, index_url, manifest.version if manifest else None)
-        return IndexReport(index_url, manifest.version if manifest else None, n_old, 0, 0, seconds=time.perf_counter() - started)
-
-    from pipeline.modelcard import read_card
-
+    upgraded = False
+    if manifest is not None and manifest.format_version == 1:
+        manifest = commit_upgrade(index_url, manifest, storage_options, lock)
+        upgraded = True
     if manifest is None:
-        _install_model(index_url, model, storage_options)
+        install_model(index_url, model, storage_options)
     card = read_card(join_url(index_url, MODEL_DIR), storage_options)
-    report = IndexReport(index_url, None, n_old + len(rows), len(rows), 0)
-    with dask_client(cluster) if client is None else nullcontext(client) as dask:
-        if manifest is not None:
-            shard_size, partition_size = manifest.shard_size, manifest.partition_size
-        else:
-            shard_size = settings.shard_size
-            n_parts = settings.partitions or max(1, len(dask.nthreads()))
-            partition_size = shard_size * max(1, math.ceil(report.n_images / n_parts / shard_size))
-        version = (manifest.version if manifest else 0) + 1
-        plan = _plan_shards(source, rows, n_old, shard_size)
-        plan_doc = {
-            "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old,
-            "n_new": report.n_images, "shard_size": shard_size, "partition_size": partition_size,
-            "uris_sha256": hashlib.sha256("\n".join(uris[r] for r in rows).encode()).hexdigest(),
-            "shards": [[int(s.start), int(s.stop), int(i)] for s, i in plan],
-        }
-        stage = join_url(index_url, staging_dir(version))
-        done = _staging_plan(index_url, version, plan_doc, storage_options)
-        _prepare_codes(index_url, manifest is None and not done, report.n_images, card, shard_size, storage_options)
-        new_shards = _encode_phase(dask, index_url, plan, done, stage, report, storage_options)
-        failpoint("index-encoded")
-        report.n_errors_new = sum(e.n_errors for e in new_shards)
-        if settings.strict and report.n_errors_new:
-            raise CorpusError(
-                f"{report.n_errors_new} unreadable image(s) in {corpus} and --strict is set; nothing was committed. "
-                "Fix or remove them (the warnings above name them) and rerun: shards already encoded are kept."
-            )
-        all_shards = (manifest.shards if manifest else ()) + tuple(new_shards)
-        ranges = _partition_ranges(n_old, report.n_images, partition_size)
-        fresh = _partition_phase(dask, index_url, all_shards, ranges, version, done, stage, report, storage_options)
+    state = read_state(index_url, manifest, storage_options) if manifest else STATE_SCHEMA.empty_table()
+    excluded = set(read_excluded(index_url, manifest, storage_options)) if manifest else set()
+    known = find_source(manifest, source, corpus)
+    plan = plan_sync(source, known, len(manifest.sources) if manifest else 0, state, excluded,
+                     spec=ImageSpec(*card.config.input_shape), append_only=settings.append_only,
+                     max_delete_fraction=settings.max_delete_fraction)
+    report = IndexReport(index_url, manifest.version if manifest else None, manifest.n_ok if manifest else 0,
+                         len(plan.rows), 0, upgraded=upgraded, **plan.counts())
+    if plan.empty:
+        log.info("nothing to change: %s holds the %d images of %s as they are (version %s)",
+                 index_url, len(source), corpus, manifest.version if manifest else None)
+        if settings.compaction is not None and plan_compaction(manifest, settings.compaction, auto=True):
+            # e.g. the run that made these changes was killed while compacting
+            with dask_client(cluster) if client is None else nullcontext(client) as dask:
+                _compact(dask, index_url, manifest, settings, report, storage_options, lock)
+        report.seconds = time.perf_counter() - started
+        return report
 
-    rebuilt = {(p.kind, p.start) for p in fresh}
-    kept = [p for p in (manifest.partitions if manifest else ()) if (p.kind, p.start) not in rebuilt]
-    partitions = tuple(sorted(kept + fresh, key=lambda p: (p.kind, p.start)))
-    source_record = {"corpus": corpus, "kind": source.kind, "n_new": len(rows), "n_errors": report.n_errors_new, "version": version, "committed": utc_now()}
+    with dask_client(cluster) if client is None else nullcontext(client) as dask:
+        new_manifest = _apply(dask, source, corpus, index_url, manifest, card, plan, settings, report, storage_options, lock)
+        report.version, report.n_images = new_manifest.version, new_manifest.n_ok
+        report.seconds = time.perf_counter() - started
+        log.info(
+            "committed version %d of %s: %d added, %d removed, %d changed, %d retried (%d unreadable) in %.1f s",
+            report.version, index_url, report.added, report.removed, report.changed, report.retried,
+            report.n_errors_new, report.seconds,
+        )
+        if settings.compaction is not None:
+            _compact(dask, index_url, new_manifest, settings, report, storage_options, lock)
+    return report
+
+
+def _compact(dask, index_url: str, manifest: Manifest, settings: IndexSettings, report: IndexReport, storage_options, lock) -> None:
+    compacted = compact_job(dask, index_url, manifest, settings.compaction, storage_options, lock, auto=True)
+    if compacted is not None:
+        report.compacted, report.version = compacted.partitions, compacted.version
+
+
+def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None, card, plan: SyncPlan, settings: IndexSettings,
+           report: IndexReport, storage_options, lock) -> Manifest:
+    """Encode, build, tombstone and commit the changes of ``plan``; return the committed manifest."""
+    n_old = manifest.n_images if manifest else 0
+    n_new = n_old + len(plan.rows)
+    version = (manifest.version if manifest else 0) + 1
+    if manifest is not None:
+        shard_size, partition_size = manifest.shard_size, manifest.partition_size
+    else:
+        shard_size = settings.shard_size
+        n_parts = settings.partitions or max(1, len(dask.nthreads()))
+        partition_size = shard_size * max(1, math.ceil(n_new / n_parts / shard_size))
+    old_partitions = manifest.partitions if manifest else ()
+    ranges = _place(old_partitions, n_old, n_new, partition_size)
+    cuts = _shard_cuts(ranges, shard_size)
+    uris = source.uris() if len(plan.rows) else []
+    plan_doc = {
+        "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
+        "shard_size": shard_size, "partition_size": partition_size, "source": plan.source,
+        "encode_sha256": _sha(f"{uris[r]} {fp}" for r, fp in zip(plan.rows, plan.fingerprints)),
+        "dead_sha256": _sha(plan.dead.tolist()), "cuts": [list(c) for c in cuts],
+    }
+    stage = join_url(index_url, staging_dir(version))
+    done = staging_plan(index_url, version, plan_doc, storage_options)
+    codes_of = _prepare_codes(index_url, old_partitions, ranges, card, shard_size, storage_options, create=manifest is None and not done)
+    jobs = _encode_jobs(source, plan, cuts, codes_of, n_old) if len(plan.rows) else []
+    new_shards = _encode_phase(dask, index_url, jobs, plan.source, version, done, stage, report, storage_options)
+    failpoint("index-encoded")
+    report.n_errors_new = sum(e.n_errors for e in new_shards)
+    if settings.strict and report.n_errors_new:
+        raise CorpusError(
+            f"{report.n_errors_new} unreadable image(s) in {corpus} and --strict is set; nothing was committed. "
+            "Fix or remove them (the warnings above name them) and rerun: shards already encoded are kept."
+        )
+    shards = (manifest.shards if manifest else ()) + tuple(new_shards)
+    shards = _adopt_fingerprints(index_url, shards, plan, version, storage_options)
+    maps = _map_phase(dask, index_url, ranges, codes_of, shards, version, done, stage, report, storage_options)
+    partitions = list(old_partitions)
+    for r in ranges:
+        if r.new:
+            partitions.append(PartitionEntry(r.start, r.stop, codes_of[r.partition], maps[r.start]))
+        else:
+            p = partitions[r.partition]
+            partitions[r.partition] = replace(p, stop=r.stop, deltas=p.deltas + (DeltaEntry(r.start, r.stop, maps[r.start]),))
+    partitions = _tombstone(index_url, partitions, plan, version, storage_options)
+    record = SourceEntry(plan.source, corpus, source.url, source.kind,
+                         added=manifest.source(plan.source).added if manifest and plan.source < len(manifest.sources) else version,
+                         synced=version, committed=utc_now(), fingerprint=plan.file_fingerprint)
+    sources = tuple(s for s in (manifest.sources if manifest else ()) if s.source != plan.source) + (record,)
+    sources = tuple(sorted(sources, key=lambda s: s.source))
     if manifest is None:
         new_manifest = Manifest(
             version=1, model={**card.identity, "path": MODEL_DIR}, bits=card.bits, grid=card.grid, code_dtype=card.code_dtype.name,
-            shard_size=shard_size, partition_size=partition_size, n_images=report.n_images, shards=all_shards,
-            partitions=partitions, sources=(source_record,), created=utc_now(), parent=None,
+            shard_size=shard_size, partition_size=partition_size, n_images=n_new, shards=shards,
+            partitions=tuple(partitions), sources=sources, created=utc_now(), parent=None,
         )
     else:
-        new_manifest = manifest.next(n_images=report.n_images, shards=all_shards, partitions=partitions, sources=manifest.sources + (source_record,))
+        new_manifest = manifest.next(n_images=n_new, shards=shards, partitions=tuple(partitions), sources=sources)
     failpoint("index-before-commit")
     if lock is not None:
         lock.verify()
     commit_manifest(index_url, new_manifest, storage_options)
-    _cleanup_staging(index_url, version, storage_options)
-    report.version = new_manifest.version
-    report.seconds = time.perf_counter() - started
-    log.info(
-        "committed version %d of %s: %d new images (%d unreadable, skipped) in %.1f s (%.0f images/s)",
-        report.version, index_url, report.n_new, report.n_errors_new, report.seconds, report.images_per_second,
-    )
-    return report
+    cleanup_staging(index_url, version, storage_options)
+    return new_manifest
 
 
-def _prepare_codes(index_url: str, create: bool, n_images: int, card, shard_size: int, storage_options) -> None:
-    """Create the codes array, or grow it to ``n_images`` rows (old rows are never touched)."""
+def _prepare_codes(index_url: str, partitions, ranges: list[_Range], card, shard_size: int, storage_options,
+                   create: bool) -> dict[int, str]:
+    """The codes array of each partition receiving new ids, grown to hold them: a partition's
+    own, or for new partitions the index's ``codes/`` array (created with the index, or again
+    after compaction moved every partition out of it and gc deleted it). ``create`` replaces
+    an array left by an attempt at another plan of a new index."""
     from storage.arrays import create_codes_array, open_array
 
-    url = join_url(index_url, CODES)
-    if create:
-        create_codes_array(url, n_images, card.grid, card.code_dtype, shard_size, storage_options)
-        return
-    codes = open_array(url, storage_options, mode="r+")
-    if codes.shape[0] != n_images:
-        codes.resize((n_images, *card.grid))
+    codes_of = {r.partition: CODES if r.new else partitions[r.partition].codes for r in ranges}
+    rows = {rel: max(r.stop for r in ranges if codes_of[r.partition] == rel) for rel in set(codes_of.values())}
+    for rel, n_rows in rows.items():
+        url = resolve(index_url, rel)
+        if (create and rel == CODES) or not _exists(join_url(url, "zarr.json"), storage_options):
+            create_codes_array(url, n_rows, card.grid, card.code_dtype, shard_size, storage_options)
+        else:
+            array = open_array(url, storage_options, mode="r+")
+            if array.shape[0] < n_rows:
+                array.resize((n_rows, *card.grid))
+    return codes_of
 
 
-def _encode_phase(dask, index_url: str, plan, done: set[str], stage: str, report: IndexReport, storage_options) -> list[ShardEntry]:
+def _encode_phase(dask, index_url: str, jobs, source: int, version: int, done: set[str], stage: str, report: IndexReport,
+                  storage_options) -> list[ShardEntry]:
     """Run the encode tasks of shards without a done-marker; entries of every planned shard."""
     entries: dict[int, ShardEntry] = {}
     todo = []
-    for shard, id_start in plan:
-        marker = f"{id_start:012d}.done.json"
+    for job in jobs:
+        marker = f"{job[1]:012d}.done.json"
         if marker in done:
-            entries[id_start] = ShardEntry(**read_json(join_url(stage, "done", marker), storage_options)["entry"])
+            entries[job[1]] = ShardEntry(**read_json(join_url(stage, "done", marker), storage_options)["entry"])
         else:
-            todo.append((shard, id_start))
+            todo.append(job)
     report.shards_skipped = len(entries)
     if entries:
-        log.info("resuming: %d of %d shards already done, skipped", len(entries), len(plan))
+        log.info("resuming: %d of %d shards already done, skipped", len(entries), len(jobs))
     started = time.perf_counter()
-    futures = [dask.submit(encode_shard_task, index_url, shard, id_start, storage_options, pure=False) for shard, id_start in todo]
+    futures = [dask.submit(encode_shard_task, index_url, codes, shard, id_start, source, fps, version, storage_options, pure=False)
+               for shard, id_start, fps, codes in todo]
     for future in track(futures, total=len(futures), desc="encode", unit="shard"):
         summary = future.result()
         entry = ShardEntry(**summary["entry"])
@@ -428,32 +481,65 @@ def _encode_phase(dask, index_url: str, plan, done: set[str], stage: str, report
     return [entries[k] for k in sorted(entries)]
 
 
-def _partition_phase(dask, index_url: str, shards, ranges, version: int, done: set[str], stage: str, report: IndexReport, storage_options) -> list[PartitionEntry]:
-    """Build (or take from done-markers) both bucket maps of every partition range."""
+def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, str], shards, version: int, done: set[str],
+               stage: str, report: IndexReport, storage_options) -> dict[int, dict[str, MapEntry]]:
+    """Both bucket maps of each range of new ids (built, or taken from done-markers), by range start."""
     futures = []
-    for kind in PARTITION_KINDS:
-        for start, stop in ranges:
-            if f"{kind}-{start:012d}.done.json" in done:
+    for r in ranges:
+        for kind in PARTITION_KINDS:
+            if f"{kind}-{r.start:012d}.done.json" in done:
                 report.partitions_skipped += 1
                 continue
-            tables = [s.images for s in shards if s.start < stop and s.stop > start]
-            futures.append(dask.submit(build_partition_task, index_url, kind, start, stop, tables, version, storage_options, pure=False))
+            tables = [s for s in shards if s.start < r.stop and s.stop > r.start]
+            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], kind, r.start, r.stop, tables, version,
+                                       storage_options, pure=False))
     if report.partitions_skipped:
-        log.info("resuming: %d of %d bucket partitions already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
-    for future in track(futures, total=len(futures), desc="buckets", unit="partition"):
+        log.info("resuming: %d of %d bucket maps already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
+    for future in track(futures, total=len(futures), desc="buckets", unit="map"):
         entry = future.result()
         write_json_atomic(join_url(stage, "done", f"{entry['kind']}-{entry['start']:012d}.done.json"), entry, storage_options)
         report.partitions_built += 1
         failpoint("index-partition-built")
-    return [
-        PartitionEntry(**read_json(join_url(stage, "done", f"{kind}-{start:012d}.done.json"), storage_options))
-        for kind in PARTITION_KINDS for start, _ in ranges
-    ]
+    maps: dict[int, dict[str, MapEntry]] = {}
+    for r in ranges:
+        for kind in PARTITION_KINDS:
+            entry = read_json(join_url(stage, "done", f"{kind}-{r.start:012d}.done.json"), storage_options)
+            maps.setdefault(r.start, {})[kind] = MapEntry(entry["path"], entry["stats"])
+    return maps
 
 
-def _cleanup_staging(index_url: str, version: int, storage_options) -> None:
-    fs, path = url_to_fs(join_url(index_url, staging_dir(version)), storage_options)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
+def _tombstone(index_url: str, partitions: list[PartitionEntry], plan: SyncPlan, version: int, storage_options) -> list[PartitionEntry]:
+    """``partitions`` with the ids ``plan`` removes added to their tombstones."""
+    out = []
+    for p in partitions:
+        inside = (plan.dead >= p.start) & (plan.dead < p.stop)
+        if inside.any():
+            p = replace(p, tombstones=write_tombstones(index_url, p, plan.dead[inside], plan.dead_readable[inside], version,
+                                                       storage_options))
+        out.append(p)
+    return out
+
+
+def _adopt_fingerprints(index_url: str, shards: tuple[ShardEntry, ...], plan: SyncPlan, version: int,
+                        storage_options) -> tuple[ShardEntry, ...]:
+    """Record the current fingerprint of images indexed without one (by format 1): their
+    tables are written again (once), with the fingerprint filled in."""
+    if not len(plan.adopt_ids):
+        return shards
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = dict(zip(plan.adopt_ids.tolist(), plan.adopt_fingerprints))
+    out = []
+    for shard in shards:
+        if not any(shard.start <= i < shard.stop for i in found):
+            out.append(shard)
+            continue
+        table = read_shard_tables(index_url, [shard], storage_options)
+        fps = [found.get(i, fp) for i, fp in zip(table.column("image_id").to_pylist(), table.column("fingerprint").to_pylist())]
+        table = table.set_column(table.schema.get_field_index("fingerprint"), "fingerprint", pa.array(fps, pa.string()))
+        readable = pc.is_null(table.column("reason"))
+        out.append(write_shard_tables(index_url, shard.start, shard.stop, version, table.filter(readable),
+                                      table.filter(pc.invert(readable)), storage_options))
+    log.info("recorded the fingerprints of %d images indexed without one (by index format 1)", len(found))
+    return tuple(out)

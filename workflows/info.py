@@ -8,7 +8,7 @@ from storage import join_url
 from storage.layout import MODEL_DIR
 from storage.manifest import list_versions, read_manifest
 
-__all__ = ["describe_model", "describe_index", "render"]
+__all__ = ["describe_model", "describe_index", "index_errors", "render"]
 
 
 def describe_model(model: str, storage_options: dict | None = None) -> dict[str, Any]:
@@ -18,51 +18,86 @@ def describe_model(model: str, storage_options: dict | None = None) -> dict[str,
     return {"model": resolve_model_url(model), **card.summary()}
 
 
-def _bucket_summary(partitions) -> dict[str, Any]:
-    """Per-kind totals over partitions, and each partition's own statistics."""
+def _bucket_summary(manifest) -> dict[str, Any]:
+    """Per-kind totals over the partitions' base maps, and each partition's own statistics."""
+    from storage.manifest import PARTITION_KINDS
+
     out: dict[str, Any] = {}
-    for kind in sorted({p.kind for p in partitions}):
-        parts = [p for p in partitions if p.kind == kind]
+    for kind in PARTITION_KINDS:
+        maps = [(p, p.maps[kind]) for p in manifest.partitions]
         out[kind] = {
-            "partitions": len(parts),
-            "distinct_codes_sum": sum(p.stats.get("distinct_codes", 0) for p in parts),
-            "pairs": sum(p.stats.get("pairs", 0) for p in parts),
-            "max_density": max((p.stats.get("max_density", 0) for p in parts), default=0),
-            "per_partition": [{"start": p.start, "stop": p.stop, **p.stats} for p in parts],
+            "partitions": len(maps),
+            "distinct_codes_sum": sum(m.stats.get("distinct_codes", 0) for _, m in maps),
+            "pairs": sum(m.stats.get("pairs", 0) for _, m in maps),
+            "max_density": max((m.stats.get("max_density", 0) for _, m in maps), default=0),
+            "deltas": sum(len(p.deltas) for p, _ in maps),
+            "per_partition": [{"start": p.start, "stop": p.stop, "deltas": len(p.deltas), **m.stats} for p, m in maps],
         }
     return out
 
 
 def describe_index(index_url: str, storage_options: dict | None = None, runs: int = 5) -> dict[str, Any]:
-    """The index's versions, counts, model and buckets; its current lock holder and last ``runs`` runs."""
+    """The index's counts, versions, bytes, model and buckets; its current lock holder and last ``runs`` runs.
+
+    ``n_images`` counts the live, searchable images; ``n_unreadable`` the corpus files that
+    could not be read (``errors`` lists them, see :func:`index_errors`); ``n_deleted`` the
+    images deleted but not yet compacted out of the bucket maps. ``bytes`` are those of the
+    objects the current version references, and those ``patchhash gc`` would delete now with
+    its defaults.
+    """
+    from dataclasses import asdict
+
     from pipeline.modelcard import read_card
+    from storage.gc import plan_gc
     from storage.lock import read_lock
     from storage.runlog import read_runs
+    from workflows.maintenance import GcSettings
 
     manifest = read_manifest(index_url, storage_options)
     holder = read_lock(index_url, storage_options)
     card = read_card(join_url(index_url, MODEL_DIR), storage_options)
+    defaults = GcSettings()
+    garbage = plan_gc(index_url, defaults.keep_versions, defaults.min_age, storage_options)
     return {
         "index": index_url,
+        "format_version": manifest.format_version,
         "version": manifest.version,
         # a versions/ file above the manifest's version is a commit cut short between its two writes
         "versions": [v for v in list_versions(index_url, storage_options) if v <= manifest.version],
         "created": manifest.created,
-        "n_images": manifest.n_images,
+        "n_images": manifest.n_ok,
         "n_indexed": manifest.n_ok,
+        "n_unreadable": manifest.n_errors,
         "n_errors": manifest.n_errors,
+        "n_deleted": manifest.n_deleted,
+        "n_ids": manifest.n_images,
+        "bytes": {"current_version": garbage.referenced_bytes, "reclaimable_by_gc": garbage.garbage_bytes,
+                  "unreferenced_younger_than_min_age": sum(size for _, size in garbage.young)},
         "bits": manifest.bits,
         "grid": list(manifest.grid),
         "code_dtype": manifest.code_dtype,
         "shard_size": manifest.shard_size,
         "partition_size": manifest.partition_size,
         "shards": len(manifest.shards),
-        "buckets": _bucket_summary(manifest.partitions),
-        "sources": list(manifest.sources),
+        "buckets": _bucket_summary(manifest),
+        "sources": [asdict(s) for s in manifest.sources],
+        "excluded_uris": manifest.excluded.n if manifest.excluded else 0,
         "model": card.summary(),
         "lock": holder.describe() if holder else None,
         "runs": read_runs(index_url, storage_options, last=runs),
     }
+
+
+def index_errors(index_url: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """The live unreadable images of an index: ``image_id``, ``uri``, ``reason``, ``source``."""
+    import pyarrow.compute as pc
+
+    from storage.image_tables import read_state
+
+    manifest = read_manifest(index_url, storage_options)
+    state = read_state(index_url, manifest, storage_options)
+    errors = state.filter(pc.is_valid(state.column("reason")))
+    return errors.select(["image_id", "uri", "reason", "source"]).to_pylist()
 
 
 def _lines(value: Any, indent: int = 0) -> list[str]:

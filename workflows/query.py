@@ -229,28 +229,38 @@ def _nbytes(value) -> int:
 _cache = WorkerCache()
 
 
-def load_partition(index_url: str, path: str, storage_options=None):
-    """The bucket map at ``path`` (immutable once committed), cached per worker process."""
-    from pipeline.buckets import BucketMap
+def load_partition(index_url: str, partition, storage_options=None):
+    """The live bucket map of a :class:`~storage.manifest.SearchPartition`: its base map merged
+    with its deltas, tombstoned ids dropped. Every object it is made of is immutable once
+    committed, so the result is cached per worker process under the partition's key."""
+    from pipeline.buckets import BucketMap, drop_ids, merge_bucket_maps
     from storage.arrays import read_array_group
+    from storage.tables import read_parquet
 
-    def load():
+    def read_map(path: str) -> BucketMap:
         arrays, _ = read_array_group(resolve(index_url, path), storage_options)
         return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
 
-    return _cache.get(("partition", index_url, path), load)
+    def load():
+        maps = [read_map(path) for path in partition.maps]
+        bmap = maps[0] if len(maps) == 1 else merge_bucket_maps(maps)
+        if partition.tombstones:
+            dead = read_parquet(resolve(index_url, partition.tombstones), storage_options, ["image_id"]).column("image_id")
+            bmap = drop_ids(bmap, dead.to_numpy())
+        return bmap
+
+    return _cache.get(("partition", index_url, partition.key), load)
 
 
-def load_codes(index_url: str, start: int, stop: int, storage_options=None) -> np.ndarray:
-    """Flattened ``[stop - start, G]`` codes of images ``start..stop`` (committed rows never
-    change), cached per worker process like the bucket maps."""
+def load_codes(index_url: str, codes: str, start: int, stop: int, storage_options=None) -> np.ndarray:
+    """Flattened ``[stop - start, G]`` codes of images ``start..stop`` from the codes array
+    ``codes`` (committed rows never change), cached per worker process like the bucket maps."""
     from storage.arrays import read_rows
-    from storage.layout import CODES
 
     def load():
-        return read_rows(join_url(index_url, CODES), start, stop, storage_options).reshape(stop - start, -1)
+        return read_rows(resolve(index_url, codes), start, stop, storage_options).reshape(stop - start, -1)
 
-    return _cache.get(("codes", index_url, start, stop), load)
+    return _cache.get(("codes", index_url, codes, start, stop), load)
 
 
 def encode_block_task(index_url: str, shard, storage_options, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
@@ -266,17 +276,17 @@ def encode_block_task(index_url: str, shard, storage_options, shift_radius: floa
     return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
 
 
-def search_task(index_url: str, partition: dict, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
+def search_task(index_url: str, partition, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
     from pipeline.rerank import rerank_search
     from pipeline.search import seed_search
 
-    bmap = load_partition(index_url, partition["path"], storage_options)
-    start, stop = partition["start"], partition["stop"]
+    bmap = load_partition(index_url, partition, storage_options)
+    start, stop = partition.start, partition.stop
     if settings.mode == "seed":
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
-        codes = load_codes(index_url, start, stop, storage_options)
-        shortlist, max_bucket = settings.partition_limits(stop - start)
+        codes = load_codes(index_url, partition.codes, start, stop, storage_options)
+        shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
         if settings.shift_radius:
@@ -421,7 +431,7 @@ def query(
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     queries = source.url
-    partitions = [p.__dict__ for p in manifest.partitions_of(PARTITION_KIND[settings.mode])]
+    partitions = manifest.search_partitions(PARTITION_KIND[settings.mode])
     uris = image_uri_array(index_url, manifest, storage_options)
     shards = source.shards(settings.block_size)
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
@@ -447,7 +457,7 @@ def query(
                 result.rows += marker["rows"]
             bar.update(result.blocks_skipped)
         next_shards = iter(todo)
-        pinned_to = partition_affinity(partitions, list(dask.nthreads()))
+        pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in partitions], list(dask.nthreads()))
 
         def refill() -> None:
             for shard in next_shards:

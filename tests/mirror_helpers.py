@@ -1,0 +1,115 @@
+"""A folder of real PNG files that changes like a photo collection, and the check that an index
+synced with it answers exactly as a fresh index of the same files (tests of issue 16)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from workflows.index import IndexSettings, index
+from workflows.query import QuerySettings, query
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class PhotoFolder:
+    """Image files under ``url`` (any fsspec URL) with the changes an operator sees overnight.
+
+    ``pool`` holds the pixels the files are drawn from (uint8 ``[n, 28, 28]``); file ``name``
+    holds ``pool[content[name]]`` (None: truncated, half uploaded).
+    """
+
+    def __init__(self, url: str, pool: np.ndarray, storage_options=None):
+        self.url, self.pool, self.options = url.rstrip("/"), pool, storage_options or {}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.content: dict[str, int | None] = {}
+        self.serial = 0
+
+    def uri(self, name: str) -> str:
+        return f"{self.url}/{name}" if "://" in self.url else os.path.join(self.url, name)
+
+    def names(self) -> list[str]:
+        return sorted(self.content)
+
+    def write(self, name: str, j: int | None) -> None:
+        data = png(self.pool[j]) if j is not None else png(self.pool[0])[:40]
+        self.fs.pipe_file(f"{self.root}/{name}", data)
+        self.content[name] = j
+
+    def add(self, j: int) -> str:
+        self.serial += 1
+        name = f"new{self.serial:04d}.png"
+        self.write(name, j)
+        return name
+
+    def delete(self, name: str) -> None:
+        self.fs.rm_file(f"{self.root}/{name}")
+        del self.content[name]
+
+    def rename(self, name: str) -> str:
+        self.serial += 1
+        new = f"moved{self.serial:04d}.png"
+        self.fs.mv(f"{self.root}/{name}", f"{self.root}/{new}")
+        self.content[new] = self.content.pop(name)
+        return new
+
+    def readable(self) -> dict[str, int]:
+        """uri -> pool row of every complete file."""
+        return {self.uri(n): j for n, j in self.content.items() if j is not None}
+
+
+def results(url: str, storage_options=None) -> dict[int, list[tuple[str, float]]]:
+    """Query row -> its hits ``(image_uri, score)`` in rank order."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    with fs.open(path, "rb") as f:
+        rows = pq.read_table(f).to_pylist()
+    out: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    for row in rows:
+        if row["image_uri"] is not None:
+            out[row["query_id"]].append((row["image_uri"], row["score"]))
+    return dict(out)
+
+
+def assert_same_results(got: dict, want: dict, what: str = "") -> None:
+    """Same scores at every rank and the same uris, except that images tied at the last
+    score of a list may differ (a tie at the cut is broken by image id, and ids differ)."""
+    assert set(got) == set(want), f"{what}: queries answered {sorted(got)} != {sorted(want)}"
+    for q in want:
+        a, b = got[q], want[q]
+        assert [s for _, s in a] == [s for _, s in b], f"{what}: query {q} scores {a} != {b}"
+        cut = b[-1][1] if b else None
+        for score in {s for _, s in b} - {cut}:
+            assert {u for u, s in a if s == score} == {u for u, s in b if s == score}, f"{what}: query {q} at score {score}: {a} != {b}"
+
+
+def answer(index_url: str, queries: str, out: str, client, mode: str, k: int = 5, storage_options=None) -> dict:
+    query(index_url, queries, out, QuerySettings(k=k, mode=mode), client=client, storage_options=storage_options)
+    return results(out, storage_options)
+
+
+def assert_mirrors(index_url: str, folder: PhotoFolder, queries: str, model: str, work: Path, client,
+                   modes=("seed", "default"), storage_options=None, settings: IndexSettings | None = None) -> None:
+    """``index_url`` answers ``queries`` exactly as a fresh index of ``folder``'s files does, in every mode."""
+    work.mkdir(parents=True, exist_ok=True)
+    fresh = str(work / f"fresh-{len(list(work.iterdir()))}")
+    index(folder.url, fresh, model, settings or IndexSettings(), client=client, storage_options=storage_options)
+    live = set(folder.readable())
+    for mode in modes:
+        got = answer(index_url, queries, str(work / f"got-{mode}.parquet"), client, mode, storage_options=storage_options)
+        want = answer(fresh, queries, str(work / f"want-{mode}.parquet"), client, mode, storage_options=storage_options)
+        assert sum(map(len, want.values())) >= len(want) >= 1, f"{mode}: the fresh index found nothing to compare"
+        returned = {u for hits in got.values() for u, _ in hits}
+        assert returned <= live, f"{mode}: returned uris that are not live files: {sorted(returned - live)}"
+        assert_same_results(got, want, mode)

@@ -1,0 +1,130 @@
+"""The Dask tasks of ``patchhash index`` and ``patchhash compact``, run on workers.
+
+Each receives URLs, small picklable shards and entries, never a model or corpus arrays; each
+writes whole objects at deterministic paths, so a task that runs twice writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage import join_url
+from storage.image_tables import ERRORS_SCHEMA, IMAGES_SCHEMA, read_shard_tables, write_shard_tables
+from storage.layout import MODEL_DIR, partition_path, resolve
+from storage.manifest import PARTITION_KINDS, MapEntry, ShardEntry
+
+__all__ = ["encode_shard_task", "build_map_task", "compact_task", "cut_shards"]
+
+
+def encode_shard_task(index_url: str, codes: str, shard, id_start: int, source: int, fingerprints: list | None,
+                      version: int, storage_options) -> dict:
+    """Read, convert and encode one shard; write its codes rows and its image/errors tables.
+
+    ``fingerprints`` (one per row of the shard) are recorded with the images; ``None``
+    records the hash of the pixels read (rows of array corpora).
+    """
+    from pipeline.encode import load_encoder
+    from storage import ImageSpec
+    from storage.arrays import write_rows
+    from storage.fingerprint import pixel_fingerprints
+
+    started = time.perf_counter()
+    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    data = shard.read(ImageSpec(*encoder.input_shape))
+    n_rows = shard.stop - shard.start
+    gh, gw = encoder.card.grid
+    rows = np.zeros((n_rows, gh, gw), dtype=encoder.card.code_dtype)
+    if len(data.ids):
+        rows[data.ids - shard.start] = encoder.encode(data.pixels)
+    write_rows(resolve(index_url, codes), id_start, rows, storage_options)
+    offset = id_start - shard.start
+    given = fingerprints if fingerprints is not None else [None] * n_rows
+    ok_fps = [given[i] for i in (data.ids - shard.start).tolist()] if fingerprints is not None else pixel_fingerprints(data.pixels)
+    images = pa.table({"image_id": data.ids + offset, "uri": data.uris, "source": [source] * len(data.ids), "fingerprint": ok_fps},
+                      schema=IMAGES_SCHEMA)
+    errors = pa.table({"image_id": [e.image_id + offset for e in data.errors], "uri": [e.uri for e in data.errors],
+                       "reason": [e.reason for e in data.errors], "source": [source] * len(data.errors),
+                       "fingerprint": [given[e.image_id - shard.start] for e in data.errors]}, schema=ERRORS_SCHEMA)
+    entry = write_shard_tables(index_url, id_start, id_start + n_rows, version, images, errors, storage_options)
+    return {"entry": entry.__dict__, "seconds": time.perf_counter() - started,
+            "errors": [{"uri": e.uri, "reason": e.reason} for e in data.errors[:20]]}
+
+
+def _build_and_write(index_url: str, kind: str, start: int, stop: int, flat: np.ndarray, ids: np.ndarray, version: int,
+                     storage_options) -> MapEntry:
+    from pipeline.buckets import build_bucket_map
+    from storage.arrays import write_array_group
+
+    bmap = build_bucket_map(flat, ids, positional=kind == "pos")
+    stats = bmap.stats()
+    path = partition_path(kind, start, stop, version)
+    arrays = {"keys": bmap.keys, "offsets": bmap.offsets, "ids": bmap.ids, "key_bounds": bmap.key_bounds}
+    write_array_group(join_url(index_url, path), arrays, {"kind": kind, "start": start, "stop": stop, "stats": stats}, storage_options)
+    return MapEntry(path, stats)
+
+
+def build_map_task(index_url: str, codes: str, kind: str, start: int, stop: int, shards: list[ShardEntry], version: int,
+                   storage_options) -> dict:
+    """Build the ``kind`` bucket map of the readable images of ids ``[start, stop)`` (a new
+    partition's base, or a delta of ids appended to one) from the stored codes."""
+    from storage.arrays import read_rows
+    from storage.tables import read_parquet
+
+    rows = read_rows(resolve(index_url, codes), start, stop, storage_options)
+    ids = np.concatenate([read_parquet(resolve(index_url, s.images), storage_options, ["image_id"]).column("image_id").to_numpy()
+                          for s in shards] or [np.empty(0, np.int64)]).astype(np.int64)
+    ids = np.sort(ids[(ids >= start) & (ids < stop)])
+    entry = _build_and_write(index_url, kind, start, stop, rows.reshape(len(rows), -1)[ids - start], ids, version, storage_options)
+    return {"kind": kind, "start": start, "stop": stop, "path": entry.path, "stats": entry.stats}
+
+
+def cut_shards(start: int, stop: int, row_ids: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
+    """Id ranges tiling ``[start, stop)`` that hold about ``shard_size`` of ``row_ids`` (sorted) each,
+    cut only at multiples of ``shard_size``."""
+    cuts = [start]
+    boundaries = list(range((start // shard_size + 1) * shard_size, stop, shard_size)) + [stop]
+    held = 0
+    for boundary in boundaries:
+        held = int(np.searchsorted(row_ids, boundary)) - int(np.searchsorted(row_ids, cuts[-1]))
+        if held >= shard_size or boundary == stop:
+            cuts.append(boundary)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def compact_task(index_url: str, members: list[tuple[int, int, str]], shards: list[ShardEntry], dead: np.ndarray,
+                 start: int, stop: int, codes_path: str, shard_size: int, grid: tuple[int, int], dtype: str, version: int,
+                 storage_options) -> dict:
+    """Rewrite partitions ``members`` (``(start, stop, codes)``, adjacent, covering ``[start, stop)``)
+    as one: a new codes array with the rows of deleted ids cleared, tables without them, cut
+    into shards of about ``shard_size`` images, and base bucket maps of the live images."""
+    from storage.arrays import create_codes_array, read_rows, write_rows
+
+    table = read_shard_tables(index_url, shards, storage_options)
+    table = table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=pa.array(dead, pa.int64()))))
+    readable = table.filter(pc.is_null(table.column("reason")))
+    live = readable.column("image_id").to_numpy()
+    codes = np.zeros((stop - start, *grid), dtype)
+    for m_start, m_stop, m_codes in members:
+        codes[m_start - start : m_stop - start] = read_rows(resolve(index_url, m_codes), m_start, m_stop, storage_options)
+    keep = np.zeros(stop - start, bool)
+    keep[live - start] = True
+    codes[~keep] = 0
+    create_codes_array(join_url(index_url, codes_path), stop, grid, np.dtype(dtype), shard_size, storage_options)
+    write_rows(join_url(index_url, codes_path), start, codes, storage_options)
+
+    entries = []
+    all_ids = table.column("image_id").to_numpy()
+    for s_start, s_stop in cut_shards(start, stop, all_ids, shard_size):
+        part = table.filter(pc.and_(pc.greater_equal(table.column("image_id"), s_start), pc.less(table.column("image_id"), s_stop)))
+        is_error = pc.is_valid(part.column("reason"))
+        entry = write_shard_tables(index_url, s_start, s_stop, version, part.filter(pc.invert(is_error)),
+                                   part.filter(is_error), storage_options)
+        entries.append(entry.__dict__)
+    flat = codes.reshape(len(codes), -1)[live - start]
+    maps = {kind: _build_and_write(index_url, kind, start, stop, flat, live, version, storage_options).__dict__
+            for kind in PARTITION_KINDS}
+    return {"start": start, "stop": stop, "codes": codes_path, "maps": maps, "shards": entries}
