@@ -30,7 +30,6 @@ from conftest_corpus import (
     write_samples,
 )
 
-from storage import corpus as corpus_module
 from storage.corpus import (
     IdxCorpus,
     ImageFilesCorpus,
@@ -39,8 +38,10 @@ from storage.corpus import (
     Shard,
     UriListCorpus,
     ZarrCorpus,
+    clear_source_cache,
     open_corpus,
 )
+from storage.corpus._sources import SOURCES, consecutive_runs, open_source
 from storage.errors import ConfigError, CorpusError
 from storage.images import ImageSpec, convert
 
@@ -247,16 +248,16 @@ def test_fashion_mnist_idx(path, count):
 
 @requires_fashion
 def test_second_idx_shard_read_hits_the_process_cache():
-    corpus_module._SOURCES.clear()
+    clear_source_cache()
     corpus = open_corpus(str(FASHION_TRAIN))
     first, second = corpus.shards(1000)[:2]
     first.read(GREY)
-    source = corpus_module._SOURCES._entries[("idx", str(FASHION_TRAIN), "{}")]
+    source = SOURCES._entries[("idx", str(FASHION_TRAIN), "{}")]
     decoded = source._array
     assert decoded is not None
     second.read(RGB)
-    assert corpus_module._SOURCES.misses == 1
-    assert corpus_module._SOURCES.hits == 2
+    assert SOURCES.misses == 1
+    assert SOURCES.hits == 2
     assert source._array is decoded
 
 
@@ -283,7 +284,7 @@ def test_local_arrays_are_not_memory_mapped(tmp_path, name):
     images = np.random.default_rng(1).integers(0, 256, (64, 28, 28), dtype=np.uint8)
     path = tmp_path / name
     np.save(path, images) if name.endswith(".npy") else write_idx(path, images)
-    corpus_module._SOURCES.clear()
+    clear_source_cache()
     corpus = open_corpus(str(path))
     parts = [shard.read(GREY).pixels[..., 0] for shard in corpus.shards(10)]
     np.testing.assert_array_equal(np.concatenate(parts), images)
@@ -295,7 +296,7 @@ def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monk
     returning less than asked (Linux caps one call at 2 GiB) is continued, not taken as EOF."""
     array = np.random.default_rng(2).integers(0, 256, (40, 5, 6), dtype=np.uint8)
     np.save(tmp_path / "a.npy", array)
-    source = corpus_module._open_npy(str(tmp_path / "a.npy"), {})
+    source = open_source("npy", str(tmp_path / "a.npy"), {})
     reads = []
     real = os.preadv
 
@@ -303,10 +304,10 @@ def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monk
         reads.append(offset)
         return real(fd, [buffers[0][:7]], offset)  # at most 7 bytes per call
 
-    monkeypatch.setattr(corpus_module.os, "preadv", small_preadv)
+    monkeypatch.setattr(os, "preadv", small_preadv)
     rows = np.array([2, 3, 4, 9, 30, 31])
     np.testing.assert_array_equal(source.get(rows), array[rows])
-    assert corpus_module._consecutive_runs(rows) == [(2, 5), (9, 10), (30, 32)]
+    assert consecutive_runs(rows) == [(2, 5), (9, 10), (30, 32)]
     assert len(reads) == sum(-(-n * 30 // 7) for n in (3, 1, 2))
     np.testing.assert_array_equal(source.get(slice(5, 25)), array[5:25])
     assert source.get(np.array([], dtype=np.int64)).shape == (0, 5, 6)
@@ -314,7 +315,7 @@ def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monk
 
 def test_npy_cut_after_opening_fails_on_read_naming_the_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((20, 8, 8), np.uint8))
-    corpus_module._SOURCES.clear()
+    clear_source_cache()
     corpus = open_corpus(str(tmp_path / "a.npy"))
     corpus.read(ImageSpec(8, 8, 1), 0, 10)  # opens the file, as a worker's first shard does
     with open(tmp_path / "a.npy", "r+b") as file:
