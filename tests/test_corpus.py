@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest_corpus import (
+from corpus_helpers import (
     FASHION_TEST,
     FASHION_TRAIN,
     FASHION_TRAIN_LABELS,
