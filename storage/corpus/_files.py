@@ -37,28 +37,11 @@ _FETCH_BATCH = 256  # image files fetched per fs call: bounds the memory held by
 def read_uri_rows(
     start: int, uris: tuple[str, ...], options: Mapping[str, Any], spec: ImageSpec
 ) -> ShardData:
-    """Read the rows of an ``images`` or ``urilist`` shard.
+    """Read the rows of an ``images`` or ``urilist`` shard for :meth:`Shard.read`.
 
-    Parameters
-    ----------
-    start : int
-        Image id of the first uri.
-    uris : tuple of str
-        Uris of the rows: image files, ``<array url>#<row>`` references, or ``""``.
-    options : Mapping
-        fsspec options for every URL read.
-    spec : ImageSpec
-        Geometry to convert every image to.
-
-    Returns
-    -------
-    ShardData
-        Unreadable images are reported in ``errors``, never raised.
-
-    Raises
-    ------
-    StorageUnavailableError
-        A fetch still failed transiently after its retries.
+    ``uris`` (image files, ``<array url>#<row>`` references, or ``""``) are those of the ids
+    from ``start``. Unreadable images become :class:`ReadError` rows; a fetch that still fails
+    transiently after its retries raises :class:`StorageUnavailableError`.
     """
     results: dict[int, np.ndarray | str] = {}
     files: list[tuple[int, str]] = []
