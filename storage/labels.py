@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
-from storage.corpus import IDX_NAME_PATTERN, check_size, read_csv_rows, read_idx_file, read_npy_header, read_text, reading
+from storage.corpus.formats import IDX_NAME_PATTERN, check_size, read_csv_rows, read_idx_file, read_npy_header, read_text, reading
 from storage.errors import CorpusError
 from storage.fs import display_url, resolve_url, url_to_fs
 

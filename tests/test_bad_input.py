@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest_corpus import encode, png_bytes, write_idx
+from corpus_helpers import encode, png_bytes, write_idx
 from PIL import Image
 
 CLI = [sys.executable, "-m", "workflows.cli"]

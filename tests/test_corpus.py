@@ -1,28 +1,38 @@
-"""Corpus readers (storage.corpus) on real files: image folders, IDX, npy, Zarr, uri lists."""
+"""Corpus readers (storage.corpus) on real files: image folders, IDX, npy, Zarr, uri lists.
+
+A reader test takes the ``store`` fixture: it runs once on local files and once on
+``memory://`` ones. The others use local files: what only they do (relative paths, ``pread``,
+memory maps, other processes), shard arithmetic, Fashion-MNIST, and the upload to S3 (moto).
+"""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import multiprocessing
 import os
 import pickle
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest_corpus import (
+from corpus_helpers import (
     FASHION_TEST,
     FASHION_TRAIN,
     FASHION_TRAIN_LABELS,
     Sample,
+    Store,
+    idx_bytes,
     memory_root,
     moto_s3,
+    npy_bytes,
+    parquet_bytes,
     png_bytes,
     requires_fashion,
     write_broken_folder,
@@ -30,7 +40,6 @@ from conftest_corpus import (
     write_samples,
 )
 
-from storage import corpus as corpus_module
 from storage.corpus import (
     IdxCorpus,
     ImageFilesCorpus,
@@ -39,8 +48,10 @@ from storage.corpus import (
     Shard,
     UriListCorpus,
     ZarrCorpus,
+    clear_source_cache,
     open_corpus,
 )
+from storage.corpus._sources import SOURCES, consecutive_runs, open_source
 from storage.errors import ConfigError, CorpusError
 from storage.images import ImageSpec, convert
 
@@ -72,30 +83,44 @@ def assert_samples(data, samples: list[Sample], spec: ImageSpec):
                                    atol=tolerance, err_msg=sample.relpath)
 
 
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path) -> Iterator[Store]:
+    """The folder a reader test writes to: ``tmp_path``, then a fresh ``memory://`` folder."""
+    if request.param == "local":
+        yield Store(str(tmp_path))
+    else:
+        with memory_root() as url:
+            yield Store(url)
+
+
+@pytest.fixture
+def samples(store) -> list[Sample]:
+    """The sample images, written to ``images/`` of the store."""
+    return write_samples(store, "images")
+
+
 @pytest.fixture
 def sample_dir(tmp_path) -> tuple[Path, list[Sample]]:
-    root = tmp_path / "images"
-    return root, write_samples(root)
+    """The sample images in the local folder ``tmp_path/images``."""
+    return tmp_path / "images", write_samples(Store(str(tmp_path)), "images")
 
 
 # --- folders, globs, single files ---------------------------------------------------------
 
 
-def test_folder_is_listed_recursively_sorted_by_full_path(sample_dir):
-    root, samples = sample_dir
-    corpus = open_corpus(str(root))
+def test_folder_is_listed_recursively_sorted_by_full_path(store, samples):
+    corpus = open_corpus(store.url("images"))
     assert isinstance(corpus, ImageFilesCorpus)
     assert corpus.kind == "images"
-    assert corpus.url == str(root)
-    assert corpus.uris() == [str(root / s.relpath) for s in samples]
+    assert corpus.url == store.url("images")
+    assert corpus.uris() == [store.url(f"images/{s.relpath}") for s in samples]
     assert len(corpus) == len(samples) == 12
     assert corpus.native_spec() is None
 
 
 @pytest.mark.parametrize("spec", [GREY, RGB], ids=["28x28x1", "32x32x3"])
-def test_folder_of_mixed_formats_converts_to_exact_values(sample_dir, spec):
-    root, samples = sample_dir
-    assert_samples(open_corpus(root).read(spec), samples, spec)
+def test_folder_of_mixed_formats_converts_to_exact_values(store, samples, spec):
+    assert_samples(open_corpus(store.url("images")).read(spec), samples, spec)
 
 
 def test_relative_local_url_gives_absolute_uris(sample_dir, monkeypatch):
@@ -106,44 +131,42 @@ def test_relative_local_url_gives_absolute_uris(sample_dir, monkeypatch):
     assert corpus.uris()[0] == str(root / "c" / "d" / "palette.gif")
 
 
-def test_glob_selects_matching_image_files(sample_dir):
-    root, _ = sample_dir
-    corpus = open_corpus(str(root / "*" / "*.png"))
-    assert corpus.uris() == [str(root / "c" / "rgba.png"), str(root / "f" / "la.png")]
-    recursive = open_corpus(str(root / "**" / "*.t*"))  # also matches notes.txt: not an image
+def test_glob_selects_matching_image_files(store, samples):
+    corpus = open_corpus(store.url("images/*/*.png"))
+    assert corpus.uris() == [store.url("images/c/rgba.png"), store.url("images/f/la.png")]
+    recursive = open_corpus(store.url("images/**/*.t*"))  # also matches notes.txt: not an image
     assert [Path(u).name for u in recursive.uris()] == ["bw.tif"]
-    assert [Path(u).name for u in open_corpus(str(root / "**" / "image.*")).uris()] == [
+    assert [Path(u).name for u in open_corpus(store.url("images/**/image.*")).uris()] == [
         "image.TIFF", "image.bmp", "image.webp"
     ]
+    globbed = open_corpus(store.url("images/e/*"))
+    assert [u.rsplit("/", 1)[1] for u in globbed.uris()] == ["grey.jpeg", "photo.JPG"]
 
 
-def test_glob_without_images_names_the_pattern(sample_dir):
-    root, _ = sample_dir
+def test_glob_without_images_names_the_pattern(store, samples):
     with pytest.raises(CorpusError, match=r"no images found at .*\*\.txt"):
-        open_corpus(str(root / "*.txt"))
+        open_corpus(store.url("images/*.txt"))
 
 
-def test_single_image_file_is_a_corpus_of_one(sample_dir):
-    root, samples = sample_dir
-    path = root / "c" / "rgba.png"
-    corpus = open_corpus(str(path))
-    assert corpus.uris() == [str(path)]
+def test_single_image_file_is_a_corpus_of_one(store, samples):
+    url = store.url("images/c/rgba.png")
+    corpus = open_corpus(url)
+    assert corpus.uris() == [url]
     data = corpus.read(GREY)
     assert data.ids.tolist() == [0]
     assert (data.pixels == next(s.grey for s in samples if s.relpath == "c/rgba.png")).all()
 
 
 @pytest.mark.parametrize("name", ["missing", "notes.txt-nope", "empty"])
-def test_nothing_readable_raises_corpus_error(tmp_path, name):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.md").write_text("no images here")
+def test_nothing_readable_raises_corpus_error(store, name):
+    store.write("empty/readme.md", "no images here")
     with pytest.raises(CorpusError, match=r"no images found at .*; expected a folder or glob"):
-        open_corpus(str(tmp_path / name))
+        open_corpus(store.url(name))
 
 
-def test_unreadable_files_become_read_errors(tmp_path):
-    reasons = write_broken_folder(tmp_path / "broken")
-    corpus = open_corpus(tmp_path / "broken")
+def test_unreadable_files_become_read_errors(store):
+    reasons = write_broken_folder(store, "broken")
+    corpus = open_corpus(store.url("broken"))
     data = corpus.read(GREY)
     assert data.ids.tolist() == [0, 4]
     assert data.uris == [corpus.uris()[0], corpus.uris()[4]]
@@ -153,27 +176,12 @@ def test_unreadable_files_become_read_errors(tmp_path):
     assert data.errors == expected
 
 
-def test_file_deleted_after_listing_is_a_read_error(sample_dir):
-    root, samples = sample_dir
-    corpus = open_corpus(root)
-    Path(corpus.uris()[2]).unlink()
+def test_file_deleted_after_listing_is_a_read_error(store, samples):
+    corpus = open_corpus(store.url("images"))
+    store.delete(corpus.uris()[2])
     data = corpus.read(GREY)
     assert data.errors == [ReadError(2, corpus.uris()[2], "file not found")]
     assert data.ids.tolist() == [i for i in range(len(samples)) if i != 2]
-
-
-def test_memory_folder(sample_dir):
-    root, samples = sample_dir
-    with memory_root() as url:
-        fs = fsspec.filesystem("memory")
-        for sample in samples:
-            fs.pipe(f"{url}/{sample.relpath}", (root / sample.relpath).read_bytes())
-        fs.pipe(f"{url}/notes.txt", b"text")
-        corpus = open_corpus(url)
-        assert corpus.uris() == [f"{url}/{s.relpath}" for s in samples]
-        assert_samples(corpus.read(RGB), samples, RGB)
-        globbed = open_corpus(f"{url}/e/*")
-        assert [u.rsplit("/", 1)[1] for u in globbed.uris()] == ["grey.jpeg", "photo.JPG"]
 
 
 # --- shards -------------------------------------------------------------------------------
@@ -194,9 +202,8 @@ def test_shards_cut_contiguous_ranges(sample_dir):
     assert len({hash(shard) for shard in shards}) == 3
 
 
-def test_shard_reads_concatenate_to_the_full_read(sample_dir):
-    root, _ = sample_dir
-    corpus = open_corpus(root)
+def test_shard_reads_concatenate_to_the_full_read(store, samples):
+    corpus = open_corpus(store.url("images"))
     full = corpus.read(RGB)
     parts = [shard.read(RGB) for shard in corpus.shards(4)]
     np.testing.assert_array_equal(np.concatenate([p.ids for p in parts]), full.ids)
@@ -247,24 +254,23 @@ def test_fashion_mnist_idx(path, count):
 
 @requires_fashion
 def test_second_idx_shard_read_hits_the_process_cache():
-    corpus_module._SOURCES.clear()
+    clear_source_cache()
     corpus = open_corpus(str(FASHION_TRAIN))
     first, second = corpus.shards(1000)[:2]
     first.read(GREY)
-    source = corpus_module._SOURCES._entries[("idx", str(FASHION_TRAIN), "{}")]
+    source = SOURCES._entries[("idx", str(FASHION_TRAIN), "{}")]
     decoded = source._array
     assert decoded is not None
     second.read(RGB)
-    assert corpus_module._SOURCES.misses == 1
-    assert corpus_module._SOURCES.hits == 2
+    assert SOURCES.misses == 1
+    assert SOURCES.hits == 2
     assert source._array is decoded
 
 
-def test_uncompressed_idx_is_read_by_byte_ranges(tmp_path):
+def test_uncompressed_idx(store):
+    """Read by byte ranges from a local file, decoded whole from a remote one."""
     images = np.random.default_rng(0).integers(0, 256, (50, 9, 7), dtype=np.uint8)
-    path = tmp_path / "small-images.idx3-ubyte"
-    write_idx(path, images)
-    corpus = open_corpus(str(path))
+    corpus = open_corpus(store.write("small-images.idx3-ubyte", idx_bytes(images)))
     assert corpus.kind == "idx" and corpus.native_spec() == ImageSpec(9, 7, 1)
     data = corpus.read(ImageSpec(9, 7, 1), 10, 20)
     np.testing.assert_array_equal(data.pixels[..., 0], images[10:20])
@@ -283,7 +289,7 @@ def test_local_arrays_are_not_memory_mapped(tmp_path, name):
     images = np.random.default_rng(1).integers(0, 256, (64, 28, 28), dtype=np.uint8)
     path = tmp_path / name
     np.save(path, images) if name.endswith(".npy") else write_idx(path, images)
-    corpus_module._SOURCES.clear()
+    clear_source_cache()
     corpus = open_corpus(str(path))
     parts = [shard.read(GREY).pixels[..., 0] for shard in corpus.shards(10)]
     np.testing.assert_array_equal(np.concatenate(parts), images)
@@ -295,7 +301,7 @@ def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monk
     returning less than asked (Linux caps one call at 2 GiB) is continued, not taken as EOF."""
     array = np.random.default_rng(2).integers(0, 256, (40, 5, 6), dtype=np.uint8)
     np.save(tmp_path / "a.npy", array)
-    source = corpus_module._open_npy(str(tmp_path / "a.npy"), {})
+    source = open_source("npy", str(tmp_path / "a.npy"), {})
     reads = []
     real = os.preadv
 
@@ -303,22 +309,21 @@ def test_row_ranges_merge_consecutive_rows_and_finish_short_reads(tmp_path, monk
         reads.append(offset)
         return real(fd, [buffers[0][:7]], offset)  # at most 7 bytes per call
 
-    monkeypatch.setattr(corpus_module.os, "preadv", small_preadv)
+    monkeypatch.setattr(os, "preadv", small_preadv)
     rows = np.array([2, 3, 4, 9, 30, 31])
     np.testing.assert_array_equal(source.get(rows), array[rows])
-    assert corpus_module._consecutive_runs(rows) == [(2, 5), (9, 10), (30, 32)]
+    assert consecutive_runs(rows) == [(2, 5), (9, 10), (30, 32)]
     assert len(reads) == sum(-(-n * 30 // 7) for n in (3, 1, 2))
     np.testing.assert_array_equal(source.get(slice(5, 25)), array[5:25])
     assert source.get(np.array([], dtype=np.int64)).shape == (0, 5, 6)
 
 
-def test_npy_cut_after_opening_fails_on_read_naming_the_file(tmp_path):
-    np.save(tmp_path / "a.npy", np.zeros((20, 8, 8), np.uint8))
-    corpus_module._SOURCES.clear()
-    corpus = open_corpus(str(tmp_path / "a.npy"))
+def test_npy_cut_after_opening_fails_on_read_naming_the_file(store):
+    url = store.write("a.npy", npy_bytes(np.zeros((20, 8, 8), np.uint8)))
+    clear_source_cache()
+    corpus = open_corpus(url)
     corpus.read(ImageSpec(8, 8, 1), 0, 10)  # opens the file, as a worker's first shard does
-    with open(tmp_path / "a.npy", "r+b") as file:
-        file.truncate(file.seek(0, 2) - 100)
+    store.write("a.npy", store.read("a.npy")[:-100])
     corpus.read(ImageSpec(8, 8, 1), 0, 10)  # the rows still there read fine
     with pytest.raises(CorpusError, match=r"a\.npy is truncated: a read of whole rows returned 540 of 640 bytes"):
         corpus.read(ImageSpec(8, 8, 1), 10, 20)
@@ -333,19 +338,15 @@ def test_idx_labels_file_as_corpus_suggests_labels_option():
     assert "0x00000801" in message and "0x00000803" in message and "--labels" in message
 
 
-def test_idx_of_another_dtype_is_rejected(tmp_path):
-    path = tmp_path / "float-images-idx3-ubyte"
-    write_idx(path, np.zeros((2, 3, 3), np.uint8), magic=0x00000D03)
+def test_idx_of_another_dtype_is_rejected(store):
+    url = store.write("float-images-idx3-ubyte", idx_bytes(np.zeros((2, 3, 3), np.uint8), magic=0x00000D03))
     with pytest.raises(CorpusError, match=r"float-images-idx3-ubyte.*0x00000d03.*0x00000803"):
-        open_corpus(str(path))
+        open_corpus(url)
 
 
-def test_truncated_idx_fails_on_read_naming_the_file(tmp_path):
-    path = tmp_path / "cut-idx3-ubyte.gz"
-    raw = tmp_path / "raw"
-    write_idx(raw, np.ones((10, 4, 4), np.uint8))
-    path.write_bytes(gzip.compress(raw.read_bytes()[:-20]))
-    corpus = open_corpus(str(path))
+def test_truncated_idx_fails_on_read_naming_the_file(store):
+    url = store.write("cut-idx3-ubyte.gz", gzip.compress(idx_bytes(np.ones((10, 4, 4), np.uint8))[:-20]))
+    corpus = open_corpus(url)
     with pytest.raises(CorpusError, match=r"cut-idx3-ubyte\.gz is truncated"):
         corpus.read(ImageSpec(4, 4, 1))
 
@@ -363,13 +364,12 @@ def test_truncated_idx_fails_on_read_naming_the_file(tmp_path):
     ],
     ids=["grey-uint8", "rgb-float64", "grey-float32-c1", "rgba-uint8"],
 )
-def test_npy_corpus(tmp_path, array, native):
-    path = tmp_path / "images.npy"
-    np.save(path, array)
-    corpus = open_corpus(str(path))
+def test_npy_corpus(store, array, native):
+    url = store.write("images.npy", npy_bytes(array))
+    corpus = open_corpus(url)
     assert isinstance(corpus, NpyCorpus)
     assert len(corpus) == 30 and corpus.native_spec() == ImageSpec(*native)
-    assert corpus.uris()[3] == f"{path}#3"
+    assert corpus.uris()[3] == f"{url}#3"
     spec = corpus.native_spec()
     full = corpus.read(spec)
     for row in (0, 17, 29):
@@ -378,20 +378,13 @@ def test_npy_corpus(tmp_path, array, native):
     np.testing.assert_array_equal(np.concatenate([p.pixels for p in parts]), full.pixels)
 
 
-def test_npy_in_memory_fs_reads_byte_ranges(tmp_path):
+def test_npy_in_c_or_fortran_order(store):
+    """C order is read by byte ranges; a Fortran-ordered array is loaded whole."""
     array = np.random.default_rng(4).integers(0, 256, (40, 28, 28), dtype=np.uint8)
-    local = tmp_path / "a.npy"
-    np.save(local, array)
-    fortran = tmp_path / "f.npy"
-    np.save(fortran, np.asfortranarray(array))
-    with memory_root() as url:
-        fs = fsspec.filesystem("memory")
-        fs.pipe(f"{url}/a.npy", local.read_bytes())
-        fs.pipe(f"{url}/f.npy", fortran.read_bytes())
-        for name in ("a.npy", "f.npy"):
-            corpus = open_corpus(f"{url}/{name}")
-            assert corpus.uris()[0].startswith("memory://")
-            np.testing.assert_array_equal(corpus.read(GREY, 5, 12).pixels[..., 0], array[5:12])
+    for name, stored in (("a.npy", array), ("f.npy", np.asfortranarray(array))):
+        corpus = open_corpus(store.write(name, npy_bytes(stored)))
+        assert corpus.uris()[0].startswith(f"{store.root}/")
+        np.testing.assert_array_equal(corpus.read(GREY, 5, 12).pixels[..., 0], array[5:12])
 
 
 @pytest.mark.parametrize(
@@ -404,96 +397,91 @@ def test_npy_in_memory_fs_reads_byte_ranges(tmp_path):
         (np.zeros((0, 28, 28), np.uint8), r"shape \(0, 28, 28\) holds no pixels"),
     ],
 )
-def test_npy_of_bad_shape_or_dtype_names_the_file(tmp_path, array, found):
-    path = tmp_path / "bad.npy"
-    np.save(path, array, allow_pickle=True)
+def test_npy_of_bad_shape_or_dtype_names_the_file(store, array, found):
+    url = store.write("bad.npy", npy_bytes(array, allow_pickle=True))
     with pytest.raises(CorpusError, match=found) as info:
-        open_corpus(str(path))
-    assert str(path) in str(info.value)
+        open_corpus(url)
+    assert url in str(info.value)
     assert "expected" in str(info.value) or "no pixels" in str(info.value)
 
 
-def test_file_that_is_not_npy_names_the_file(tmp_path):
-    path = tmp_path / "fake.npy"
-    path.write_bytes(b"definitely not numpy")
+def test_file_that_is_not_npy_names_the_file(store):
+    url = store.write("fake.npy", b"definitely not numpy")
     with pytest.raises(CorpusError, match=r"fake\.npy is not a valid \.npy file"):
-        open_corpus(str(path))
+        open_corpus(url)
 
 
 # --- Zarr ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("zarr_format", [3, 2])
-def test_zarr_array_corpus(tmp_path, zarr_format):
+def test_zarr_array_corpus(store, zarr_format):
     images = np.random.default_rng(5).integers(0, 256, (25, 28, 28, 3), dtype=np.uint8)
-    path = tmp_path / "images.zarr"
-    array = zarr.create_array(store=str(path), shape=images.shape, dtype="uint8",
+    url = store.url("images.zarr")
+    array = zarr.create_array(store=url, shape=images.shape, dtype="uint8",
                               chunks=(4, 28, 28, 3), zarr_format=zarr_format)
     array[:] = images
-    corpus = open_corpus(str(path))
+    corpus = open_corpus(url)
     assert isinstance(corpus, ZarrCorpus)
     assert len(corpus) == 25 and corpus.native_spec() == ImageSpec(28, 28, 3)
     spec = ImageSpec(28, 28, 3)
     parts = [shard.read(spec) for shard in corpus.shards(6, start=2)]
     np.testing.assert_array_equal(np.concatenate([p.pixels for p in parts]), images[2:])
-    assert parts[0].uris[0] == f"{path}#2"
+    assert parts[0].uris[0] == f"{url}#2"
 
 
-def test_zarr_in_memory_fs():
+def test_zarr_uint16_array(store):
     images = np.arange(6 * 28 * 28, dtype=np.uint16).reshape(6, 28, 28)
-    with memory_root() as url:
-        array = zarr.create_array(store=f"{url}/z", shape=images.shape, dtype="uint16",
-                                  chunks=(2, 28, 28))
-        array[:] = images
-        corpus = open_corpus(f"{url}/z")
-        assert corpus.kind == "zarr"
-        expected = ((images.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        np.testing.assert_array_equal(corpus.read(GREY).pixels[..., 0], expected)
+    array = zarr.create_array(store=store.url("z"), shape=images.shape, dtype="uint16",
+                              chunks=(2, 28, 28))
+    array[:] = images
+    corpus = open_corpus(store.url("z"))
+    assert corpus.kind == "zarr"
+    expected = ((images.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    np.testing.assert_array_equal(corpus.read(GREY).pixels[..., 0], expected)
 
 
-def test_zarr_group_asks_for_an_array(tmp_path):
-    group = zarr.create_group(store=str(tmp_path / "g.zarr"))
+def test_zarr_group_asks_for_an_array(store):
+    group = zarr.create_group(store=store.url("g.zarr"))
     group.create_array("images", shape=(2, 4, 4), dtype="uint8")
     with pytest.raises(CorpusError, match=r"g\.zarr is a Zarr group.*g\.zarr/<array name>"):
-        open_corpus(str(tmp_path / "g.zarr"))
-    assert len(open_corpus(str(tmp_path / "g.zarr" / "images"))) == 2
+        open_corpus(store.url("g.zarr"))
+    assert len(open_corpus(store.url("g.zarr/images"))) == 2
 
 
-def test_zarr_of_bad_shape_names_the_file(tmp_path):
-    zarr.create_array(store=str(tmp_path / "flat.zarr"), shape=(10, 5), dtype="float32")
+def test_zarr_of_bad_shape_names_the_file(store):
+    zarr.create_array(store=store.url("flat.zarr"), shape=(10, 5), dtype="float32")
     with pytest.raises(CorpusError, match=r"flat\.zarr: array of shape \(10, 5\)"):
-        open_corpus(str(tmp_path / "flat.zarr"))
+        open_corpus(store.url("flat.zarr"))
 
 
 # --- uri lists ----------------------------------------------------------------------------
 
 
 @pytest.fixture
-def mixed_sources(tmp_path, sample_dir):
-    """A folder of images and an npy, IDX and Zarr array next to a ``lists`` folder."""
-    root, samples = sample_dir
+def mixed_sources(store, samples):
+    """A folder of images and an npy, IDX and Zarr array next to where the lists go (``lists/``)."""
     array = np.random.default_rng(6).integers(0, 256, (10, 28, 28), dtype=np.uint8)
-    np.save(tmp_path / "arr.npy", array)
-    write_idx(tmp_path / "arr-idx3-ubyte", array[::-1])
-    zarr.create_array(store=str(tmp_path / "arr.zarr"), data=array + 1)
-    (tmp_path / "lists").mkdir()
-    return tmp_path, samples, array
+    store.write("arr.npy", npy_bytes(array))
+    store.write("arr-idx3-ubyte", idx_bytes(array[::-1]))
+    zarr.create_array(store=store.url("arr.zarr"), data=array + 1)
+    return samples, array
 
 
-def _expected_list_rows(tmp_path, samples, array):
+def _expected_list_rows(store, samples, array):
     """(uri as written relative to lists/, absolute uri, expected 28x28x1 pixels or None)."""
     by_name = {s.relpath: s for s in samples}
+    url = store.url
     return [
-        ("../images/a_grey.png", str(tmp_path / "images/a_grey.png"), by_name["a_grey.png"].grey),
-        ("../arr.npy#4", f"{tmp_path}/arr.npy#4", array[4]),
-        ("../missing.png", str(tmp_path / "missing.png"), None),
-        (str(tmp_path / "images/c/rgba.png"), str(tmp_path / "images/c/rgba.png"),
-         by_name["c/rgba.png"].grey),
-        ("../arr-idx3-ubyte#0", f"{tmp_path}/arr-idx3-ubyte#0", array[9]),
-        ("../arr.zarr#9", f"{tmp_path}/arr.zarr#9", array[9] + 1),
-        ("../arr.npy#10", f"{tmp_path}/arr.npy#10", None),
-        ("../images/f/bw.tif", str(tmp_path / "images/f/bw.tif"), 255),
-        ("../arr.npy#4", f"{tmp_path}/arr.npy#4", array[4]),
+        ("../images/a_grey.png", url("images/a_grey.png"), by_name["a_grey.png"].grey),
+        ("../arr.npy#4", url("arr.npy#4"), array[4]),
+        ("../missing.png", url("missing.png"), None),
+        (url("images/c/rgba.png"), url("images/c/rgba.png"), by_name["c/rgba.png"].grey),
+        ("../arr-idx3-ubyte#0", url("arr-idx3-ubyte#0"), array[9]),
+        ("../arr.zarr#9", url("arr.zarr#9"), array[9] + 1),
+        ("../arr.npy#10", url("arr.npy#10"), None),
+        ("../images/f/bw.tif", url("images/f/bw.tif"), 255),
+        ("../arr.npy#4", url("arr.npy#4"), array[4]),
     ]
 
 
@@ -513,72 +501,56 @@ def _check_list_corpus(corpus, rows):
     np.testing.assert_array_equal(np.concatenate([p.pixels for p in split]), data.pixels)
 
 
-def test_txt_list_with_comments_relative_uris_and_row_refs(mixed_sources):
-    tmp_path, samples, array = mixed_sources
-    rows = _expected_list_rows(tmp_path, samples, array)
+def test_txt_list_with_comments_relative_uris_and_row_refs(store, mixed_sources):
+    rows = _expected_list_rows(store, *mixed_sources)
     lines = ["# queries", ""] + [f"  {written}  " for written, _, _ in rows[:4]] + [""]
     lines += [written for written, _, _ in rows[4:]]
-    (tmp_path / "lists" / "q.txt").write_text("\n".join(lines) + "\n")
-    _check_list_corpus(open_corpus(str(tmp_path / "lists" / "q.txt")), rows)
-    (tmp_path / "lists" / "q.lst").write_text("\n".join(lines))
-    assert open_corpus(str(tmp_path / "lists" / "q.lst")).uris() == [r[1] for r in rows]
+    _check_list_corpus(open_corpus(store.write("lists/q.txt", "\n".join(lines) + "\n")), rows)
+    assert open_corpus(store.write("lists/q.lst", "\n".join(lines))).uris() == [r[1] for r in rows]
 
 
-def test_csv_list_uses_the_uri_column(mixed_sources):
-    tmp_path, samples, array = mixed_sources
-    rows = _expected_list_rows(tmp_path, samples, array)
-    with open(tmp_path / "lists" / "q.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["label", " URI "])
-        writer.writerows([[i, written] for i, (written, _, _) in enumerate(rows)])
-    _check_list_corpus(open_corpus(str(tmp_path / "lists" / "q.csv")), rows)
+def test_csv_list_uses_the_uri_column(store, mixed_sources):
+    rows = _expected_list_rows(store, *mixed_sources)
+    stream = io.StringIO()
+    writer = csv.writer(stream)
+    writer.writerow(["label", " URI "])
+    writer.writerows([[i, written] for i, (written, _, _) in enumerate(rows)])
+    _check_list_corpus(open_corpus(store.write("lists/q.csv", stream.getvalue())), rows)
 
 
-def test_csv_list_without_uri_column_uses_the_first(mixed_sources):
-    tmp_path, samples, array = mixed_sources
-    rows = _expected_list_rows(tmp_path, samples, array)
+def test_csv_list_without_uri_column_uses_the_first(store, mixed_sources):
+    rows = _expected_list_rows(store, *mixed_sources)
     text = "path,label\n" + "".join(f"{written},1\n" for written, _, _ in rows)
-    (tmp_path / "lists" / "q.csv").write_text(text)
-    _check_list_corpus(open_corpus(str(tmp_path / "lists" / "q.csv")), rows)
+    _check_list_corpus(open_corpus(store.write("lists/q.csv", text)), rows)
 
 
-def test_parquet_list(mixed_sources):
-    tmp_path, samples, array = mixed_sources
-    rows = _expected_list_rows(tmp_path, samples, array)
+def test_parquet_list(store, mixed_sources):
+    rows = _expected_list_rows(store, *mixed_sources)
     table = pa.table({"id": list(range(len(rows))), "uri": [w for w, _, _ in rows]})
-    pq.write_table(table, tmp_path / "lists" / "q.parquet")
-    _check_list_corpus(open_corpus(str(tmp_path / "lists" / "q.parquet")), rows)
+    _check_list_corpus(open_corpus(store.write("lists/q.parquet", parquet_bytes(table))), rows)
 
 
-def test_empty_uri_cells_keep_row_numbers_as_ids(tmp_path, sample_dir):
-    root, _ = sample_dir
-    pq.write_table(pa.table({"uri": [str(root / "a_grey.png"), None, str(root / "b_rgb.png")]}),
-                   tmp_path / "q.parquet")
-    data = open_corpus(str(tmp_path / "q.parquet")).read(GREY)
+def test_empty_uri_cells_keep_row_numbers_as_ids(store, samples):
+    table = pa.table({"uri": [store.url("images/a_grey.png"), None, store.url("images/b_rgb.png")]})
+    data = open_corpus(store.write("q.parquet", parquet_bytes(table))).read(GREY)
     assert data.ids.tolist() == [0, 2]
     assert data.errors == [ReadError(1, "", "empty uri")]
 
 
-def test_results_uris_can_be_fed_back_as_queries(tmp_path):
+def test_results_uris_can_be_fed_back_as_queries(store):
     array = np.random.default_rng(7).random((12, 28, 28))
-    np.save(tmp_path / "corpus.npy", array)
-    corpus = open_corpus(str(tmp_path / "corpus.npy"))
+    corpus = open_corpus(store.write("corpus.npy", npy_bytes(array)))
     picked = [corpus.uris()[i] for i in (11, 3, 3, 0)]
-    (tmp_path / "results.txt").write_text("\n".join(picked))
-    queries = open_corpus(str(tmp_path / "results.txt"))
+    queries = open_corpus(store.write("results.txt", "\n".join(picked)))
     full = corpus.read(GREY)
     np.testing.assert_array_equal(queries.read(GREY).pixels, full.pixels[[11, 3, 3, 0]])
 
 
-def test_unreadable_list_entries_are_read_errors(tmp_path, sample_dir):
-    root, _ = sample_dir
-    write_idx(tmp_path / "cut-idx3-ubyte", np.ones((10, 4, 4), np.uint8))
-    with open(tmp_path / "cut-idx3-ubyte", "r+b") as stream:
-        stream.truncate(100)
-    entries = ["nowhere.npy#1", str(root / "a_grey.png"), "cut-idx3-ubyte#2",
+def test_unreadable_list_entries_are_read_errors(store, samples):
+    store.write("cut-idx3-ubyte", idx_bytes(np.ones((10, 4, 4), np.uint8))[:100])
+    entries = ["nowhere.npy#1", store.url("images/a_grey.png"), "cut-idx3-ubyte#2",
                "nosuchprotocol://x/y.png", "images.zarr#0"]
-    (tmp_path / "q.txt").write_text("\n".join(entries))
-    data = open_corpus(str(tmp_path / "q.txt")).read(GREY)
+    data = open_corpus(store.write("q.txt", "\n".join(entries))).read(GREY)
     assert data.ids.tolist() == [1]
     reasons = [error.reason for error in data.errors]
     assert [error.image_id for error in data.errors] == [0, 2, 3, 4]
@@ -588,28 +560,22 @@ def test_unreadable_list_entries_are_read_errors(tmp_path, sample_dir):
     assert reasons[3].startswith("cannot read array (cannot open Zarr array")
 
 
-def test_file_names_with_glob_characters_are_read_literally(tmp_path):
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    (folder / "a[1].png").write_bytes(png_bytes(np.full((28, 28), 1, np.uint8)))
-    (folder / "a1.png").write_bytes(png_bytes(np.full((28, 28), 2, np.uint8)))
-    (folder / "b*.png").write_bytes(png_bytes(np.full((28, 28), 3, np.uint8)))
-    (tmp_path / "q.txt").write_text("odd/a[1].png\nodd/b*.png\n")
-    assert open_corpus(folder).read(GREY).pixels[:, 0, 0, 0].tolist() == [2, 1, 3]  # a1 < a[1]
-    assert open_corpus(tmp_path / "q.txt").read(GREY).pixels[:, 0, 0, 0].tolist() == [1, 3]
+def test_file_names_with_glob_characters_are_read_literally(store):
+    store.write("odd/a[1].png", png_bytes(np.full((28, 28), 1, np.uint8)))
+    store.write("odd/a1.png", png_bytes(np.full((28, 28), 2, np.uint8)))
+    store.write("odd/b*.png", png_bytes(np.full((28, 28), 3, np.uint8)))
+    store.write("q.txt", "odd/a[1].png\nodd/b*.png\n")
+    assert open_corpus(store.url("odd")).read(GREY).pixels[:, 0, 0, 0].tolist() == [2, 1, 3]  # a1 < a[1]
+    assert open_corpus(store.url("q.txt")).read(GREY).pixels[:, 0, 0, 0].tolist() == [1, 3]
 
 
-def test_list_in_memory_fs_resolves_relative_uris_there(sample_dir):
-    root, samples = sample_dir
-    with memory_root() as url:
-        fs = fsspec.filesystem("memory")
-        fs.pipe(f"{url}/img/a.png", (root / "a_grey.png").read_bytes())
-        fs.pipe(f"{url}/lists/q.txt", b"../img/a.png\n../img/b.png\n")
-        corpus = open_corpus(f"{url}/lists/q.txt")
-        assert corpus.uris() == [f"{url}/img/a.png", f"{url}/img/b.png"]
-        data = corpus.read(GREY)
-        assert (data.pixels == 100).all()
-        assert data.errors == [ReadError(1, f"{url}/img/b.png", "file not found")]
+def test_list_resolves_relative_uris_on_its_filesystem(store, samples):
+    store.write("img/a.png", store.read("images/a_grey.png"))
+    corpus = open_corpus(store.write("lists/q.txt", b"../img/a.png\n../img/b.png\n"))
+    assert corpus.uris() == [store.url("img/a.png"), store.url("img/b.png")]
+    data = corpus.read(GREY)
+    assert (data.pixels == 100).all()
+    assert data.errors == [ReadError(1, store.url("img/b.png"), "file not found")]
 
 
 @pytest.mark.parametrize(
@@ -622,22 +588,22 @@ def test_list_in_memory_fs_resolves_relative_uris_there(sample_dir):
         ("fake.parquet", b"not parquet", r"fake\.parquet is not a Parquet file"),
     ],
 )
-def test_bad_uri_lists_name_the_file(tmp_path, name, content, message):
-    (tmp_path / name).write_bytes(content)
+def test_bad_uri_lists_name_the_file(store, name, content, message):
+    url = store.write(name, content)
     with pytest.raises(CorpusError, match=message):
-        open_corpus(str(tmp_path / name))
+        open_corpus(url)
 
 
-def test_parquet_without_uri_column_says_how_to_fix(tmp_path):
-    pq.write_table(pa.table({"path": ["a.png"], "label": [1]}), tmp_path / "q.parquet")
+def test_parquet_without_uri_column_says_how_to_fix(store):
+    url = store.write("q.parquet", parquet_bytes(pa.table({"path": ["a.png"], "label": [1]})))
     with pytest.raises(CorpusError, match=r"q\.parquet has no 'uri' column \(columns: path, "
                                           r"label\); store the image URLs"):
-        open_corpus(str(tmp_path / "q.parquet"))
+        open_corpus(url)
 
 
-def test_missing_list_file(tmp_path):
+def test_missing_list_file(store):
     with pytest.raises(CorpusError, match=r"uri list not found: .*nope\.csv"):
-        open_corpus(str(tmp_path / "nope.csv"))
+        open_corpus(store.url("nope.csv"))
 
 
 # --- pickling and fresh processes ---------------------------------------------------------

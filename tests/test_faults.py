@@ -15,7 +15,7 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-from conftest_corpus import moto_s3, png_bytes
+from corpus_helpers import moto_s3, png_bytes
 from snapshots import index_snapshot, results_rows
 
 from storage import StorageUnavailableError

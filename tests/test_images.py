@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest_corpus import encode, luma, png_bytes
+from corpus_helpers import encode, luma, png_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

@@ -7,7 +7,7 @@ import gzip
 import fsspec
 import numpy as np
 import pytest
-from conftest_corpus import (
+from corpus_helpers import (
     FASHION_TEST_LABELS,
     FASHION_TRAIN,
     FASHION_TRAIN_LABELS,

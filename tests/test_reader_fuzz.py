@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_corpus import encode, write_idx
+from corpus_helpers import encode, write_idx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from storage import ImageSpec, PatchhashError, open_corpus, read_labels
-from storage.corpus import _SOURCES, ReadError
+from storage.corpus import ReadError, clear_source_cache
 from storage.images import convert, decode_image
 
 FUZZ = settings(
@@ -66,7 +66,7 @@ def no_hang(seconds: float = 10.0):
 
 def fresh(name: str, data: bytes | str) -> Path:
     """Write ``data`` to a new file named ``<n>-<name>`` (a fresh URL: no cached array)."""
-    _SOURCES.clear()
+    clear_source_cache()
     path = ROOT / f"{next(_counter)}-{uuid.uuid4().hex[:6]}-{name}"
     if isinstance(data, str):
         path.write_text(data, encoding="utf-8", errors="surrogatepass")
@@ -280,7 +280,7 @@ def test_csv_uri_lists_keep_one_id_per_data_row(header, rows):
     writer.writerows(rows)
     path = folder / "q.csv"
     path.write_text(buffer.getvalue())
-    _SOURCES.clear()
+    clear_source_cache()
     read_list(path)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from conftest_corpus import moto_s3, png_bytes, write_idx
+from corpus_helpers import moto_s3, png_bytes, write_idx
 from PIL import Image
 
 from pipeline.modelcard import inspect_keras_archive, read_card, redact_command, sha256_bytes

@@ -1,8 +1,10 @@
-"""Helpers for the corpus, image and label tests: real image files written with Pillow."""
+"""Helpers for the corpus, image and label tests: real image files written with Pillow, and
+:class:`Store`, a folder on the local or the ``memory://`` filesystem to write them to."""
 
 from __future__ import annotations
 
 import io
+import posixpath
 import socket
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -74,29 +78,26 @@ def _sample_images() -> list[tuple[Sample, Image.Image, str, dict]]:
     ]
 
 
-def write_samples(root: Path) -> list[Sample]:
+def write_samples(store: Store, folder: str) -> list[Sample]:
     """Write a nested folder of images of many formats, modes and sizes, plus non-images.
 
     Returns the samples sorted as the corpus lists them (by full path).
     """
     samples = []
     for sample, image, fmt, params in _sample_images():
-        path = root / sample.relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(image, fmt, **params))
+        store.write(f"{folder}/{sample.relpath}", encode(image, fmt, **params))
         samples.append(sample)
-    (root / "notes.txt").write_text("not an image\n")
-    (root / "c" / "array.npy").write_bytes(b"ignored: not an image extension")
-    return sorted(samples, key=lambda s: str(root / s.relpath))
+    store.write(f"{folder}/notes.txt", "not an image\n")
+    store.write(f"{folder}/c/array.npy", b"ignored: not an image extension")
+    return sorted(samples, key=lambda s: store.url(f"{folder}/{s.relpath}"))
 
 
 def png_bytes(array: np.ndarray) -> bytes:
     return encode(Image.fromarray(array), "PNG")
 
 
-def write_broken_folder(root: Path) -> dict[str, str]:
+def write_broken_folder(store: Store, folder: str) -> dict[str, str]:
     """Five files, three unreadable; returns file name -> expected ReadError reason."""
-    root.mkdir(parents=True, exist_ok=True)
     good = png_bytes(np.full((28, 28), 9, dtype=np.uint8))
     rng = np.random.default_rng(0)
     noisy = png_bytes(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
@@ -108,15 +109,33 @@ def write_broken_folder(root: Path) -> dict[str, str]:
         "4_good.png": (good, ""),
     }
     for name, (data, _) in files.items():
-        (root / name).write_bytes(data)
+        store.write(f"{folder}/{name}", data)
     return {name: reason for name, (_, reason) in files.items()}
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An uncompressed IDX file of a uint8 array (magic derived from its ndim)."""
+    magic = 0x0800 | array.ndim if magic is None else magic
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
     """Write an uncompressed IDX file of a uint8 array (magic derived from its ndim)."""
-    magic = 0x0800 | array.ndim if magic is None else magic
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    path.write_bytes(idx_bytes(array, magic))
+
+
+def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    """A ``.npy`` file of ``array``, as ``numpy.save`` writes it."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
 
 
 @contextmanager
@@ -129,6 +148,42 @@ def memory_root() -> Iterator[str]:
         yield f"memory://{root}"
     finally:
         fs.rm(root, recursive=True)
+
+
+class Store:
+    """A folder that a reader test writes its files to, on the local or another filesystem.
+
+    Parameters
+    ----------
+    root : str
+        URL of the folder as corpora show it: an absolute local path, or e.g.
+        ``memory:///patchhash-test-<id>``.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self._path = fsspec.core.url_to_fs(self.root)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def url(self, relpath: str) -> str:
+        """URL of ``relpath`` in the folder, as corpora show it."""
+        return f"{self.root}/{relpath}"
+
+    def write(self, relpath: str, data: bytes | str) -> str:
+        """Write ``data`` (text as UTF-8) at ``relpath``, creating its folders; returns its URL."""
+        path = f"{self._path}/{relpath}"
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.pipe_file(path, data.encode() if isinstance(data, str) else data)
+        return self.url(relpath)
+
+    def read(self, relpath: str) -> bytes:
+        return self.fs.cat_file(f"{self._path}/{relpath}")
+
+    def delete(self, url: str) -> None:
+        """Delete the file at ``url``, a URL of this folder."""
+        self.fs.rm_file(f"{self._path}/{url.removeprefix(self.root + '/')}")
 
 
 @contextmanager
