@@ -15,11 +15,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
 
-from .buckets import BucketMap
+if TYPE_CHECKING:  # no import at run time: the kernels' cache then depends on this file only
+    from .buckets import BucketMap
 
 __all__ = ["TopK", "merge_topk", "check_id_range", "select_topk", "select_topk_dense"]
 
