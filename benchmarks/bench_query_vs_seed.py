@@ -11,7 +11,7 @@ queries, checks that both give the same top-k, and prints ms/query of each::
 ``--smoke`` indexes the first 300 images of ``--corpus`` and queries the first 50 of
 ``--queries`` (both must then be arrays: IDX, ``.npy`` or Zarr).
 ``--skip-patchhash`` does not run the query command and checks the reference against
-:func:`pipeline.search.seed_search` in process instead.
+:func:`pipeline.seed.seed_search` in process instead.
 
 Agreement: for every checked query the top-k scores must be equal rank by rank; the image ids
 must be equal for every score of the top-k, except the k-th score when more images share it
@@ -171,9 +171,9 @@ def patchhash_results(path: str, n: int) -> list[list[tuple[int, float]]]:
 
 def in_process_results(codes: np.ndarray, ids: np.ndarray, query_codes: np.ndarray,
                        threshold: int, bits: int, k: int) -> list[list[tuple[int, float]]]:
-    """The same lists from :func:`pipeline.search.seed_search` over one bucket map."""
+    """The same lists from :func:`pipeline.seed.seed_search` over one bucket map."""
     from pipeline.buckets import build_bucket_map
-    from pipeline.search import seed_search
+    from pipeline.seed import seed_search
 
     bmap = build_bucket_map(codes, ids, positional=False)
     top = seed_search(query_codes, bmap, threshold, bits, k)
@@ -240,7 +240,7 @@ def main(argv=None) -> None:
         seed_s, reference = run_seed_reference(table, query_codes, args.threshold, args.k)
 
         if args.skip_patchhash:
-            compared_with = "pipeline.search.seed_search (in process)"
+            compared_with = "pipeline.seed.seed_search (in process)"
             other = in_process_results(codes, ids, query_codes, args.threshold, bits, args.k)
         else:
             compared_with = "patchhash query --mode seed"

@@ -15,7 +15,7 @@ id)::
 
 ``--substrings 2,3,4`` then times the default settings with multi-index tables of each number
 of substrings, alternating, and prints the medians beside the cost model's choice
-(:func:`pipeline.search.mih_substrings`); the results are the same for each.
+(:func:`pipeline.mih.mih_substrings`); the results are the same for each.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
 def _time_substrings(bmap, codes, queries, bits: int, id_range: tuple[int, int], counts: list[int], repeats: int) -> dict:
     """Median ms/query of the default settings with each number of multi-index substrings."""
     from pipeline.rerank import rerank_search
-    from pipeline.search import mih_substrings
+    from pipeline.mih import mih_substrings
     from workflows.query import QuerySettings
 
     settings = QuerySettings()

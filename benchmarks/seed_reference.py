@@ -109,7 +109,7 @@ def search_with_tiebreak(query_codes, table: SemanticHashTable, threshold: int =
                          top_n: int = 10) -> list:
     """:func:`search` with a deterministic order: score descending, then image id ascending.
 
-    This is the ranking of :func:`pipeline.search.seed_search`, for comparisons.
+    This is the ranking of :func:`pipeline.seed.seed_search`, for comparisons.
     """
     scores = _accumulate_scores(query_codes, table, threshold)
     return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:top_n]

@@ -35,9 +35,9 @@ _EXPORTS = {
     "BucketMap": "buckets",
     "build_bucket_map": "buckets",
     "merge_bucket_maps": "buckets",
-    "TopK": "search",
-    "seed_search": "search",
-    "merge_topk": "search",
+    "TopK": "topk",
+    "seed_search": "seed",
+    "merge_topk": "topk",
     "precision_at_k": "metrics",
     "average_precision_at_k": "metrics",
 }

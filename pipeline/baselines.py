@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .hamming import _distance
+from .hamming import distance
 
 __all__ = ["pixel_knn", "lsh_codes", "hamming_knn"]
 
@@ -112,7 +112,7 @@ def _hamming_knn(index_codes, query_codes, k, out):
         for i in range(n):
             d = 0
             for w in range(words):
-                d += _distance(index_codes[i, w], query_codes[qi, w])
+                d += distance(index_codes[i, w], query_codes[qi, w])
             dist[i] = d
             counts[d] += 1
         # counting sort by distance: stable, so ties come out by ascending id

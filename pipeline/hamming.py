@@ -3,12 +3,14 @@
 Every kernel is ``@njit(nogil=True, cache=True)`` so that Dask worker threads can run them
 in parallel; none uses ``parallel=True`` (it would oversubscribe the workers' threads).
 
-Population count goes through LLVM's ``llvm.ctpop`` intrinsic, which LLVM lowers to the
-hardware ``POPCNT`` instruction when the target CPU has it (numba compiles for the host CPU
-by default; a generic target such as ``NUMBA_CPU_NAME=generic`` gets a bit-trick sequence). Keys are always the unsigned dtype of the codes (``uint32`` for up to 32 bits,
-``uint64`` above); queries are cast to that dtype inside the kernels.
+Population count goes through LLVM's ``llvm.ctpop`` intrinsic (:func:`pipeline.jit.ctpop`),
+which LLVM lowers to the hardware ``POPCNT`` instruction when the target CPU has it (numba
+compiles for the host CPU by default; a generic target such as ``NUMBA_CPU_NAME=generic``
+gets a bit-trick sequence). Keys are always the unsigned dtype of the codes (``uint32`` for
+up to 32 bits, ``uint64`` above); queries are cast to that dtype inside the kernels.
 
-Two ways to find the keys within distance ``t`` of a query code:
+Three ways to find the keys within distance ``t`` of a query code (:func:`pipeline.mih.choose_method`
+picks one):
 
 * :func:`scan_within` tests every key (cost ~ number of keys);
 * :func:`enumerate_within` probes the Hamming ball of radius ``t`` around the query in the
@@ -23,13 +25,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from .jit import ctpop
 
 __all__ = [
     "popcount64",
+    "distance",
     "hamming_distances",
     "count_within",
     "scan_within",
@@ -40,7 +42,6 @@ __all__ = [
     "mih_cost",
     "mih_build",
     "mih_within",
-    "prefetch",
 ]
 
 # Keys are tested in blocks of this many: first a pass that only asks whether the block
@@ -49,58 +50,23 @@ __all__ = [
 _SCAN_BLOCK = 32
 
 
-@intrinsic
-def _ctpop(typingctx, x):
-    """``llvm.ctpop`` on an integer of any width; the result has the argument's type."""
-    if not isinstance(x, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-
-    return x(x), codegen
-
-
-@intrinsic
-def prefetch(typingctx, arr, index):
-    """Hint the CPU to load ``arr[index]`` into cache (``llvm.prefetch``; no bounds check,
-    no effect on results). For kernels whose next memory reads are known but random."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1
-            and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        element = builder.gep(array.data, [args[1]])
-        address = builder.bitcast(element, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
-            "llvm.prefetch.p0i8")
-        # read, highest temporal locality, data cache
-        builder.call(fn, [address, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, index), codegen
-
-
 @njit(nogil=True, cache=True)
 def popcount64(x):
     """Number of set bits of ``x`` taken as an unsigned 64-bit integer, as ``int64``."""
-    return np.int64(_ctpop(np.uint64(x)))
+    return np.int64(ctpop(np.uint64(x)))
 
 
 @njit(nogil=True, cache=True)
-def _distance(a, b):
+def distance(a, b):
     """Hamming distance of two codes of one unsigned dtype, as ``int64``."""
-    return np.int64(_ctpop(a ^ b))
+    return np.int64(ctpop(a ^ b))
 
 
 @njit(nogil=True, cache=True)
 def _popcount_flat(x):
     out = np.empty(x.size, np.int64)
     for i in range(x.size):
-        out[i] = np.int64(_ctpop(x[i]))
+        out[i] = np.int64(ctpop(x[i]))
     return out
 
 
@@ -154,7 +120,7 @@ def _block_has_match(q, keys, t, base):
     """Whether ``keys[base:base + _SCAN_BLOCK]`` holds a key within ``t`` of ``q``."""
     hit = False
     for j in range(base, base + _SCAN_BLOCK):
-        hit |= _distance(q, keys[j]) <= t
+        hit |= distance(q, keys[j]) <= t
     return hit
 
 
@@ -162,7 +128,7 @@ def _block_has_match(q, keys, t, base):
 def _count_matches(q, keys, t, lo, hi):
     n = 0
     for j in range(lo, hi):
-        if _distance(q, keys[j]) <= t:
+        if distance(q, keys[j]) <= t:
             n += 1
     return n
 
@@ -201,7 +167,7 @@ def scan_within(query, keys, t, out_idx, out_dist):
 @njit(nogil=True, cache=True)
 def _record_matches(q, keys, t, lo, hi, out_idx, out_dist, n):
     for j in range(lo, hi):
-        d = _distance(q, keys[j])
+        d = distance(q, keys[j])
         if d <= t:
             out_idx[n] = j
             out_dist[n] = d
@@ -461,7 +427,7 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
                 for j in range(np.uint64(s_starts[b]), np.uint64(s_starts[b + np.uint64(1)])):
                     key = s_keys[j]
                     x = key ^ q
-                    d = np.int64(_ctpop(x))
+                    d = np.int64(ctpop(x))
                     if d > t:
                         continue
                     if hashed and ((key & masks[s]) >> shift) != probe:
@@ -469,7 +435,7 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
                     # Report the key from the first substring within the radius only.
                     first = True
                     for s2 in range(s):
-                        if np.int64(_ctpop(x & masks[s2])) <= radius:
+                        if np.int64(ctpop(x & masks[s2])) <= radius:
                             first = False
                             break
                     if first:

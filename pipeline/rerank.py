@@ -35,8 +35,10 @@ import numpy as np
 from numba import njit
 
 from .buckets import BucketMap
-from .hamming import _distance, ball_size, enumerate_within, mih_within, prefetch, scan_within
-from .search import _ENUMERATE, _METHOD_CODE, _PREFETCH_AHEAD, _SCAN, METHODS, TopK, _check_id_range, _grow, _no_tables, _select_topk, choose_method, prepare_index
+from .hamming import ball_size, distance, enumerate_within, mih_within, scan_within
+from .jit import PREFETCH_AHEAD, grow, prefetch
+from .mih import ENUMERATE, METHOD_CODE, METHODS, SCAN, choose_method, no_tables, prepare_index
+from .topk import TopK, check_id_range, select_topk
 
 __all__ = ["DEFAULT_SHORTLIST", "default_shortlist", "rerank_search"]
 
@@ -105,11 +107,11 @@ def rerank_search(
         The partition's ``(start, stop)`` image ids; defaults to the span of the map's ids.
     method : {"auto", "scan", "enumerate", "mih"}
         How each position's keys within ``threshold`` are found; ``"auto"`` lets
-        :func:`pipeline.search.choose_method` pick by the mean keys per position. Results
+        :func:`pipeline.mih.choose_method` pick by the mean keys per position. Results
         never depend on it.
     n_substrings : int, optional
         With ``method="mih"``: the substrings of the multi-index tables (default: the cost
-        model's choice, :func:`pipeline.search.mih_substrings`). Results never depend on it.
+        model's choice, :func:`pipeline.mih.mih_substrings`). Results never depend on it.
 
     Returns
     -------
@@ -125,7 +127,7 @@ def rerank_search(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if k < 1 or shortlist < 1:
         raise ValueError(f"k and shortlist must be >= 1, got {k} and {shortlist}")
-    start, stop = _check_id_range(bmap, id_range)
+    start, stop = check_id_range(bmap, id_range)
     n_range = stop - start
     grid = bmap.n_blocks
     queries = np.asarray(query_codes)
@@ -155,11 +157,11 @@ def rerank_search(
             index = prepare_index(bmap, bits, threshold, n_substrings)
             tables = (index.shifts, index.widths, index.table_bits, index.order, index.table_keys, index.starts)
         else:
-            empty = _no_tables(dtype)
+            empty = no_tables(dtype)
             tables = (*empty[:5], empty[5][None])
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            _METHOD_CODE[method], tables, start, max_bucket, vote_budget,
+            METHOD_CODE[method], tables, start, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
@@ -197,21 +199,21 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             hi = key_bounds[g + 1]
             for i in range(nb):
                 seg[g, i] = n_found
-                if method == _SCAN:
+                if method == SCAN:
                     n_match = scan_within(queries[b0 + i, g], keys[lo:hi], t, match_idx, match_dist)
-                elif method == _ENUMERATE:
+                elif method == ENUMERATE:
                     n_match = enumerate_within(queries[b0 + i, g], keys[lo:hi], bits, t, match_idx, match_dist)
                 else:
                     n_match = mih_within(queries[b0 + i, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
                                          tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
                 if n_found + n_match > found_at.size:
                     capacity = max(2 * found_at.size, n_found + n_match)
-                    found_at = _grow(found_at, n_found, capacity)
-                    found_size = _grow(found_size, n_found, capacity)
-                    found_dist = _grow(found_dist, n_found, capacity)
+                    found_at = grow(found_at, n_found, capacity)
+                    found_size = grow(found_size, n_found, capacity)
+                    found_dist = grow(found_dist, n_found, capacity)
                 for j in range(n_match):
-                    if j + _PREFETCH_AHEAD < n_match:
-                        prefetch(offsets, lo + match_idx[j + _PREFETCH_AHEAD])
+                    if j + PREFETCH_AHEAD < n_match:
+                        prefetch(offsets, lo + match_idx[j + PREFETCH_AHEAD])
                     key = lo + match_idx[j]
                     size = offsets[key + 1] - offsets[key]
                     if size > max_bucket:
@@ -235,8 +237,8 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             for g in range(grid):
                 more = seg[g, i + 1] - seg[g, i]
                 if n_used + more > used_at.size:
-                    used_at = _grow(used_at, n_used, max(2 * used_at.size, n_used + more))
-                    used_size = _grow(used_size, n_used, used_at.size)
+                    used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more))
+                    used_size = grow(used_size, n_used, used_at.size)
                 for j in range(seg[g, i], seg[g, i + 1]):
                     if found_dist[j] <= r:
                         used_at[n_used] = found_at[j]
@@ -259,8 +261,8 @@ def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits,
     n_touched = 0
     for j in range(n_used):
         # the buckets are scattered: fetch ahead
-        if j + _PREFETCH_AHEAD < n_used:
-            prefetch(bucket_ids, used_at[j + _PREFETCH_AHEAD])
+        if j + PREFETCH_AHEAD < n_used:
+            prefetch(bucket_ids, used_at[j + PREFETCH_AHEAD])
         for p in range(used_at[j], used_at[j] + used_size[j]):
             row = bucket_ids[p] - start
             if votes[row] == 0:
@@ -287,16 +289,16 @@ def _vote_and_rerank(query, used_at, used_size, n_used, bucket_ids, codes, bits,
     per_line = max(1, 64 // codes.itemsize)
     total_bits = grid * bits
     for j in range(n_short):
-        if j + _PREFETCH_AHEAD < n_short:
-            ahead = touched[j + _PREFETCH_AHEAD] * grid
+        if j + PREFETCH_AHEAD < n_short:
+            ahead = touched[j + PREFETCH_AHEAD] * grid
             for e in range(0, grid, per_line):
                 prefetch(flat, ahead + e)
             prefetch(flat, ahead + grid - 1)  # a row that does not start a cache line ends in one more
         row = touched[j]
         dist = 0
         for g in range(grid):
-            dist += _distance(codes[row, g], query[g])
+            dist += distance(codes[row, g], query[g])
         similarity[row] = total_bits - dist
-    _select_topk(touched, n_short, similarity, start, out_ids, out_scores)
+    select_topk(touched, n_short, similarity, start, out_ids, out_scores)
     # votes of the images not shortlisted were cleared above; their similarity was never set
     return n_touched

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .search import TopK
+from .topk import TopK
 
 __all__ = ["offsets", "shifted_copies", "best_of_copies"]
 

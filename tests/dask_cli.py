@@ -34,25 +34,28 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def dask_cli_cluster(work: Path, n_workers: int = 2, protocol: str = "tcp", extra: tuple[str, ...] = ()) -> Iterator[str]:
+def dask_cli_cluster(work: Path, n_workers: int = 2, protocol: str = "tcp", extra: tuple[str, ...] = (),
+                     memory_limit: str = "0", worker_env: dict[str, str] | None = None) -> Iterator[str]:
     """``dask scheduler`` on 127.0.0.1 and ``dask worker --nworkers n_workers``; yields the address.
 
     ``extra`` is passed to both commands (e.g. TLS files). The processes run in ``work`` (not
-    the repository), so workers import the installed project. Logs go to ``work/*.log``.
+    the repository), so workers import the installed project; ``work`` is also the workers'
+    ``--local-directory``. ``memory_limit`` per worker: ``"0"``, none (and no spilling to
+    disk). ``worker_env`` is added to the workers' environment. Logs go to ``work/*.log``.
     """
     scheduler_file = work / "scheduler.json"
     procs: list[subprocess.Popen] = []
     logs = []
 
-    def start(name: str, args: list[str]) -> None:
+    def start(name: str, args: list[str], env: dict[str, str]) -> None:
         log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed below
         logs.append(log)
-        procs.append(subprocess.Popen([DASK, *args], cwd=work, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+        procs.append(subprocess.Popen([DASK, *args], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
 
     try:
         start("scheduler", ["scheduler", "--protocol", protocol, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                            "--scheduler-file", str(scheduler_file), *extra])
+                            "--scheduler-file", str(scheduler_file), *extra], ENV)
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():
             assert procs[0].poll() is None, (work / "scheduler.log").read_text()
@@ -61,7 +64,8 @@ def dask_cli_cluster(work: Path, n_workers: int = 2, protocol: str = "tcp", extr
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith(f"{protocol}://127.0.0.1:")
         start("workers", ["worker", address, "--nworkers", str(n_workers), "--nthreads", "1", "--host", "127.0.0.1",
-                          "--no-dashboard", "--memory-limit", "0", "--local-directory", str(work), *extra])
+                          "--no-dashboard", "--memory-limit", memory_limit, "--local-directory", str(work), *extra],
+              {**ENV, **(worker_env or {})})
         yield address
     finally:
         for proc in reversed(procs):

@@ -250,7 +250,7 @@ def test_worker_cache_evicts_least_recently_used_beyond_its_byte_budget(monkeypa
 
 def test_worker_cache_counts_the_multi_index_tables_built_on_a_bucket_map(monkeypatch):
     from pipeline.buckets import build_bucket_map
-    from pipeline.search import prepare_index
+    from pipeline.mih import prepare_index
     from workflows.query import WorkerCache, _nbytes
 
     codes = np.random.default_rng(0).integers(0, 2**32, (2000, 4), dtype=np.uint64).astype(np.uint32)

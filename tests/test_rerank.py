@@ -10,7 +10,9 @@ from reference import reference_rerank_search
 
 from pipeline.buckets import build_bucket_map
 from pipeline.rerank import rerank_search
-from pipeline.search import merge_topk, prepare_index, seed_search
+from pipeline.mih import prepare_index
+from pipeline.seed import seed_search
+from pipeline.topk import merge_topk
 
 
 def clustered_codes(rng, n, grid, bits, n_centres=4, flips=2):

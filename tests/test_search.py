@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from reference import hamming, reference_seed_search
 
 from pipeline import hamming as hm
-from pipeline import search
+from pipeline import mih, seed, topk
 from pipeline.buckets import build_bucket_map
-from pipeline.search import TopK, choose_method, merge_topk, prepare_index, seed_search
+from pipeline.mih import choose_method, prepare_index
+from pipeline.seed import seed_search
+from pipeline.topk import TopK, merge_topk
 
 METHODS = ("scan", "enumerate", "mih", "auto")
 PARTITIONS = (1, 2, 3, 7)
@@ -42,14 +44,14 @@ TUNINGS = {
 
 @contextlib.contextmanager
 def tuning(name):
-    saved = {attr: getattr(search, attr) for attr in TUNINGS[name]}
+    saved = {attr: getattr(seed, attr) for attr in TUNINGS[name]}
     try:
         for attr, value in TUNINGS[name].items():
-            setattr(search, attr, value)
+            setattr(seed, attr, value)
         yield
     finally:
         for attr, value in saved.items():
-            setattr(search, attr, value)
+            setattr(seed, attr, value)
 
 
 def key_dtype(bits):
@@ -304,7 +306,7 @@ def test_dense_topk_selection():
                 totals = totals.astype(np.int16)
                 out_ids = np.full(k, -1, np.int64)
                 out_scores = np.zeros(k, np.int64)
-                n_nonzero = search._select_topk_dense(totals, 100, out_ids, out_scores)
+                n_nonzero = topk.select_topk_dense(totals, 100, out_ids, out_scores)
                 ranked = sorted((-int(v), i + 100) for i, v in enumerate(totals) if v)[:k]
                 assert n_nonzero == np.count_nonzero(totals)
                 assert out_ids.tolist() == [i for _, i in ranked] + [-1] * (k - len(ranked))
@@ -340,8 +342,8 @@ def test_choose_method_cost_model():
     assert choose_method(1_000_000, 16, 1) == "enumerate"
     assert choose_method(1_000_000, 64, 4) == "mih"
     # Fashion-MNIST partitions: 429k 32-bit keys, t = 3: two 16-bit substrings, radius 1.
-    assert search.mih_substrings(429_000, 32, 3) == 2
-    assert search.mih_substrings(1_000_000, 64, 3) == 4
+    assert mih.mih_substrings(429_000, 32, 3) == 2
+    assert mih.mih_substrings(1_000_000, 64, 3) == 4
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

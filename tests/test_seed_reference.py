@@ -1,5 +1,5 @@
 """The seed 000 reference of ``benchmarks/`` follows the seed's rule and agrees with
-:func:`pipeline.search.seed_search`; the benchmark script runs end to end (smoke size)."""
+:func:`pipeline.seed.seed_search`; the benchmark script runs end to end (smoke size)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.buckets import build_bucket_map
-from pipeline.search import seed_search
+from pipeline.seed import seed_search
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -142,7 +142,7 @@ def test_benchmark_smoke(tmp_path, tiny_model):
     assert figures["n_images"] == bench.SMOKE_CORPUS
     assert figures["n_queries"] == bench.SMOKE_QUERIES
     assert figures["agreement"] == dict(
-        compared_with="pipeline.search.seed_search (in process)", queries_checked=3,
+        compared_with="pipeline.seed.seed_search (in process)", queries_checked=3,
         mismatches={})
     assert len(figures["seed_query_s"]) == 3 and figures["seed_ms_per_query"] > 0
     assert figures["patchhash_ms_per_query"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.search import TopK
+from pipeline.topk import TopK
 from pipeline.shifts import best_of_copies, offsets, shifted_copies
 
 

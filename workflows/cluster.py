@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from storage import ConfigError
 
-__all__ = ["ClusterSettings", "dask_client"]
+__all__ = ["ClusterSettings", "dask_client", "check_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,44 @@ def _dask_tls_configured() -> bool:
                 and dask.config.get("distributed.comm.tls.client.cert", None))
 
 
+def _patchhash_probe():
+    """A function for ``client.run`` that says why a worker cannot import patchhash, or ``None``.
+
+    Made inside this function so that it is pickled by value: a worker without patchhash can
+    run it (the tasks of a job, pickled by reference, would fail to reach such a worker and the
+    job would wait for it forever). A package that imports as a folder without ``__init__.py``
+    is a namespace package, not ours: a Dask worker's ``storage/`` spill folder (its local
+    directory is on ``sys.path``) shadowing an install that came after it on the path.
+    """
+
+    def probe():
+        import importlib
+
+        for name in ("storage", "pipeline", "workflows"):
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - reported, whatever it is
+                return f"{type(exc).__name__}: {exc}"
+            if getattr(module, "__file__", None) is None:
+                return f"'{name}' is the folder {', '.join(module.__path__)}, not patchhash's package"
+        return None
+
+    return probe
+
+
+def check_workers(client) -> None:
+    """Raise ``ConfigError`` if a worker connected to ``client`` cannot import patchhash.
+
+    Workers that join later are not checked.
+    """
+    failures = {worker: why for worker, why in client.run(_patchhash_probe()).items() if why}
+    if failures:
+        worker, why = min(failures.items())
+        others = f" (and {len(failures) - 1} other worker(s))" if len(failures) > 1 else ""
+        raise ConfigError(f"Dask worker {worker}{others} cannot import patchhash ({why}): install patchhash, the same "
+                          "version as the client's, on every worker")
+
+
 def _dashboard(client) -> str:
     try:
         return client.dashboard_link or "none"
@@ -166,7 +204,8 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
     ------
     ConfigError
         The scheduler cannot be reached, or refused this client (for ``tls://``: a certificate
-        not signed by the cluster's CA, or a scheduler certificate not signed by ``tls_ca``).
+        not signed by the cluster's CA, or a scheduler certificate not signed by ``tls_ca``), or
+        a worker cannot import patchhash (:func:`check_workers`).
     """
     from distributed import Client, LocalCluster
 
@@ -193,6 +232,7 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
             raise ConfigError(failure)
         with client:
             log.info("connected to Dask scheduler %s (dashboard: %s)", settings.scheduler, _dashboard(client))
+            check_workers(client)
             yield client
         return
     workers = settings.workers or max(1, os.cpu_count() or 1)
@@ -213,5 +253,6 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
             " (TLS)" if settings.tls else "", workers, "processes" if settings.processes else "threads", threads,
             _dashboard(client),
         )
+        check_workers(client)  # before the plugin, which workers unpickle by importing workflows
         client.register_plugin(QuietWorkerLog())  # one line per failure: the client reports the task's error
         yield client

@@ -219,7 +219,7 @@ def cache_budget() -> int:
 
 def _nbytes(value) -> int:
     from pipeline.buckets import BucketMap
-    from pipeline.search import index_nbytes
+    from pipeline.mih import index_nbytes
 
     if isinstance(value, BucketMap):
         return value.keys.nbytes + value.offsets.nbytes + value.ids.nbytes + value.key_bounds.nbytes + index_nbytes(value)
@@ -278,7 +278,7 @@ def encode_block_task(index_url: str, shard, storage_options, shift_radius: floa
 
 def search_task(index_url: str, partition, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
     from pipeline.rerank import rerank_search
-    from pipeline.search import seed_search
+    from pipeline.seed import seed_search
 
     bmap = load_partition(index_url, partition, storage_options)
     start, stop = partition.start, partition.stop
@@ -320,7 +320,7 @@ def partition_affinity(partitions: list[dict], workers: list[str], tolerance: fl
 
 
 def merge_task(parts: list, k: int):
-    from pipeline.search import merge_topk
+    from pipeline.topk import merge_topk
 
     return merge_topk(parts, k)
 
