@@ -100,15 +100,19 @@ def answer(index_url: str, queries: str, out: str, client, mode: str, k: int = 5
 
 
 def assert_mirrors(index_url: str, folder: PhotoFolder, queries: str, model: str, work: Path, client,
-                   modes=("seed", "default"), storage_options=None, settings: IndexSettings | None = None) -> None:
-    """``index_url`` answers ``queries`` exactly as a fresh index of ``folder``'s files does, in every mode."""
+                   modes=("seed", "default"), storage_options=None, settings: IndexSettings | None = None,
+                   out: str | None = None) -> None:
+    """``index_url`` answers ``queries`` exactly as a fresh index of ``folder``'s files does, in
+    every mode. The fresh index and the results go under ``out`` (a URL), else the folder ``work``."""
     work.mkdir(parents=True, exist_ok=True)
-    fresh = str(work / f"fresh-{len(list(work.iterdir()))}")
+    base = out or str(work)
+    fresh = f"{base}/fresh-{len(list(work.iterdir()))}"
+    (work / fresh.rsplit("/", 1)[-1]).mkdir(exist_ok=True)
     index(folder.url, fresh, model, settings or IndexSettings(), client=client, storage_options=storage_options)
     live = set(folder.readable())
     for mode in modes:
-        got = answer(index_url, queries, str(work / f"got-{mode}.parquet"), client, mode, storage_options=storage_options)
-        want = answer(fresh, queries, str(work / f"want-{mode}.parquet"), client, mode, storage_options=storage_options)
+        got = answer(index_url, queries, f"{base}/got-{mode}.parquet", client, mode, storage_options=storage_options)
+        want = answer(fresh, queries, f"{base}/want-{mode}.parquet", client, mode, storage_options=storage_options)
         assert sum(map(len, want.values())) >= len(want) >= 1, f"{mode}: the fresh index found nothing to compare"
         returned = {u for hits in got.values() for u, _ in hits}
         assert returned <= live, f"{mode}: returned uris that are not live files: {sorted(returned - live)}"
