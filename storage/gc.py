@@ -15,6 +15,7 @@ objects. Every kept version stays readable throughout; a rerun finishes the job.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class GcPlan:
     dropped: list[int]
     garbage: list[tuple[str, int]] = field(default_factory=list)
     young: list[tuple[str, int]] = field(default_factory=list)
+    referenced: int = 0
     referenced_bytes: int = 0
 
     @property
@@ -75,6 +77,16 @@ def gc_references(manifest: Manifest) -> set[str]:
         names.add(f"{p.codes}/zarr.json")
         names.update(codes_chunk_path(p.codes, i) for i in range(p.start // size, (p.stop - 1) // size + 1))
     return names
+
+
+_CHUNK = re.compile(r"/c/(\d+)/0/0$")
+
+
+def _future_rows(rel: str, current: Manifest) -> bool:
+    """Whether ``rel`` is a codes chunk of ids the current version has not given out yet: an
+    interrupted run wrote it, and resumes from it."""
+    match = _CHUNK.search(rel)
+    return bool(match) and int(match.group(1)) * current.shard_size >= current.n_images
 
 
 def _superseded_at(index_url: str, version: int, storage_options) -> float | None:
@@ -110,6 +122,7 @@ def plan_gc(index_url: str, keep_versions: int = 1, min_age: float = 86_400.0, s
     for rel, info in sorted(objects.items()):
         size = int(info.get("size") or 0)
         if _referenced(rel, current_names):
+            plan.referenced += 1
             plan.referenced_bytes += size
         top = rel.split("/", 1)[0]
         if rel.startswith(f"{VERSIONS}/") or _referenced(rel, names):
@@ -120,7 +133,7 @@ def plan_gc(index_url: str, keep_versions: int = 1, min_age: float = 86_400.0, s
                 continue  # the resumable work of a version not committed yet
         elif top in PROTECTED or top.startswith(LOCK_PREFIX):
             continue
-        elif (object_version(rel) or 0) > current.version:
+        elif (object_version(rel) or 0) > current.version or _future_rows(rel, current):
             continue  # written by a run that has not committed yet
         stamp = next((t for t in map(timestamp_of, (info.get(k) for k in ("mtime", "LastModified", "created"))) if t is not None), None)
         if stamp is not None and now - stamp < min_age:

@@ -1,33 +1,34 @@
 """Compaction: rewrite fragmented partitions so the index stays as small and fast as a fresh build.
 
-Syncs leave two kinds of garbage in a partition: deleted images still in its bucket maps
-(tombstoned, filtered out by every query) and delta maps that queries merge with the base.
-Partitions that lost most of their images also stay small. A partition is *due* when its
-deleted images pass ``max_garbage`` of its live ones or it has more than ``max_deltas``
-deltas; runs of adjacent small partitions (under ``merge_below`` of ``partition_size`` live
-images each, the last partition excepted while it fills) are merged. Compacting a group of
-partitions writes one new partition: a codes array with the rows of deleted ids cleared,
-tables without them (cut into shards of about ``shard_size`` images), and base bucket maps
-of the live images only. Like Lucene's merges, it is a version of its own.
+Syncs leave garbage behind: deleted images still in a partition's bucket maps (tombstoned,
+filtered out by every query), delta maps that queries merge with the base, small tables, and,
+as image ids are only ever appended, more partitions than the live images need. Compaction
+rewrites a group of adjacent partitions as the fewest partitions their live images fill:
+codes arrays with the rows of deleted ids cleared, tables without them (cut into shards of
+about ``shard_size`` images), and base bucket maps of the live images only. Like Lucene's
+merges, it is a version of its own.
 
-``patchhash index`` compacts after its commit when a partition is due, rewriting at most
-``budget`` of the live images per run (always the most urgent group), so nightly costs stay
-flat; ``patchhash compact`` compacts every due group at once (``--all``: every partition
-holding any garbage, delta or small neighbour).
+What is due: a partition whose deleted images pass ``max_garbage`` of its live ones or that
+has more than ``max_deltas`` deltas; and, while the index holds more than ``max_objects`` times
+the objects a fresh build of its live images would (each delta adds two Zarr groups), runs of
+partitions whose live images fit in fewer, then the partitions with the most extra objects.
+``patchhash index`` compacts after its commit, rewriting at most ``budget`` of the live images
+per run (always the most urgent group), so nightly costs stay flat; ``patchhash compact``
+compacts everything due at once (``--all``: every partition holding any garbage or delta).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from storage import ConfigError, join_url
 from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import read_tombstones
-from storage.layout import partition_codes_path, staging_dir
-from storage.manifest import Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
+from storage.layout import staging_dir
+from storage.manifest import PARTITION_KINDS, Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
 from workflows.progress import track
 from workflows.runtime import failpoint
 
@@ -42,7 +43,7 @@ class CompactionPolicy:
 
     max_garbage: float = 0.2
     max_deltas: int = 8
-    merge_below: float = 0.5
+    max_objects: float = 1.4
     budget: float = 0.25
 
     def __post_init__(self) -> None:
@@ -50,8 +51,8 @@ class CompactionPolicy:
             raise ConfigError(f"--max-garbage must be >= 0, got {self.max_garbage}")
         if self.max_deltas < 0:
             raise ConfigError(f"--max-deltas must be >= 0, got {self.max_deltas}")
-        if not 0 <= self.merge_below <= 1:
-            raise ConfigError(f"--merge-below must be between 0 and 1, got {self.merge_below}")
+        if self.max_objects < 1:
+            raise ConfigError(f"the object bound must be >= 1 (times a fresh build's objects), got {self.max_objects}")
         if not 0 <= self.budget <= 1:
             raise ConfigError(f"the compaction budget must be between 0 and 1, got {self.budget}")
 
@@ -68,6 +69,18 @@ def _live(manifest: Manifest, p: PartitionEntry) -> int:
     return sum(s.n_ok for s in manifest.shards_in(p.start, p.stop)) - dead
 
 
+# Objects of one bucket map: the group's zarr.json, and a zarr.json and a chunk per array.
+_MAP_OBJECTS = 1 + 2 * 4
+
+
+def _objects(manifest: Manifest, p: PartitionEntry) -> tuple[int, int]:
+    """The objects of a partition's maps, tables and tombstones now, and once compacted."""
+    maps = len(PARTITION_KINDS) * _MAP_OBJECTS
+    tables = manifest.shards_in(p.start, p.stop)
+    now = maps * (1 + len(p.deltas)) + sum(1 + bool(s.errors) for s in tables) + bool(p.tombstones)
+    return now, maps + max(1, -(-_live(manifest, p) // manifest.shard_size))
+
+
 def _urgency(manifest: Manifest, p: PartitionEntry, policy: CompactionPolicy) -> float:
     """How far past its thresholds a partition is (>= 1: due)."""
     garbage = (p.tombstones.n_images + p.tombstones.n_errors) if p.tombstones else 0
@@ -76,34 +89,63 @@ def _urgency(manifest: Manifest, p: PartitionEntry, policy: CompactionPolicy) ->
                len(p.deltas) / policy.max_deltas if policy.max_deltas else float(len(p.deltas) > 0))
 
 
-def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = False, force: bool = False) -> list[tuple[int, int]]:
-    """Groups ``(first, last + 1)`` of partition positions to compact, most urgent first.
+def _fresh_objects(manifest: Manifest, live: int) -> int:
+    """About the objects the maps and tables of a fresh build of ``live`` images would take."""
+    maps = len(PARTITION_KINDS) * _MAP_OBJECTS
+    return maps * max(1, -(-live // manifest.partition_size)) + max(1, -(-live // manifest.shard_size))
 
-    ``auto`` keeps within ``policy.budget`` of the live images (always the most urgent group);
-    ``force`` takes every partition with any garbage or delta.
+
+def _windows(live: list[int], partition_size: int, widest: int = 4) -> list[tuple[int, int]]:
+    """Runs of adjacent partitions whose live images fit in fewer partitions, cheapest first
+    (live images rewritten per partition saved), not overlapping."""
+    found = []
+    for i in range(len(live)):
+        for j in range(i + 2, min(len(live), i + widest) + 1):
+            saved = (j - i) - max(1, -(-sum(live[i:j]) // partition_size))
+            if saved > 0:
+                found.append((sum(live[i:j]) / saved, i, j))
+                break
+    chosen: list[tuple[int, int]] = []
+    for _, i, j in sorted(found):
+        if all(j <= a or i >= b for a, b in chosen):
+            chosen.append((i, j))
+    return chosen
+
+
+def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = False,
+                    force: bool = False) -> list[tuple[int, int, int]]:
+    """Groups ``(first, last + 1, parts)``: partition positions to rewrite as ``parts`` partitions,
+    most urgent first.
+
+    A partition is due past its garbage or delta threshold. While the index holds more than
+    ``max_objects`` times the objects of a fresh build of its live images, the partitions with
+    the most extra objects (deltas, small tables) are due too, and runs of partitions whose live
+    images fit in fewer are merged. ``auto`` keeps within ``policy.budget`` of the live images
+    (always the most urgent group); ``force`` takes every partition holding any garbage or delta.
     """
     parts = manifest.partitions
     live = [_live(manifest, p) for p in parts]
-    small = [i < len(parts) - 1 and live[i] < policy.merge_below * manifest.partition_size for i in range(len(parts))]
+    urgency = [_urgency(manifest, p, policy) for p in parts]
+    if force:
+        urgency = [max(u, 1.0) if p.deltas or p.tombstones else u for u, p in zip(urgency, parts)]
+    counts = [_objects(manifest, p) for p in parts]
+    now, bound = sum(c[0] for c in counts), policy.max_objects * _fresh_objects(manifest, sum(live))
     groups: list[tuple[int, int]] = []
-    i = 0
-    while i < len(parts):
-        j = i + 1
-        while small[i] and j < len(parts) and small[j] and sum(live[i : j + 1]) <= manifest.partition_size:
-            j += 1
-        groups.append((i, j))
-        i = j
-
-    def needed(group: tuple[int, int]) -> float:
-        members = parts[group[0] : group[1]]
-        urgency = max(_urgency(manifest, p, policy) for p in members)
-        if group[1] - group[0] > 1:
-            return max(urgency, 1.0)
-        if force and (members[0].deltas or members[0].tombstones):
-            return max(urgency, 1.0)
-        return urgency
-
-    chosen = sorted((g for g in groups if needed(g) >= 1), key=needed, reverse=True)
+    if now > bound or force:
+        for i, j in _windows(live, manifest.partition_size):
+            groups.append((i, j))
+            now -= sum(c[0] for c in counts[i:j]) - _fresh_objects(manifest, sum(live[i:j]))
+            if now <= bound and not force:
+                break
+    merged = {i for a, b in groups for i in range(a, b)}
+    for i in sorted(range(len(parts)), key=lambda i: counts[i][1] - counts[i][0]):
+        if i in merged or now <= bound or counts[i][0] <= counts[i][1]:
+            continue
+        urgency[i] = max(urgency[i], 1.0)
+        now -= counts[i][0] - counts[i][1]
+    groups += [(i, i + 1) for i in range(len(parts)) if i not in merged and urgency[i] >= 1]
+    score = {g: max([1.0, *urgency[g[0] : g[1]]]) for g in groups}
+    chosen = sorted(groups, key=lambda g: (-score[g], g))
     if auto and chosen:
         budget = policy.budget * max(1, sum(live))
         taken, spent = [], 0
@@ -114,7 +156,7 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
             taken.append(g)
             spent += cost
         chosen = taken
-    return chosen
+    return [(a, b, max(1, -(-sum(live[a:b]) // manifest.partition_size)) if b - a > 1 else 1) for a, b in chosen]
 
 
 def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPolicy, storage_options, lock,
@@ -129,41 +171,41 @@ def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPoli
         return None
     version = manifest.version + 1
     parts = manifest.partitions
-    spans = [(parts[a].start, parts[b - 1].stop) for a, b in groups]
+    spans = [(parts[a].start, parts[b - 1].stop, n) for a, b, n in groups]
     plan_doc = {"command": "compact", "version": version, "parent": manifest.version, "groups": [list(s) for s in spans]}
     stage = join_url(index_url, staging_dir(version))
     done = staging_plan(index_url, version, plan_doc, storage_options)
     futures = []
-    for (a, b), (start, stop) in zip(groups, spans):
+    for (a, b, n), (start, stop, _) in zip(groups, spans):
         if f"compact-{start:012d}.done.json" in done:
             continue
         members = parts[a:b]
         dead = np.concatenate([read_tombstones(index_url, p, storage_options) for p in members] or [np.empty(0, np.int64)])
         futures.append(dask.submit(
             compact_task, index_url, [(p.start, p.stop, p.codes) for p in members], list(manifest.shards_in(start, stop)),
-            dead, start, stop, partition_codes_path(start, version), manifest.shard_size, manifest.grid, manifest.code_dtype,
-            version, storage_options, pure=False,
+            dead, start, stop, n, manifest.shard_size, manifest.grid, manifest.code_dtype, version, storage_options, pure=False,
         ))
     log.info("compacting %d group(s) of partitions of %s: %s", len(groups), index_url,
-             ", ".join(f"[{start}, {stop})" for start, stop in spans))
+             ", ".join(f"[{start}, {stop}) into {n}" for start, stop, n in spans))
     for future in track(futures, total=len(futures), desc="compact", unit="group"):
         result = future.result()
         write_json_atomic(join_url(stage, "done", f"compact-{result['start']:012d}.done.json"), result, storage_options)
         failpoint("compact-group-done")
-    results = {start: read_json(join_url(stage, "done", f"compact-{start:012d}.done.json"), storage_options) for start, _ in spans}
     new_parts, new_shards = list(parts), list(manifest.shards)
-    for (a, b), (start, stop) in sorted(zip(groups, spans), reverse=True):
-        r = results[start]
-        new_parts[a:b] = [PartitionEntry(start, stop, r["codes"], {k: MapEntry(**m) for k, m in r["maps"].items()})]
+    for (a, b, _), (start, stop, _) in sorted(zip(groups, spans), reverse=True):
+        written = read_json(join_url(stage, "done", f"compact-{start:012d}.done.json"), storage_options)["partitions"]
+        new_parts[a:b] = [PartitionEntry(r["start"], r["stop"], r["codes"], {k: MapEntry(**m) for k, m in r["maps"].items()})
+                          for r in written]
         inside = [i for i, s in enumerate(new_shards) if s.start >= start and s.stop <= stop]
-        new_shards[inside[0] : inside[-1] + 1] = [ShardEntry(**e) for e in r["shards"]]
+        new_shards[inside[0] : inside[-1] + 1] = [ShardEntry(**e) for r in written for e in r["shards"]]
     compacted = manifest.next(partitions=tuple(new_parts), shards=tuple(new_shards))
     failpoint("compact-before-commit")
     if lock is not None:
         lock.verify()
     commit_manifest(index_url, compacted, storage_options)
     cleanup_staging(index_url, version, storage_options)
-    images = sum(_live(compacted, p) for p in compacted.partitions if any(p.start == s for s, _ in spans))
+    before = sum(b - a for a, b, _ in groups)
+    images = sum(_live(compacted, p) for p in compacted.partitions if any(start <= p.start < stop for start, stop, _ in spans))
     log.info("committed version %d of %s: %d partition(s) compacted into %d (%d live images rewritten)",
-             version, index_url, sum(b - a for a, b in groups), len(groups), images)
-    return CompactionResult(version, sum(b - a for a, b in groups), images)
+             version, index_url, before, sum(n for _, _, n in groups), images)
+    return CompactionResult(version, before, images)

@@ -14,10 +14,10 @@ import pyarrow.compute as pc
 
 from storage import join_url
 from storage.image_tables import ERRORS_SCHEMA, IMAGES_SCHEMA, read_shard_tables, write_shard_tables
-from storage.layout import MODEL_DIR, partition_path, resolve
+from storage.layout import MODEL_DIR, partition_codes_path, partition_path, resolve
 from storage.manifest import PARTITION_KINDS, MapEntry, ShardEntry
 
-__all__ = ["encode_shard_task", "build_map_task", "compact_task", "cut_shards"]
+__all__ = ["encode_shard_task", "build_map_task", "compact_task", "cut_shards", "split_points"]
 
 
 def encode_shard_task(index_url: str, codes: str, shard, id_start: int, source: int, fingerprints: list | None,
@@ -95,36 +95,53 @@ def cut_shards(start: int, stop: int, row_ids: np.ndarray, shard_size: int) -> l
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def split_points(start: int, stop: int, live: np.ndarray, parts: int, shard_size: int) -> list[int]:
+    """Boundaries cutting ``[start, stop)`` into ``parts`` ranges of about equal numbers of the
+    sorted ids ``live``, each boundary a multiple of ``shard_size`` (so shards stay whole)."""
+    bounds = [start]
+    for k in range(1, parts):
+        target = int(live[min(len(live) - 1, k * len(live) // parts)]) if len(live) else start
+        cut = max(bounds[-1] + 1, round(target / shard_size) * shard_size)
+        if cut < stop:
+            bounds.append(cut)
+    return bounds + [stop]
+
+
 def compact_task(index_url: str, members: list[tuple[int, int, str]], shards: list[ShardEntry], dead: np.ndarray,
-                 start: int, stop: int, codes_path: str, shard_size: int, grid: tuple[int, int], dtype: str, version: int,
+                 start: int, stop: int, parts: int, shard_size: int, grid: tuple[int, int], dtype: str, version: int,
                  storage_options) -> dict:
     """Rewrite partitions ``members`` (``(start, stop, codes)``, adjacent, covering ``[start, stop)``)
-    as one: a new codes array with the rows of deleted ids cleared, tables without them, cut
-    into shards of about ``shard_size`` images, and base bucket maps of the live images."""
+    as ``parts`` partitions of about equal live images: for each, a codes array with the rows
+    of deleted ids cleared, tables without them (cut into shards of about ``shard_size``
+    images), and base bucket maps of its live images."""
     from storage.arrays import create_codes_array, read_rows, write_rows
 
     table = read_shard_tables(index_url, shards, storage_options)
     table = table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=pa.array(dead, pa.int64()))))
-    readable = table.filter(pc.is_null(table.column("reason")))
-    live = readable.column("image_id").to_numpy()
+    live = table.filter(pc.is_null(table.column("reason"))).column("image_id").to_numpy()
     codes = np.zeros((stop - start, *grid), dtype)
     for m_start, m_stop, m_codes in members:
         codes[m_start - start : m_stop - start] = read_rows(resolve(index_url, m_codes), m_start, m_stop, storage_options)
     keep = np.zeros(stop - start, bool)
     keep[live - start] = True
     codes[~keep] = 0
-    create_codes_array(join_url(index_url, codes_path), stop, grid, np.dtype(dtype), shard_size, storage_options)
-    write_rows(join_url(index_url, codes_path), start, codes, storage_options)
-
-    entries = []
-    all_ids = table.column("image_id").to_numpy()
-    for s_start, s_stop in cut_shards(start, stop, all_ids, shard_size):
-        part = table.filter(pc.and_(pc.greater_equal(table.column("image_id"), s_start), pc.less(table.column("image_id"), s_stop)))
-        is_error = pc.is_valid(part.column("reason"))
-        entry = write_shard_tables(index_url, s_start, s_stop, version, part.filter(pc.invert(is_error)),
-                                   part.filter(is_error), storage_options)
-        entries.append(entry.__dict__)
-    flat = codes.reshape(len(codes), -1)[live - start]
-    maps = {kind: _build_and_write(index_url, kind, start, stop, flat, live, version, storage_options).__dict__
-            for kind in PARTITION_KINDS}
-    return {"start": start, "stop": stop, "codes": codes_path, "maps": maps, "shards": entries}
+    ids = table.column("image_id").to_numpy()
+    out = []
+    bounds = split_points(start, stop, live, parts, shard_size)
+    for p_start, p_stop in zip(bounds[:-1], bounds[1:]):
+        codes_path = partition_codes_path(p_start, version)
+        create_codes_array(join_url(index_url, codes_path), p_stop, grid, np.dtype(dtype), shard_size, storage_options)
+        write_rows(join_url(index_url, codes_path), p_start, codes[p_start - start : p_stop - start], storage_options)
+        entries = []
+        for s_start, s_stop in cut_shards(p_start, p_stop, ids[(ids >= p_start) & (ids < p_stop)], shard_size):
+            part = table.filter(pc.and_(pc.greater_equal(table.column("image_id"), s_start), pc.less(table.column("image_id"), s_stop)))
+            is_error = pc.is_valid(part.column("reason"))
+            entry = write_shard_tables(index_url, s_start, s_stop, version, part.filter(pc.invert(is_error)),
+                                       part.filter(is_error), storage_options)
+            entries.append(entry.__dict__)
+        mine = live[(live >= p_start) & (live < p_stop)]
+        flat = codes[mine - start].reshape(len(mine), -1)
+        maps = {kind: _build_and_write(index_url, kind, p_start, p_stop, flat, mine, version, storage_options).__dict__
+                for kind in PARTITION_KINDS}
+        out.append({"start": p_start, "stop": p_stop, "codes": codes_path, "maps": maps, "shards": entries})
+    return {"start": start, "stop": stop, "partitions": out}
