@@ -9,7 +9,8 @@ versions). Per night it records the sync's seconds and bytes written (files crea
 rewritten under the index), the objects and bytes the current version references, gc's
 seconds, and default-mode ms/query (median of ``--repeats`` runs of ``--queries`` Fashion-MNIST
 test images, one block). At the end a fresh index of the same live files is built with the
-same settings and measured the same way: the ratios current / fresh are the point.
+index's own partition size, and the two answer the queries alternately (``--repeats + 2``
+runs each, medians): the ratios current / fresh are the point.
 
 Two corpus layouts, both through the real listing, fingerprinting and encoding path:
 
@@ -39,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +236,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", help="where corpus and indexes go (default: a temporary directory, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the corpus and indexes in --workdir (to look at them)")
     ap.add_argument("--smoke", action="store_true", help="600 images, 3 nights, the tiny model")
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
@@ -249,7 +252,7 @@ def main(argv=None) -> dict:
 
     rng = np.random.default_rng(1)
     pool = Pool()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with (nullcontext(tempfile.mkdtemp(dir=args.workdir)) if args.keep else tempfile.TemporaryDirectory(dir=args.workdir)) as tmp:
         work = Path(tmp)
         model = train_tiny(work) if args.model == "tiny" else args.model
         queries = str(work / "queries.npy")
@@ -294,12 +297,21 @@ def main(argv=None) -> dict:
                 print(f"| {night} | {row['added']} | {row['removed']} | {row['changed']} | {row['compacted']} | {sync_s:.1f} | "
                       f"{written / 1e6:.2f} ({n_written}) | {objects} | {size / 1e6:.1f} | {gc_s:.1f} | {row['ms_per_query']:.2f} |", flush=True)
             fresh_url = str(work / "fresh")
+            # the same geometry: partitions of the index's own partition_size (set when it was created)
+            from storage.manifest import read_manifest
+
+            size = read_manifest(url).partition_size
+            fresh_settings = IndexSettings(shard_size=args.shard_size, partitions=-(-rows[-1]["live"] // size))
             started = time.perf_counter()
-            index(corpus.url, fresh_url, model, settings, client=client)
+            index(corpus.url, fresh_url, model, fresh_settings, client=client)
+            assert read_manifest(fresh_url).partition_size == size, "the fresh build's partitions differ from the index's"
             fresh_s = time.perf_counter() - started
             fresh_objects, fresh_size = current_size(fresh_url)
-            fresh_ms = ms_per_query(fresh_url, queries, client, args.repeats)
+            # side by side: the two indexes answered alternately, medians of the runs
+            pairs = [(ms_per_query(url, queries, client, 1), ms_per_query(fresh_url, queries, client, 1)) for _ in range(args.repeats + 2)]
             last = rows[-1]
+            last["ms_per_query"] = statistics.median(a for a, _ in pairs)
+            fresh_ms = statistics.median(b for _, b in pairs)
             summary = {
                 "build_s": build_s, "fresh_build_s": fresh_s, "fresh_objects": fresh_objects, "fresh_bytes": fresh_size,
                 "fresh_ms_per_query": fresh_ms,

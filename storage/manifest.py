@@ -206,6 +206,11 @@ class Manifest:
         dead = sum(p.tombstones.n_errors for p in self.partitions if p.tombstones)
         return sum(s.n_errors for s in self.shards) - dead
 
+    def live_in(self, partition: PartitionEntry) -> int:
+        """Live images of ``partition``."""
+        dead = partition.tombstones.n_images if partition.tombstones else 0
+        return sum(s.n_ok for s in self.shards_in(partition.start, partition.stop)) - dead
+
     def search_partitions(self, kind: str) -> list[SearchPartition]:
         return [p.search(kind) for p in self.partitions]
 
@@ -355,6 +360,7 @@ def commit_manifest(index_url: str, manifest: Manifest, storage_options=None) ->
 
 def list_versions(index_url: str, storage_options=None) -> list[int]:
     fs, path = url_to_fs(join_url(index_url, VERSIONS), storage_options)
+    fs.invalidate_cache(path)  # another process may have committed since this one listed it
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:

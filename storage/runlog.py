@@ -60,6 +60,7 @@ def write_run(index_url: str, started: datetime, ended: datetime, token: str, st
 def read_runs(index_url: str, storage_options: dict | None = None, last: int | None = 10) -> list[dict[str, Any]]:
     """The records of the ``last`` runs (all with None), oldest first; unreadable ones are skipped."""
     fs, path = url_to_fs(join_url(index_url, RUNS_DIR), storage_options)
+    fs.invalidate_cache(path)  # other processes add records
     try:
         names = sorted(n for n in retry_call(f"listing {index_url}/{RUNS_DIR}", fs.ls, path, detail=False) if n.endswith(".json"))
     except FileNotFoundError:

@@ -11,6 +11,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
+from hypothesis import strategies as st
 from PIL import Image
 
 from workflows.index import IndexSettings, index
@@ -70,6 +71,28 @@ class PhotoFolder:
         return {self.uri(n): j for n, j in self.content.items() if j is not None}
 
 
+# Random changes to a folder: (operation, which file, which pool image).
+OPS = st.lists(st.tuples(st.sampled_from(["add", "delete", "overwrite", "rename", "truncate"]),
+                         st.integers(0, 10_000), st.integers(40, 199)), min_size=1, max_size=4)
+
+
+def apply(folder: PhotoFolder, op: tuple[str, int, int]) -> None:
+    """One change of :data:`OPS` to ``folder`` (a delete that would empty it adds instead)."""
+    kind, pick, j = op
+    names = folder.names()
+    name = names[pick % len(names)] if names else None
+    if kind == "add" or name is None or (kind == "delete" and len(names) < 2):
+        folder.add(j)
+    elif kind == "delete":
+        folder.delete(name)
+    elif kind == "overwrite":
+        folder.write(name, j)
+    elif kind == "rename":
+        folder.rename(name)
+    else:
+        folder.write(name, None)
+
+
 def results(url: str, storage_options=None) -> dict[int, list[tuple[str, float]]]:
     """Query row -> its hits ``(image_uri, score)`` in rank order."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -80,6 +103,35 @@ def results(url: str, storage_options=None) -> dict[int, list[tuple[str, float]]
         if row["image_uri"] is not None:
             out[row["query_id"]].append((row["image_uri"], row["score"]))
     return dict(out)
+
+
+def live_codes(index_url: str, storage_options=None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and flattened code grids of the live, readable images of an index's current version."""
+    import pyarrow.compute as pc
+
+    from storage.arrays import read_rows
+    from storage.image_tables import read_state
+    from storage.manifest import read_manifest
+
+    manifest = read_manifest(index_url, storage_options)
+    state = read_state(index_url, manifest, storage_options)
+    ids = state.filter(pc.is_null(state.column("reason"))).column("image_id").to_numpy()
+    rows = {}
+    for p in manifest.partitions:
+        block = read_rows(f"{index_url}/{p.codes}", p.start, p.stop, storage_options)
+        rows.update({int(i): block[i - p.start].reshape(-1) for i in ids[(ids >= p.start) & (ids < p.stop)]})
+    return ids, np.array([rows[int(i)] for i in ids])
+
+
+def query_ids(index_url: str, queries: str, out: str, client, mode: str = "seed", k: int = 10) -> dict[int, list[tuple[int, float]]]:
+    """Query row -> its hits ``(image_id, score)`` in rank order."""
+    query(index_url, queries, out, QuerySettings(k=k, mode=mode), client=client)
+    rows = pq.read_table(out).to_pylist()
+    got: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for row in rows:
+        if row["image_id"] is not None:
+            got[row["query_id"]].append((row["image_id"], row["score"]))
+    return dict(got)
 
 
 def assert_same_results(got: dict, want: dict, what: str = "") -> None:

@@ -278,7 +278,8 @@ def test_recipes_run_the_shipped_nightly_job_spec():
     spec = load_job_spec(str(ROOT / "workflows" / "jobs" / "nightly-index.yaml"), "index")
     configmap = yaml.safe_load(next(iter(_docs(CRONJOB)["ConfigMap"]["data"].values())))
     shipped = yaml.safe_load((ROOT / "workflows" / "jobs" / "nightly-index.yaml").read_text())
-    for key in ("command", "corpus", "index", "storage-options", "wait-for-lock", "strict"):
+    for key in ("command", "corpus", "index", "storage-options", "max-delete-fraction", "gc", "keep-versions", "min-age",
+                "wait-for-lock", "strict"):
         assert configmap[key] == shipped[key], key
     assert spec.values["wait_for_lock"] > 0
 

@@ -291,30 +291,33 @@ def _night(folder: PhotoFolder, night: int) -> None:
     ("gc", ["gc-deleting"]),
     ("upgrade", ["upgrade-before-commit"]),
 ])
-def test_killed_at_each_failpoint_then_rerun_ends_as_an_uninterrupted_run(tiny_model, pool, tmp_path, command, points):
+def test_killed_at_each_failpoint_then_rerun_ends_as_an_uninterrupted_run(client, tiny_model, pool, tmp_path, command, points):
     """SIGKILL at each failpoint of a sync (with its compaction), a compaction, a gc and an
-    upgrade; every committed version stays readable, and a rerun ends where one run would."""
+    upgrade (the CLI, in a process of its own); every committed version stays readable, and a
+    rerun ends where one uninterrupted run (here in-process) ends."""
+    sync = IndexSettings(max_delete_fraction=1)
     if command == "upgrade":
         url, photos = _v1_copy(tmp_path)
         reference, _ = _v1_copy(tmp_path, "reference")
         args = ["upgrade", "--index"]
+        upgrade(reference)
     else:
         folder = PhotoFolder(str(tmp_path / "photos"), pool)
         for i in range(24):
             folder.write(f"img{i:04d}.png", i)
         url, reference = str(tmp_path / "index"), str(tmp_path / "reference")
-        create = ["index", "--corpus", folder.url, "--workers", "1", "--shard-size", "8", "--partitions", "2", "--model", tiny_model]
         for target in (url, reference):
-            assert _cli(*create, "--index", target).returncode == 0
+            index(folder.url, target, tiny_model, IndexSettings(shard_size=8, partitions=2), client=client)
         _night(folder, 0)
         if command in ("compact", "gc"):
             for target in (url, reference):
-                assert _cli("index", "--corpus", folder.url, "--index", target, "--workers", "1", "--no-compact",
-                            "--max-delete-fraction", "1").returncode == 0
+                index(folder.url, target, None, IndexSettings(max_delete_fraction=1, compaction=None), client=client)
         args = {"index": ["index", "--corpus", folder.url, "--workers", "1", "--max-delete-fraction", "1", "--index"],
                 "compact": ["compact", "--all", "--workers", "1", "--index"],
                 "gc": ["gc", "--min-age", "0", "--index"]}[command]
-    assert _cli(*args, reference).returncode == 0
+        {"index": lambda: index(folder.url, reference, None, sync, client=client),
+         "compact": lambda: compact(reference, force=True, client=client),
+         "gc": lambda: gc(reference, GcSettings(min_age=0))}[command]()
     committed = read_manifest(url).version
     for point in points:
         run = _cli(*args, url, failpoint=point)
@@ -324,12 +327,12 @@ def test_killed_at_each_failpoint_then_rerun_ends_as_an_uninterrupted_run(tiny_m
                 read_manifest(url, version=version)
         assert read_manifest(url).version in (committed, committed + 1)
         if command == "index":  # gc between the kills must not take the work a rerun resumes from
-            assert _cli("gc", "--min-age", "0", "--index", url).returncode == 0
+            gc(url, GcSettings(min_age=0))
     final = _cli(*args, url)
     assert final.returncode == 0, final.stderr
     if command == "index":
         for target in (url, reference):
-            assert _cli("gc", "--min-age", "0", "--index", target).returncode == 0
+            gc(target, GcSettings(min_age=0))
     assert _content(url) == _content(reference)
     assert list_versions(url) == list_versions(reference)
 

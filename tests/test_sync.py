@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from mirror_helpers import PhotoFolder, answer, assert_mirrors
+from mirror_helpers import OPS, PhotoFolder, answer, apply, assert_mirrors, live_codes, query_ids
+from reference import reference_seed_search
 
 from storage import MassDeletionError
 from storage.manifest import list_versions, read_manifest
@@ -70,6 +70,15 @@ def test_operator_night_adds_removes_reencodes_renames_and_retries(client, tiny_
     assert manifest.n_deleted == 6 + 3 + 4 and manifest.n_errors == 1
     record = read_runs(url, last=1)[0]
     assert (record["added"], record["removed"], record["changed"], record["retried"], record["status"]) == (16, 9, 4, 0, "ok")
+
+    # seed mode is exactly seed 000's rule over the live images (ids and scores, ties by id)
+    ids, codes = live_codes(url)
+    from pipeline.encode import load_encoder
+
+    query_codes = load_encoder(f"{url}/model").encode(np.load(queries)[..., None]).reshape(40, -1)
+    expected = reference_seed_search(query_codes, codes, ids, 3, 10)
+    seed = query_ids(url, queries, str(tmp_path / "seed.parquet"), client)
+    assert [seed.get(q, []) for q in range(40)] == [[(i, float(sc)) for i, sc in e] for e in expected]
 
     hits = answer(url, queries, str(tmp_path / "r.parquet"), client, "default", k=10)
     returned = {u for rows in hits.values() for u, _ in rows}
@@ -158,8 +167,6 @@ def test_changed_rows_of_an_array_corpus_are_encoded_again(client, tiny_model, p
     assert [hits[q][0][0] for q in (0, 1)] == [f"{corpus}#3", f"{corpus}#17"]
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["add", "delete", "overwrite", "rename", "truncate"]),
-                         st.integers(0, 10_000), st.integers(40, 199)), min_size=1, max_size=4)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -171,19 +178,8 @@ def test_after_any_sequence_of_changes_results_equal_a_fresh_index(client, tiny_
     folder = _folder(work, pool, 20)  # the default mode skips codes held by over 10% of a partition: >= 10 images
     url = str(work / "index")
     index(folder.url, url, tiny_model, client=client)
-    for step, (op, pick, j) in enumerate(ops):
-        names = folder.names()
-        name = names[pick % len(names)] if names else None
-        if op == "add" or name is None:
-            folder.add(j)
-        elif op == "delete" and len(names) > 1:
-            folder.delete(name)
-        elif op == "overwrite":
-            folder.write(name, j)
-        elif op == "rename":
-            folder.rename(name)
-        elif op == "truncate":
-            folder.write(name, None)
+    for step, op in enumerate(ops):
+        apply(folder, op)
         index(folder.url, url, None, IndexSettings(max_delete_fraction=1), client=client)
         assert_mirrors(url, folder, queries, tiny_model, work / f"step{step}", client)
 

@@ -27,7 +27,7 @@ import numpy as np
 from storage import ConfigError, join_url
 from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import read_tombstones
-from storage.layout import staging_dir
+from storage.layout import CODES, staging_dir
 from storage.manifest import PARTITION_KINDS, Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
 from workflows.progress import track
 from workflows.runtime import failpoint
@@ -64,38 +64,40 @@ class CompactionResult:
     images: int
 
 
-def _live(manifest: Manifest, p: PartitionEntry) -> int:
-    dead = p.tombstones.n_images if p.tombstones else 0
-    return sum(s.n_ok for s in manifest.shards_in(p.start, p.stop)) - dead
-
-
 # Objects of one bucket map: the group's zarr.json, and a zarr.json and a chunk per array.
 _MAP_OBJECTS = 1 + 2 * 4
 
 
+def _chunks(manifest: Manifest, start: int, stop: int) -> int:
+    size = manifest.shard_size
+    return (stop - 1) // size - start // size + 1
+
+
 def _objects(manifest: Manifest, p: PartitionEntry) -> tuple[int, int]:
-    """The objects of a partition's maps, tables and tombstones now, and once compacted."""
+    """The objects of a partition (maps, tables, tombstones, its codes chunks and the metadata
+    of a codes array of its own) now, and once compacted (into an array of its own)."""
     maps = len(PARTITION_KINDS) * _MAP_OBJECTS
     tables = manifest.shards_in(p.start, p.stop)
-    now = maps * (1 + len(p.deltas)) + sum(1 + bool(s.errors) for s in tables) + bool(p.tombstones)
-    return now, maps + max(1, -(-_live(manifest, p) // manifest.shard_size))
+    codes = _chunks(manifest, p.start, p.stop)
+    now = maps * (1 + len(p.deltas)) + sum(1 + bool(s.errors) for s in tables) + bool(p.tombstones) + codes + (p.codes != CODES)
+    return now, maps + max(1, -(-manifest.live_in(p) // manifest.shard_size)) + codes + 1
 
 
 def _urgency(manifest: Manifest, p: PartitionEntry, policy: CompactionPolicy) -> float:
     """How far past its thresholds a partition is (>= 1: due)."""
     garbage = (p.tombstones.n_images + p.tombstones.n_errors) if p.tombstones else 0
-    live = max(1, _live(manifest, p))
+    live = max(1, manifest.live_in(p))
     return max(garbage / live / policy.max_garbage if policy.max_garbage else float(garbage > 0),
                len(p.deltas) / policy.max_deltas if policy.max_deltas else float(len(p.deltas) > 0))
 
 
 def _fresh_objects(manifest: Manifest, live: int) -> int:
-    """About the objects the maps and tables of a fresh build of ``live`` images would take."""
+    """About the objects of a fresh build of ``live`` images: maps, tables and codes chunks."""
     maps = len(PARTITION_KINDS) * _MAP_OBJECTS
-    return maps * max(1, -(-live // manifest.partition_size)) + max(1, -(-live // manifest.shard_size))
+    return maps * max(1, -(-live // manifest.partition_size)) + 2 * max(1, -(-live // manifest.shard_size))
 
 
-def _windows(live: list[int], partition_size: int, widest: int = 4) -> list[tuple[int, int]]:
+def _windows(live: list[int], partition_size: int, widest: int = 8) -> list[tuple[int, int]]:
     """Runs of adjacent partitions whose live images fit in fewer partitions, cheapest first
     (live images rewritten per partition saved), not overlapping."""
     found = []
@@ -124,7 +126,7 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
     (always the most urgent group); ``force`` takes every partition holding any garbage or delta.
     """
     parts = manifest.partitions
-    live = [_live(manifest, p) for p in parts]
+    live = [manifest.live_in(p) for p in parts]
     urgency = [_urgency(manifest, p, policy) for p in parts]
     if force:
         urgency = [max(u, 1.0) if p.deltas or p.tombstones else u for u, p in zip(urgency, parts)]
@@ -205,7 +207,7 @@ def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPoli
     commit_manifest(index_url, compacted, storage_options)
     cleanup_staging(index_url, version, storage_options)
     before = sum(b - a for a, b, _ in groups)
-    images = sum(_live(compacted, p) for p in compacted.partitions if any(start <= p.start < stop for start, stop, _ in spans))
+    images = sum(compacted.live_in(p) for p in compacted.partitions if any(start <= p.start < stop for start, stop, _ in spans))
     log.info("committed version %d of %s: %d partition(s) compacted into %d (%d live images rewritten)",
              version, index_url, before, sum(n for _, _, n in groups), images)
     return CompactionResult(version, before, images)

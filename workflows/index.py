@@ -207,13 +207,13 @@ class _Range:
     new: bool
 
 
-def _place(partitions: tuple[PartitionEntry, ...], n_old: int, n_new: int, partition_size: int) -> list[_Range]:
-    """Where ids ``[n_old, n_new)`` go: the last partition while it spans under ``partition_size``
-    ids, then new partitions of ``partition_size`` ids."""
+def _place(partitions: tuple[PartitionEntry, ...], n_old: int, n_new: int, partition_size: int, room: int = 0) -> list[_Range]:
+    """Where ids ``[n_old, n_new)`` go: ``room`` of them to the last partition (what it lacks
+    of ``partition_size`` live images), then new partitions of ``partition_size`` ids."""
     ranges: list[_Range] = []
     cur = n_old
-    if partitions and partitions[-1].stop - partitions[-1].start < partition_size and n_new > cur:
-        stop = min(n_new, partitions[-1].start + partition_size)
+    if partitions and room > 0 and n_new > cur:
+        stop = min(n_new, cur + room)
         ranges.append(_Range(cur, stop, len(partitions) - 1, False))
         cur = stop
     index = len(partitions)
@@ -242,8 +242,7 @@ def _encode_jobs(corpus, plan: SyncPlan, cuts, codes_of: dict[int, str], n_old: 
     if rows[-1] - rows[0] + 1 == len(rows):  # one run of the listing: read it as the corpus's own shards
         first_row = int(rows[0])
     else:
-        all_uris = corpus.uris()
-        corpus = UriListCorpus(f"{corpus.url} (images to encode)", corpus.storage_options, [all_uris[r] for r in rows])
+        corpus = UriListCorpus(f"{corpus.url} (images to encode)", corpus.storage_options, [plan.listing[r] for r in rows])
         first_row = 0
     hash_pixels = corpus.kind in ARRAY_KINDS or all(f is None for f in plan.fingerprints)
     jobs = []
@@ -378,9 +377,10 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
         n_parts = settings.partitions or max(1, len(dask.nthreads()))
         partition_size = shard_size * max(1, math.ceil(n_new / n_parts / shard_size))
     old_partitions = manifest.partitions if manifest else ()
-    ranges = _place(old_partitions, n_old, n_new, partition_size)
+    room = partition_size - (manifest.live_in(old_partitions[-1]) if old_partitions else 0)
+    ranges = _place(old_partitions, n_old, n_new, partition_size, room)
     cuts = _shard_cuts(ranges, shard_size)
-    uris = source.uris() if len(plan.rows) else []
+    uris = plan.listing
     plan_doc = {
         "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
         "shard_size": shard_size, "partition_size": partition_size, "source": plan.source,

@@ -39,7 +39,7 @@ ARRAY_KINDS = ("idx", "npy", "zarr")
 class SyncPlan:
     """The changes one run makes for one source.
 
-    ``rows`` are positions in the corpus listing to encode (ascending), with the fingerprint
+    ``rows`` are positions in the corpus ``listing`` to encode (ascending), with the fingerprint
     to record for each (``None`` for rows of array corpora: the indexing task hashes the
     pixels it reads). ``dead`` are the ids to tombstone, ``dead_readable`` whether each was a
     readable image. ``adopt_ids`` / ``adopt_fingerprints``: rows indexed without a fingerprint
@@ -49,6 +49,7 @@ class SyncPlan:
     source: int
     rows: np.ndarray
     fingerprints: list[str | None]
+    listing: list[str] = field(default_factory=list)
     added: int = 0
     changed: int = 0
     retried: int = 0
@@ -146,6 +147,7 @@ def plan_sync(corpus: Corpus, source: SourceEntry | None, source_id: int, state:
         source=sid,
         rows=np.asarray(encode, np.int64),
         fingerprints=[current[row] for row in encode],
+        listing=uris,
         added=len(added), changed=len(changed), retried=len(retried), removed=len(removed),
         dead=np.asarray([ids[j] for j in dead], np.int64)[order],
         dead_readable=np.asarray([s_reasons[j] is None for j in dead], bool)[order],
