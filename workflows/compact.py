@@ -28,6 +28,7 @@ from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import read_tombstones
 from storage.layout import partition_codes_path, staging_dir
 from storage.manifest import Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
+from workflows.options import check_options, option
 from workflows.progress import track
 from workflows.runtime import failpoint
 
@@ -40,16 +41,14 @@ log = logging.getLogger(__name__)
 class CompactionPolicy:
     """When partitions are compacted; see the module docstring."""
 
-    max_garbage: float = 0.2
-    max_deltas: int = 8
+    max_garbage: float = option(0.2, "A partition is due when its deleted images exceed this fraction of its live ones.",
+                                minimum=0)
+    max_deltas: int = option(8, "A partition is due when it has more delta maps than this.", minimum=0)
     merge_below: float = 0.5
     budget: float = 0.25
 
     def __post_init__(self) -> None:
-        if not self.max_garbage >= 0:
-            raise ConfigError(f"--max-garbage must be >= 0, got {self.max_garbage}")
-        if self.max_deltas < 0:
-            raise ConfigError(f"--max-deltas must be >= 0, got {self.max_deltas}")
+        check_options(self)
         if not 0 <= self.merge_below <= 1:
             raise ConfigError(f"--merge-below must be between 0 and 1, got {self.merge_below}")
         if not 0 <= self.budget <= 1:

@@ -29,10 +29,8 @@ import numpy as np
 from storage import ConfigError, CorpusError, open_corpus, read_labels
 from storage.fs import url_to_fs
 from workflows.cluster import ClusterSettings, dask_client
+from workflows.options import check_options, option, same_option
 from workflows.query import (
-    DEFAULT_MAX_BUCKET,
-    DEFAULT_MAX_BUCKET_FRACTION,
-    DEFAULT_VOTE_BUDGET,
     DEFAULT_THRESHOLD,
     MODES,
     QuerySettings,
@@ -56,17 +54,21 @@ class EvaluateSettings:
     listed. ``limit`` keeps the first queries only. ``map_k`` is the depth of mAP.
     """
 
-    ks: tuple[int, ...] = (1, 10, 100)
-    modes: tuple[str, ...] = ("seed", "default")
-    baselines: tuple[str, ...] = ("pixel-knn", "lsh-64", "lsh-256")
-    thresholds: tuple[int, ...] = ()
-    shortlist: int | None = None
-    max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
-    max_bucket: int = DEFAULT_MAX_BUCKET
-    vote_budget: int = DEFAULT_VOTE_BUDGET
+    ks: tuple[int, ...] = option((1, 10, 100), "Ranks for precision@k, comma-separated.", name="k", minimum=1, check=False,
+                                 example="[1, 10, 100]")
+    modes: tuple[str, ...] = option(("seed", "default"), "Query modes to measure (seed, default), comma-separated; 'none' for "
+                                    "none.", choices=MODES, check=False, example="[seed, default]")
+    baselines: tuple[str, ...] = option(("pixel-knn", "lsh-64", "lsh-256"), "Pixel baselines: pixel-knn, lsh-B (B random "
+                                        "hyperplanes), comma-separated; 'none' for none.", example="[pixel-knn, lsh-64]")
+    thresholds: tuple[int, ...] = option((), "Run each mode at each of these thresholds t (default: the mode's own).", minimum=0,
+                                         example="[1, 3, 5]")
+    shortlist: int | None = same_option(QuerySettings, "shortlist")
+    max_bucket_fraction: float = same_option(QuerySettings, "max_bucket_fraction")
+    max_bucket: int = same_option(QuerySettings, "max_bucket")
+    vote_budget: int = same_option(QuerySettings, "vote_budget")
     map_k: int = 100
-    limit: int | None = None
-    block_size: int = 1000
+    limit: int | None = option(None, "Evaluate the first N queries only.", minimum=1, example="1000")
+    block_size: int = QuerySettings.block_size
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -78,12 +80,9 @@ class EvaluateSettings:
             m = _LSH.match(name)
             if name != "pixel-knn" and not (m and 1 <= int(m.group(1)) <= 4096):
                 raise ConfigError(f"--baselines: unknown baseline {name!r}; use pixel-knn or lsh-B with 1 <= B <= 4096 (e.g. lsh-64)")
-        if any(t < 0 for t in self.thresholds):
-            raise ConfigError(f"--thresholds must be >= 0, got {list(self.thresholds)}")
+        check_options(self)  # --thresholds, --limit, and the query job's options passed on to it
         if not self.modes and not self.baselines:
             raise ConfigError("nothing to evaluate: give at least one mode or baseline")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.map_k < 1:
             raise ConfigError(f"map_k must be >= 1, got {self.map_k}")
         self.query_settings()  # the query job's own checks of the options passed on to it
