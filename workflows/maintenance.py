@@ -68,8 +68,8 @@ class GcSettings:
 
 @contextmanager
 def logged_run(index_url: str, lock, command: str, storage_options, corpus: str | None = None):
-    """Write the run log record of the block, also when it fails; the block fills in the dict
-    it gets (``status``, ``version``, counts...)."""
+    """Write the run log record of the ``with`` body, also when it fails; the body fills in the
+    dict it gets (``status``, ``version``, counts...)."""
     from storage.runlog import write_run
 
     started = datetime.now(timezone.utc)
