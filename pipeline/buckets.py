@@ -57,7 +57,7 @@ class BucketMap:
     key_bounds: np.ndarray
 
     def __post_init__(self):
-        _check_layout(self.keys, self.offsets, self.ids, self.key_bounds)
+        _check_arrays(self.keys, self.offsets, self.ids, self.key_bounds)
 
     @property
     def positional(self) -> bool:
@@ -139,7 +139,7 @@ class BucketMap:
         return (int(self.ids.min()), int(self.ids.max()) + 1)
 
 
-def _check_layout(keys, offsets, ids, key_bounds) -> None:
+def _check_arrays(keys, offsets, ids, key_bounds) -> None:
     """Raise ``ValueError`` unless the arrays have a bucket map's dtypes and sizes."""
     if keys.ndim != 1 or keys.dtype not in _KEY_DTYPES:
         raise ValueError(

@@ -132,10 +132,10 @@ def _parameter(opt: Option, takes_spec: bool) -> inspect.Parameter:
     help = opt.help
     if opt.required:
         default, help = (None, f"{help} [required]") if takes_spec else (..., help)
-    kind = _PYTHON_TYPES.get(opt.type, str)
+    python_type = _PYTHON_TYPES.get(opt.type, str)
     info = typer.Option(default, *opt.flags, help=help, envvar=opt.envvar, show_default=opt.show_default)
     return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=info,
-                             annotation=Optional[kind] if default is None else kind)
+                             annotation=Optional[python_type] if default is None else python_type)
 
 
 def _settings_value(opt: Option, raw: Any) -> Any:

@@ -103,7 +103,7 @@ class MethodResult:
     """Figures of one method (a mode at one threshold, or a baseline)."""
 
     name: str
-    kind: str  # "mode" or "baseline"
+    category: str  # "mode" or "baseline"
     threshold: int | None
     precision: dict[int, float]
     map: float
@@ -124,6 +124,8 @@ class Evaluation:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        # a method's category is "kind" in the JSON, as it always was
+        d["methods"] = [{"kind" if k == "category" else k: v for k, v in m.items()} for m in d["methods"]]
         for m in d["methods"]:
             m["precision"] = {str(k): v for k, v in m["precision"].items()}
         return d
@@ -167,10 +169,10 @@ def evaluate(
     depth = settings.depth
     methods: list[MethodResult] = []
 
-    def figures(name, kind, threshold, ids, candidates, ms) -> MethodResult:
+    def figures(name, category, threshold, ids, candidates, ms) -> MethodResult:
         curve = [precision_at_k(ids, index_labels, q_labels, k) for k in range(1, depth + 1)]
         result = MethodResult(
-            name, kind, threshold, {k: curve[k - 1] for k in settings.ks},
+            name, category, threshold, {k: curve[k - 1] for k in settings.ks},
             average_precision_at_k(ids, index_labels, q_labels, settings.map_k), candidates, ms, curve,
         )
         log.info("%s: P@10 %.4f, mAP@%d %.4f, %.1f candidates, %.3f ms/query", name, curve[min(10, depth) - 1],
@@ -282,16 +284,16 @@ def plot_evaluation(evaluation: Evaluation, url: str, storage_options=None) -> N
 
     fig, (curves, sweep) = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in evaluation.methods:
-        curves.plot(range(1, len(m.curve) + 1), m.curve, label=m.name, linestyle="-" if m.kind == "mode" else "--")
+        curves.plot(range(1, len(m.curve) + 1), m.curve, label=m.name, linestyle="-" if m.category == "mode" else "--")
     curves.set(xscale="log", xlabel="k", ylabel="precision@k", title="precision@k by label")
     curves.grid(True, alpha=0.3)
     curves.legend(fontsize=8)
     p10 = min(10, len(evaluation.methods[0].curve)) if evaluation.methods else 10
-    modes = sorted({m.name.split(" ")[0] for m in evaluation.methods if m.kind == "mode"})
+    modes = sorted({m.name.split(" ")[0] for m in evaluation.methods if m.category == "mode"})
     for mode in modes:
-        points = sorted((m.threshold, m.curve[p10 - 1]) for m in evaluation.methods if m.kind == "mode" and m.name.startswith(mode + " "))
+        points = sorted((m.threshold, m.curve[p10 - 1]) for m in evaluation.methods if m.category == "mode" and m.name.startswith(mode + " "))
         sweep.plot([t for t, _ in points], [p for _, p in points], marker="o", label=f"{mode} mode")
-    baselines = [m for m in evaluation.methods if m.kind == "baseline"]
+    baselines = [m for m in evaluation.methods if m.category == "baseline"]
     for i, m in enumerate(baselines):
         sweep.axhline(m.curve[p10 - 1], linestyle="--", linewidth=1, label=m.name, color=f"C{len(modes) + i}")
     sweep.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

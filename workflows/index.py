@@ -35,7 +35,7 @@ from storage import (
 from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
 from storage.layout import CODES, MODEL_DIR, resolve, staging_dir
-from storage.manifest import PARTITION_KINDS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
+from storage.manifest import MAP_LAYOUTS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
 from storage.retry import retry_call
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, compact_job, plan_compaction
@@ -45,7 +45,7 @@ from workflows.progress import track
 from workflows.runtime import failpoint
 from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
 
-__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "PARTITION_KINDS"]
+__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "MAP_LAYOUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -486,12 +486,12 @@ def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, s
     """Both bucket maps of each range of new ids (built, or taken from done-markers), by range start."""
     futures = []
     for r in ranges:
-        for kind in PARTITION_KINDS:
-            if f"{kind}-{r.start:012d}.done.json" in done:
+        for layout in MAP_LAYOUTS:
+            if f"{layout}-{r.start:012d}.done.json" in done:
                 report.partitions_skipped += 1
                 continue
             tables = [s for s in shards if s.start < r.stop and s.stop > r.start]
-            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], kind, r.start, r.stop, tables, version,
+            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], layout, r.start, r.stop, tables, version,
                                        storage_options, pure=False))
     if report.partitions_skipped:
         log.info("resuming: %d of %d bucket maps already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
@@ -502,9 +502,9 @@ def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, s
         failpoint("index-partition-built")
     maps: dict[int, dict[str, MapEntry]] = {}
     for r in ranges:
-        for kind in PARTITION_KINDS:
-            entry = read_json(join_url(stage, "done", f"{kind}-{r.start:012d}.done.json"), storage_options)
-            maps.setdefault(r.start, {})[kind] = MapEntry(entry["path"], entry["stats"])
+        for layout in MAP_LAYOUTS:
+            entry = read_json(join_url(stage, "done", f"{layout}-{r.start:012d}.done.json"), storage_options)
+            maps.setdefault(r.start, {})[layout] = MapEntry(entry["path"], entry["stats"])
     return maps
 
 

@@ -88,12 +88,12 @@ class Option:
         """This option as the one called ``name`` (unless it names itself), its type resolved."""
         name = self.name or name
         if self.type:
-            kind = self.type
+            value_type = self.type
         elif isinstance(self.default, (bool, int, float, str)):
-            kind = type(self.default).__name__
+            value_type = type(self.default).__name__
         else:
             raise ValueError(f"option {name!r}: give its type (its default {self.default!r} does not tell)")
-        return replace(self, name=name, field=self.field or name, type=kind)
+        return replace(self, name=name, field=self.field or name, type=value_type)
 
 
 def option(default: Any, help: str, **declaration) -> Any:

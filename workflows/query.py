@@ -39,7 +39,7 @@ MAX_K = 10_000
 # Per-position Hamming radius when none is given: seed 000's t=3 for its rule; for the
 # default mode's shortlist, the value docs/QUALITY.md chose.
 DEFAULT_THRESHOLD = {"seed": 3, "default": 3}
-PARTITION_KIND = {"seed": "any", "default": "pos"}
+MAP_LAYOUT = {"seed": "any", "default": "pos"}  # the bucket maps each mode searches
 # Default mode: images re-ranked per query and partition; buckets skipped above a share of
 # the partition or a number of images; the votes (bucket entries) a query may cast in a
 # partition before its radius shrinks. docs/QUALITY.md chose them on Fashion-MNIST, and
@@ -429,7 +429,7 @@ def query(
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     queries = source.url
-    partitions = manifest.search_partitions(PARTITION_KIND[settings.mode])
+    partitions = manifest.search_partitions(MAP_LAYOUT[settings.mode])
     uris = image_uri_array(index_url, manifest, storage_options)
     shards = source.shards(settings.block_size)
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
