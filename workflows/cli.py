@@ -166,7 +166,8 @@ def _with_job_spec(command: str, ctx: typer.Context, values: dict, declared: lis
     return values
 
 
-def _options(raw: str | None) -> dict | None:
+def _storage_options(raw: str | None) -> dict | None:
+    """The ``--storage-options`` JSON as a dict (None when not given)."""
     from storage import ConfigError
 
     if not raw:
@@ -264,7 +265,7 @@ def train(
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
         shift_weight=shift_weight, max_shift=max_shift, sample=sample, seed=seed, name=name,
-        command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
+        command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_storage_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
 
@@ -286,7 +287,7 @@ def info(
 
     if (model is None) == (index is None):
         raise ConfigError("give exactly one of --model or --index")
-    opts = _options(storage_options)
+    opts = _storage_options(storage_options)
     if errors:
         if index is None:
             raise ConfigError("--errors lists the unreadable images of an index: give --index")
@@ -322,7 +323,7 @@ def index(corpus, index, model, cluster: ClusterSettings, settings: IndexSetting
     setup_logging(verbose)
     report = run_index(
         corpus, index, model, settings if compact else replace(settings, compaction=None), cluster,
-        _options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
+        _storage_options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
     )
     if not report.committed:
         typer.echo(f"nothing new: {index} already mirrors {corpus} ({report.n_images} images, version {report.version})")
@@ -355,7 +356,7 @@ def delete(
     from workflows.maintenance import delete as run_delete
 
     setup_logging(verbose)
-    report = run_delete(index, uris, _options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
+    report = run_delete(index, uris, _storage_options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
     if report.version is None:
         typer.echo(f"nothing to delete: none of the uris of {uris} is in {index}")
         return
@@ -381,7 +382,7 @@ def compact(
 
     setup_logging(verbose)
     result = run_compact(index, policy, force=all_partitions, cluster=cluster,
-                         storage_options=_options(storage_options), wait_for_lock=wait_for_lock)
+                         storage_options=_storage_options(storage_options), wait_for_lock=wait_for_lock)
     if result is None:
         typer.echo(f"nothing to compact in {index}")
         return
@@ -395,7 +396,7 @@ def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> 
     from workflows.maintenance import gc as run_gc
 
     setup_logging(verbose)
-    plan = run_gc(index, settings, _options(storage_options), wait_for_lock=wait_for_lock)
+    plan = run_gc(index, settings, _storage_options(storage_options), wait_for_lock=wait_for_lock)
     if settings.dry_run:
         for rel, size in plan.garbage:
             typer.echo(f"{size:>12} {rel}")
@@ -413,7 +414,7 @@ def upgrade(index, wait_for_lock, storage_options, verbose) -> None:
     from workflows.maintenance import upgrade as run_upgrade
 
     setup_logging(verbose)
-    version = run_upgrade(index, _options(storage_options), wait_for_lock=wait_for_lock)
+    version = run_upgrade(index, _storage_options(storage_options), wait_for_lock=wait_for_lock)
     typer.echo(f"{index} is format 2 already" if version is None else f"upgraded {index} to index format 2 (version {version})")
 
 
@@ -434,7 +435,7 @@ def query(index, queries, out, settings: QuerySettings, report, report_limit, cl
     from workflows.query import query as run_query
 
     setup_logging(verbose)
-    result = run_query(index, queries, out, settings, cluster, _options(storage_options), report=report, report_limit=report_limit)
+    result = run_query(index, queries, out, settings, cluster, _storage_options(storage_options), report=report, report_limit=report_limit)
     typer.echo(
         f"answered {result.n_queries - result.n_failed} queries against {index} (version {result.version}) in "
         f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query): {result.rows} rows in {out}"
@@ -463,7 +464,7 @@ def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, o
     from workflows.evaluate import evaluate as run_evaluate, render_table
 
     setup_logging(verbose)
-    result = run_evaluate(index, queries, labels, query_labels, settings, cluster, _options(storage_options), out=out, plot=plot)
+    result = run_evaluate(index, queries, labels, query_labels, settings, cluster, _storage_options(storage_options), out=out, plot=plot)
     typer.echo(render_table(result))
 
 
@@ -474,7 +475,7 @@ def bench(index, queries, settings: BenchSettings, out, cluster: ClusterSettings
     from workflows.bench import bench as run_bench
 
     setup_logging(verbose)
-    result = run_bench(index, queries, settings, cluster, _options(storage_options), out=out)
+    result = run_bench(index, queries, settings, cluster, _storage_options(storage_options), out=out)
     typer.echo(result.render())
 
 
