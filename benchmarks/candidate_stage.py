@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     # each patch code widened to one 64-bit word: the summed distance is the whole grid's
     exact = hamming_knn(codes.astype(np.uint64), queries.astype(np.uint64), 10) + part.start
-    print(f"{n:,} images, {bmap.keys.size:,} keys in {bmap.n_blocks} positions; exact top-10 by brute force: "
+    print(f"{n:,} images, {bmap.keys.size:,} keys in {bmap.n_groups} positions; exact top-10 by brute force: "
           f"{1000 * (time.perf_counter() - started) / args.queries:.0f} ms/query", flush=True)
     rows = []
     print("| t | shortlist | bucket cap | vote budget | ms/query (one partition, one thread) | candidates (share of the partition) | recall@10 vs exact |")
@@ -122,7 +122,7 @@ def _time_substrings(bmap, codes, queries, bits: int, id_range: tuple[int, int],
     settings = QuerySettings()
     t = settings.threshold
     shortlist, max_bucket = settings.partition_limits(id_range[1] - id_range[0])
-    chosen = mih_substrings(bmap.keys.size // bmap.n_blocks, bits, t)
+    chosen = mih_substrings(bmap.keys.size // bmap.n_groups, bits, t)
 
     def search(q, m):
         return rerank_search(q, bmap, codes, t, bits, 10, shortlist, max_bucket, settings.vote_budget,

@@ -118,8 +118,8 @@ def main() -> None:
         for m in result.methods:
             default = m.name.startswith("default")
             rows.append({
-                "method": m.name.split(" ")[0], "model": model if m.kind == "mode" else "(pixels)",
-                "bits": info["bits"] if m.kind == "mode" else "", "threshold": m.threshold,
+                "method": m.name.split(" ")[0], "model": model if m.category == "mode" else "(pixels)",
+                "bits": info["bits"] if m.category == "mode" else "", "threshold": m.threshold,
                 "shortlist": (settings.shortlist or "auto") if default else None,
                 "max_bucket_fraction": settings.max_bucket_fraction if default else None,
                 "max_bucket": settings.max_bucket if default else None,

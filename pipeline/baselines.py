@@ -20,7 +20,7 @@ from .hamming import distance
 
 __all__ = ["pixel_knn", "lsh_codes", "hamming_knn"]
 
-_BLOCK = 1024
+_BATCH = 1024  # rows per matrix product: queries in pixel_knn, 8x as many images in lsh_codes
 
 
 def pixel_knn(index_pixels: np.ndarray, query_pixels: np.ndarray, k: int) -> np.ndarray:
@@ -44,11 +44,11 @@ def pixel_knn(index_pixels: np.ndarray, query_pixels: np.ndarray, k: int) -> np.
         raise ValueError(f"index images have {x.shape[1]} values each but queries have {q.shape[1]}")
     x_norms = np.einsum("ij,ij->i", x, x)
     out = np.full((len(q), k), -1, np.int64)
-    for lo in range(0, len(q), _BLOCK):
-        block = q[lo:lo + _BLOCK]
+    for lo in range(0, len(q), _BATCH):
+        batch = q[lo:lo + _BATCH]
         # ||q - x||^2 minus the query's own norm, which does not change the order
-        dist = x_norms[None, :] - 2.0 * (block @ x.T)
-        out[lo:lo + len(block), :min(k, len(x))] = _smallest(dist, k)
+        dist = x_norms[None, :] - 2.0 * (batch @ x.T)
+        out[lo:lo + len(batch), :min(k, len(x))] = _smallest(dist, k)
     return out
 
 
@@ -78,8 +78,8 @@ def lsh_codes(pixels: np.ndarray, bits: int, mean: np.ndarray, seed: int = 0) ->
     planes = np.random.default_rng(seed).standard_normal((x.shape[1], bits)).astype(np.float32)
     words = -(-bits // 64)
     packed = np.zeros((len(x), words), np.uint64)
-    for lo in range(0, len(x), 8 * _BLOCK):
-        signs = (x[lo:lo + 8 * _BLOCK] @ planes) > 0
+    for lo in range(0, len(x), 8 * _BATCH):
+        signs = (x[lo:lo + 8 * _BATCH] @ planes) > 0
         padded = np.zeros((len(signs), words * 64), np.uint8)
         padded[:, :bits] = signs
         packed[lo:lo + len(signs)] = np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64)

@@ -1,7 +1,7 @@
 """Bucket maps: for one partition of the index, the image ids holding each patch code.
 
 A :class:`BucketMap` is a compact CSR structure (sorted distinct keys, offsets, ids). It is
-built from a block of codes by a stable LSD radix sort (numba), so that building costs a few
+built from the codes of a set of images by a stable LSD radix sort (numba), so that building costs a few
 linear passes over the codes and memory stays a small multiple of them; maps built
 separately over disjoint sets of images (shards) can be merged into the map that one build
 over all their rows would give.
@@ -33,16 +33,16 @@ class BucketMap:
     Attributes
     ----------
     keys : numpy.ndarray
-        ``uint32`` or ``uint64`` [K]: the distinct codes, sorted within each key block.
+        ``uint32`` or ``uint64`` [K]: the distinct codes, sorted within each key group.
     offsets : numpy.ndarray
         ``int64`` [K+1]; ``ids[offsets[i]:offsets[i+1]]`` are the image ids holding
         ``keys[i]``.
     ids : numpy.ndarray
         ``int64`` [P]; ascending and de-duplicated within each bucket.
     key_bounds : numpy.ndarray
-        ``int64`` [B+1]; block ``b`` is ``keys[key_bounds[b]:key_bounds[b+1]]``. A
-        position-free map has one block of all codes (B = 1); a positional map has B = G,
-        block ``g`` holding the distinct codes seen at grid position ``g`` (the key is
+        ``int64`` [B+1]; key group ``b`` is ``keys[key_bounds[b]:key_bounds[b+1]]``. A
+        position-free map has one group of all codes (B = 1); a positional map has B = G,
+        group ``g`` holding the distinct codes seen at grid position ``g`` (the key is
         ``(position, code)``).
 
     Notes
@@ -57,44 +57,44 @@ class BucketMap:
     key_bounds: np.ndarray
 
     def __post_init__(self):
-        _check_layout(self.keys, self.offsets, self.ids, self.key_bounds)
+        _check_arrays(self.keys, self.offsets, self.ids, self.key_bounds)
 
     @property
     def positional(self) -> bool:
-        """Whether keys are ``(grid position, code)`` pairs (more than one key block)."""
+        """Whether keys are ``(grid position, code)`` pairs (more than one key group)."""
         return self.key_bounds.size > 2
 
     @property
-    def n_blocks(self) -> int:
-        """Number of key blocks B (1 for a position-free map, G for a positional one)."""
+    def n_groups(self) -> int:
+        """Number of key groups B (1 for a position-free map, G for a positional one)."""
         return self.key_bounds.size - 1
 
-    def block_keys(self, block: int = 0) -> np.ndarray:
-        """The sorted distinct codes of key block ``block`` (a view)."""
-        return self.keys[self.key_bounds[block] : self.key_bounds[block + 1]]
+    def group_keys(self, group: int = 0) -> np.ndarray:
+        """The sorted distinct codes of key group ``group`` (a view)."""
+        return self.keys[self.key_bounds[group] : self.key_bounds[group + 1]]
 
-    def bucket(self, key, block: int = 0) -> np.ndarray:
-        """Image ids (ascending) holding code ``key`` in key block ``block``.
+    def bucket(self, key, group: int = 0) -> np.ndarray:
+        """Image ids (ascending) holding code ``key`` in key group ``group``.
 
         Parameters
         ----------
         key : int
             The code; codes outside the map's dtype range simply have no bucket.
-        block : int
-            Key block: 0 for a position-free map, the grid position for a positional one.
+        group : int
+            Key group: 0 for a position-free map, the grid position for a positional one.
 
         Returns
         -------
         numpy.ndarray
             ``int64`` ids, a read-only view into the map; empty if no image holds the key.
         """
-        if not 0 <= block < self.n_blocks:
-            raise IndexError(f"block {block} out of range for a map of {self.n_blocks} blocks")
+        if not 0 <= group < self.n_groups:
+            raise IndexError(f"key group {group} out of range for a map of {self.n_groups} groups")
         info = np.iinfo(self.keys.dtype)
         if not info.min <= int(key) <= info.max:
             return self.ids[:0]
-        lo = int(self.key_bounds[block])
-        keys = self.block_keys(block)
+        lo = int(self.key_bounds[group])
+        keys = self.group_keys(group)
         i = int(np.searchsorted(keys, self.keys.dtype.type(key)))
         if i == keys.size or keys[i] != key:
             return self.ids[:0]
@@ -128,7 +128,7 @@ class BucketMap:
     @property
     def n_images(self) -> int:
         """Images in a positional map (each is in one bucket per position); for a
-        position-free map, the (key, image) pairs of its first block."""
+        position-free map, the (key, image) pairs of its first key group."""
         return int(self.offsets[self.key_bounds[1]] - self.offsets[0]) if self.keys.size else 0
 
     @functools.cached_property
@@ -139,7 +139,7 @@ class BucketMap:
         return (int(self.ids.min()), int(self.ids.max()) + 1)
 
 
-def _check_layout(keys, offsets, ids, key_bounds) -> None:
+def _check_arrays(keys, offsets, ids, key_bounds) -> None:
     """Raise ``ValueError`` unless the arrays have a bucket map's dtypes and sizes."""
     if keys.ndim != 1 or keys.dtype not in _KEY_DTYPES:
         raise ValueError(
@@ -160,7 +160,7 @@ def _check_layout(keys, offsets, ids, key_bounds) -> None:
 
 
 def build_bucket_map(codes: np.ndarray, ids: np.ndarray, positional: bool) -> BucketMap:
-    """Build the bucket map of a block of images.
+    """Build the bucket map of a set of images.
 
     Parameters
     ----------
@@ -171,20 +171,20 @@ def build_bucket_map(codes: np.ndarray, ids: np.ndarray, positional: bool) -> Bu
         Integer [m], strictly ascending; need not be contiguous (images that failed to read
         are simply absent).
     positional : bool
-        Key buckets by ``(grid position, code)`` (B = G key blocks) instead of by code
+        Key buckets by ``(grid position, code)`` (B = G key groups) instead of by code
         alone (B = 1).
 
     Returns
     -------
     BucketMap
         Bucket ids ascending, each image at most once per bucket. An empty ``codes`` gives
-        an empty map (with G empty blocks if positional).
+        an empty map (with G empty key groups if positional).
     """
     codes, ids = _check_build_inputs(codes, ids)
     if positional:
         bmap = _build_positional(codes, ids)
     else:
-        keys, offsets, bucket_ids = _build_block(codes, ids)
+        keys, offsets, bucket_ids = _build_position_free(codes, ids)
         bmap = BucketMap(keys, offsets, bucket_ids, np.array([0, keys.size], np.int64))
     logger.debug("built %s bucket map of %d images: %d keys, %d pairs",
                  "positional" if positional else "position-free", codes.shape[0],
@@ -214,34 +214,34 @@ def _check_build_inputs(codes, ids) -> tuple[np.ndarray, np.ndarray]:
     return codes, ids
 
 
-def _build_block(codes, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _build_position_free(codes, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys, offsets and bucket ids of all the codes of ``codes`` [m, G], position-free."""
     sorted_codes, sorted_rows = _sort_codes(codes)
-    n_keys, n_pairs = _count_groups(sorted_codes, sorted_rows)
+    n_keys, n_pairs = _count_buckets(sorted_codes, sorted_rows)
     keys = np.empty(n_keys, codes.dtype)
     offsets = np.empty(n_keys + 1, np.int64)
     bucket_ids = np.empty(n_pairs, np.int64)
-    _fill_groups(sorted_codes, sorted_rows, ids, 0, keys, offsets, bucket_ids)
+    _fill_buckets(sorted_codes, sorted_rows, ids, 0, keys, offsets, bucket_ids)
     return keys, offsets, bucket_ids
 
 
 def _build_positional(codes, ids) -> BucketMap:
-    """Bucket map keyed by (grid position, code): one position-free block per column."""
+    """Bucket map keyed by (grid position, code): one key group per column."""
     m, n_positions = codes.shape
-    # Column g holds each image once, so its block has exactly m (code, image) pairs and
+    # Column g holds each image once, so its group has exactly m (code, image) pairs and
     # its ids can go straight to their final place.
     bucket_ids = np.empty(m * n_positions, np.int64)
     keys, offsets = [], []
     columns = _transpose(codes)
     for g in range(n_positions):
         sorted_codes, sorted_rows = _sort_codes(columns[g].reshape(m, 1))
-        n_keys, _ = _count_groups(sorted_codes, sorted_rows)
-        block_keys = np.empty(n_keys, codes.dtype)
-        block_offsets = np.empty(n_keys + 1, np.int64)
-        _fill_groups(sorted_codes, sorted_rows, ids, g * m, block_keys, block_offsets,
+        n_keys, _ = _count_buckets(sorted_codes, sorted_rows)
+        group_keys = np.empty(n_keys, codes.dtype)
+        group_offsets = np.empty(n_keys + 1, np.int64)
+        _fill_buckets(sorted_codes, sorted_rows, ids, g * m, group_keys, group_offsets,
                      bucket_ids[g * m : (g + 1) * m])
-        keys.append(block_keys)
-        offsets.append(block_offsets[:-1])
+        keys.append(group_keys)
+        offsets.append(group_offsets[:-1])
     offsets.append(np.array([m * n_positions], np.int64))
     key_bounds = np.zeros(n_positions + 1, np.int64)
     np.cumsum([k.size for k in keys], out=key_bounds[1:])
@@ -250,7 +250,7 @@ def _build_positional(codes, ids) -> BucketMap:
 
 @njit(nogil=True, cache=True)
 def _transpose(codes):
-    """Contiguous transpose, in row blocks so that reads and writes both stay cached."""
+    """Contiguous transpose, 256 rows at a time so that reads and writes both stay cached."""
     m, n_cols = codes.shape
     out = np.empty((n_cols, m), codes.dtype)
     for r0 in range(0, m, 256):
@@ -332,7 +332,7 @@ def _scatter(src_codes, src_rows, shift, starts, dst_codes, dst_rows):
 
 
 @njit(nogil=True, cache=True)
-def _count_groups(sorted_codes, sorted_rows):
+def _count_buckets(sorted_codes, sorted_rows):
     """Number of distinct codes and of distinct (code, row) pairs in sorted input."""
     n_keys = 0
     n_pairs = 0
@@ -344,7 +344,7 @@ def _count_groups(sorted_codes, sorted_rows):
 
 
 @njit(nogil=True, cache=True)
-def _fill_groups(sorted_codes, sorted_rows, row_ids, pair_base, keys, offsets, bucket_ids):
+def _fill_buckets(sorted_codes, sorted_rows, row_ids, pair_base, keys, offsets, bucket_ids):
     """Write the CSR arrays of sorted (code, row) pairs.
 
     Rows are ascending within a code since the sort is stable, so ids are too. Offsets
@@ -377,7 +377,7 @@ def merge_bucket_maps(maps: Sequence[BucketMap]) -> BucketMap:
     Parameters
     ----------
     maps : sequence of BucketMap
-        At least one map; all of one key dtype and one number of key blocks, no image id
+        At least one map; all of one key dtype and one number of key groups, no image id
         in two maps.
 
     Returns
@@ -387,20 +387,20 @@ def merge_bucket_maps(maps: Sequence[BucketMap]) -> BucketMap:
     maps = list(maps)
     if not maps:
         raise ValueError("merge_bucket_maps needs at least one map")
-    dtype, n_blocks = maps[0].keys.dtype, maps[0].n_blocks
+    dtype, n_groups = maps[0].keys.dtype, maps[0].n_groups
     for bmap in maps[1:]:
-        if bmap.keys.dtype != dtype or bmap.n_blocks != n_blocks:
+        if bmap.keys.dtype != dtype or bmap.n_groups != n_groups:
             raise ValueError(
-                f"cannot merge bucket maps of different layouts: {dtype} with {n_blocks} "
-                f"blocks and {bmap.keys.dtype} with {bmap.n_blocks} blocks"
+                f"cannot merge bucket maps of different layouts: {dtype} with {n_groups} "
+                f"key groups and {bmap.keys.dtype} with {bmap.n_groups} key groups"
             )
     # Maps in id order make every merged bucket ascending already unless their id ranges
     # interleave (shards do not); buckets are sorted afterwards in that rare case.
     maps.sort(key=lambda bmap: bmap.id_span)
     keys, sizes, destinations = [], [], [[] for _ in maps]
     n_keys_before = 0
-    for block in range(n_blocks):
-        union, union_sizes, where = _merge_block(maps, block)
+    for group in range(n_groups):
+        union, union_sizes, where = _merge_group(maps, group)
         keys.append(union)
         sizes.append(union_sizes)
         for dest, w in zip(destinations, where):
@@ -421,25 +421,25 @@ def merge_bucket_maps(maps: Sequence[BucketMap]) -> BucketMap:
     return BucketMap(np.concatenate(keys), offsets, ids, key_bounds)
 
 
-def _merge_block(maps, block) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Merge one key block of several maps.
+def _merge_group(maps, group) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Merge one key group of several maps.
 
     Returns
     -------
     union : numpy.ndarray
-        The sorted distinct keys of the block over all maps.
+        The sorted distinct keys of the group over all maps.
     sizes : numpy.ndarray
         ``int64``: the merged bucket size of each key of ``union``.
     where : list of numpy.ndarray
-        Per map, the position in ``union`` of each of its keys in the block.
+        Per map, the position in ``union`` of each of its keys in the group.
     """
-    parts = [bmap.block_keys(block) for bmap in maps]
+    parts = [bmap.group_keys(group) for bmap in maps]
     union = _sorted_unique(np.concatenate(parts))
     sizes = np.zeros(union.size, np.int64)
     where = []
     for bmap, part in zip(maps, parts):
         w = np.searchsorted(union, part)
-        lo, hi = bmap.key_bounds[block], bmap.key_bounds[block + 1]
+        lo, hi = bmap.key_bounds[group], bmap.key_bounds[group + 1]
         sizes[w] += np.diff(bmap.offsets[lo : hi + 1])  # no repeats in w: keys are distinct
         where.append(w)
     return union, sizes, where

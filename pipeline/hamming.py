@@ -44,10 +44,10 @@ __all__ = [
     "mih_within",
 ]
 
-# Keys are tested in blocks of this many: first a pass that only asks whether the block
-# holds a hit (no stores, well-predicted branches), then, for the rare blocks that do, a
+# Keys are tested in stripes of this many: first a pass that only asks whether the stripe
+# holds a hit (no stores, well-predicted branches), then, for the rare stripes that do, a
 # pass that records the hits. About 2x faster than recording in one loop (Zen 1).
-_SCAN_BLOCK = 32
+_SCAN_STRIPE = 32
 
 
 @njit(nogil=True, cache=True)
@@ -106,20 +106,20 @@ def count_within(query, keys, t):
     """
     q = keys.dtype.type(query)
     n_keys = keys.size
-    n_full = n_keys - n_keys % _SCAN_BLOCK
+    n_full = n_keys - n_keys % _SCAN_STRIPE
     n = 0
-    for base in range(0, n_full, _SCAN_BLOCK):
-        if _block_has_match(q, keys, t, base):
-            n += _count_matches(q, keys, t, base, base + _SCAN_BLOCK)
+    for base in range(0, n_full, _SCAN_STRIPE):
+        if _stripe_has_match(q, keys, t, base):
+            n += _count_matches(q, keys, t, base, base + _SCAN_STRIPE)
     return n + _count_matches(q, keys, t, n_full, n_keys)
 
 
 # Inlined at numba level: LLVM keeps it out of line and the call halves the scan rate.
 @njit(nogil=True, cache=True, inline="always")
-def _block_has_match(q, keys, t, base):
-    """Whether ``keys[base:base + _SCAN_BLOCK]`` holds a key within ``t`` of ``q``."""
+def _stripe_has_match(q, keys, t, base):
+    """Whether ``keys[base:base + _SCAN_STRIPE]`` holds a key within ``t`` of ``q``."""
     hit = False
-    for j in range(base, base + _SCAN_BLOCK):
+    for j in range(base, base + _SCAN_STRIPE):
         hit |= distance(q, keys[j]) <= t
     return hit
 
@@ -156,11 +156,11 @@ def scan_within(query, keys, t, out_idx, out_dist):
     """
     q = keys.dtype.type(query)
     n_keys = keys.size
-    n_full = n_keys - n_keys % _SCAN_BLOCK
+    n_full = n_keys - n_keys % _SCAN_STRIPE
     n = 0
-    for base in range(0, n_full, _SCAN_BLOCK):
-        if _block_has_match(q, keys, t, base):
-            n = _record_matches(q, keys, t, base, base + _SCAN_BLOCK, out_idx, out_dist, n)
+    for base in range(0, n_full, _SCAN_STRIPE):
+        if _stripe_has_match(q, keys, t, base):
+            n = _record_matches(q, keys, t, base, base + _SCAN_STRIPE, out_idx, out_dist, n)
     return _record_matches(q, keys, t, n_full, n_keys, out_idx, out_dist, n)
 
 

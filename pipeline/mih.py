@@ -3,7 +3,7 @@ methods (key scan, Hamming-ball enumeration, multi-index hashing), the cost mode
 chooses between them, and the multi-index tables, built once per bucket map and cached on it.
 
 Both search modes use them: :func:`pipeline.seed.seed_search` over a position-free map (one
-key block), :func:`pipeline.rerank.rerank_search` over a positional one (one key block per
+key group), :func:`pipeline.rerank.rerank_search` over a positional one (one key group per
 grid position). The matching kernels themselves are in :mod:`pipeline.hamming`.
 """
 
@@ -47,11 +47,11 @@ _MIH_CANDIDATE_COST = 25.0
 
 @dataclass(frozen=True, eq=False)
 class SearchIndex:
-    """Multi-index-hashing tables over the keys of one bucket map, one set per key block.
+    """Multi-index-hashing tables over the keys of one bucket map, one set per key group.
 
     Built by :func:`prepare_index` (which caches it on the map) and used by
-    :func:`pipeline.seed.seed_search` (position-free maps: one block) and
-    :func:`pipeline.rerank.rerank_search` (positional maps: one block per grid position)
+    :func:`pipeline.seed.seed_search` (position-free maps: one key group) and
+    :func:`pipeline.rerank.rerank_search` (positional maps: one key group per grid position)
     with ``method="mih"``. The ``bits``-bit codes are cut into ``n_substrings`` disjoint
     substrings (:func:`pipeline.hamming.mih_split`); a search of radius ``t`` probes each
     substring's table within radius ``t // n_substrings``. The tables serve any radius;
@@ -66,12 +66,12 @@ class SearchIndex:
     shifts, widths, table_bits : numpy.ndarray
         ``int64`` [m]: the substrings and the bucket-index width of each table.
     order, table_keys : numpy.ndarray
-        [m, n_keys]: the tables of block ``b`` are the columns
+        [m, n_keys]: the tables of key group ``b`` are the columns
         ``key_bounds[b]:key_bounds[b + 1]`` of the map (:func:`pipeline.hamming.mih_build`
-        of that block's keys: positions within the block); 8 bytes per key per substring
+        of that group's keys: positions within the group); 8 bytes per key per substring
         for 32-bit keys (12 for 64-bit ones).
     starts : numpy.ndarray
-        ``int32`` [B, m, 2**max(table_bits) + 1]: bucket starts of each block's tables.
+        ``int32`` [B, m, 2**max(table_bits) + 1]: bucket starts of each key group's tables.
     """
 
     bits: int
@@ -88,7 +88,7 @@ class SearchIndex:
         return int(self.shifts.size)
 
     @property
-    def n_blocks(self) -> int:
+    def n_groups(self) -> int:
         return int(self.starts.shape[0])
 
     @property
@@ -136,7 +136,7 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         The search radius to plan the substrings for.
     n_substrings : int, optional
         Force the number of substrings (1..bits) instead of the cost model's choice (made
-        for the mean number of keys per block).
+        for the mean number of keys per key group).
 
     Returns
     -------
@@ -152,33 +152,33 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         )
     if keys.size >= 2**31:
         raise ValueError(f"multi-index hashing needs fewer than 2**31 keys, got {keys.size}")
-    per_block = keys.size // max(bmap.n_blocks, 1)
-    m = (mih_substrings(per_block, bits, threshold) if n_substrings is None
+    per_group = keys.size // max(bmap.n_groups, 1)
+    m = (mih_substrings(per_group, bits, threshold) if n_substrings is None
          else operator.index(n_substrings))
     with _index_cache_lock:
         cached = _index_cache.get(bmap, {}).get((bits, m))
     if cached is not None:
         return cached
     shifts, widths = mih_split(bits, m)
-    # one table width for every block (the mean block's), so that the starts stack
-    table_bits = mih_table_bits(widths, per_block)
+    # one table width for every key group (the mean group's), so that the starts stack
+    table_bits = mih_table_bits(widths, per_group)
     order = np.empty((m, keys.size), np.int32)
     table_keys = np.empty((m, keys.size), keys.dtype)
-    starts = np.empty((bmap.n_blocks, m, (1 << int(table_bits.max())) + 1), np.int32)
-    for b in range(bmap.n_blocks):
+    starts = np.empty((bmap.n_groups, m, (1 << int(table_bits.max())) + 1), np.int32)
+    for b in range(bmap.n_groups):
         lo, hi = int(bmap.key_bounds[b]), int(bmap.key_bounds[b + 1])
         order[:, lo:hi], table_keys[:, lo:hi], starts[b] = mih_build(keys[lo:hi], shifts, widths, table_bits)
     index = SearchIndex(bits, int(keys.size), shifts, widths, table_bits, order, table_keys,
                         starts)
-    logger.debug("built a %d-substring index of %d keys in %d block(s) (%d bits): %.1f MB",
-                 m, keys.size, bmap.n_blocks, bits, index.nbytes / 1e6)
+    logger.debug("built a %d-substring index of %d keys in %d key group(s) (%d bits): %.1f MB",
+                 m, keys.size, bmap.n_groups, bits, index.nbytes / 1e6)
     with _index_cache_lock:
         # Two threads may race to build the same index: keep the first.
         return _index_cache.setdefault(bmap, {}).setdefault((bits, m), index)
 
 
 def choose_method(n_keys: int, bits: int, threshold: int) -> str:
-    """Pick ``"scan"``, ``"enumerate"`` or ``"mih"`` for a key block by a cost model.
+    """Pick ``"scan"``, ``"enumerate"`` or ``"mih"`` for a key group by a cost model.
 
     A scan costs one comparison per key; enumerating costs, per probe of the Hamming
     ball, a binary search of about ``log2(n_keys) + 1`` steps, each worth

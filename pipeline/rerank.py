@@ -86,7 +86,7 @@ def rerank_search(
     query_codes : numpy.ndarray
         Integer ``[q, G]`` code grids (flattened), below ``2**bits``.
     bmap : BucketMap
-        Positional bucket map of the partition (``G`` key blocks).
+        Positional bucket map of the partition (``G`` key groups).
     codes : numpy.ndarray
         ``[n, G]`` code grids of the partition's images; row ``i`` is image ``start + i``.
     threshold : int
@@ -129,7 +129,7 @@ def rerank_search(
         raise ValueError(f"k and shortlist must be >= 1, got {k} and {shortlist}")
     start, stop = check_id_range(bmap, id_range)
     n_range = stop - start
-    grid = bmap.n_blocks
+    grid = bmap.n_groups
     queries = np.asarray(query_codes)
     if queries.ndim != 2 or queries.shape[1] != grid:
         raise ValueError(f"query codes must have shape [q, {grid}] for this map, got {queries.shape}")
@@ -148,11 +148,11 @@ def rerank_search(
     scores = np.zeros((n_queries, k), np.int64)
     n_candidates = np.zeros(n_queries, np.int64)
     if n_queries and n_range:
-        # the keys of a position are matched as seed mode would match a block of that size
+        # the keys of a position are matched as seed mode would match a key group of that size
         if method == "auto":
             method = choose_method(bmap.keys.size // grid, bits, threshold)
-        largest_block = int(np.diff(bmap.key_bounds).max(initial=0))
-        buffer = min(largest_block, ball_size(bits, threshold)) if method == "enumerate" else largest_block
+        largest_group = int(np.diff(bmap.key_bounds).max(initial=0))
+        buffer = min(largest_group, ball_size(bits, threshold)) if method == "enumerate" else largest_group
         if method == "mih":
             index = prepare_index(bmap, bits, threshold, n_substrings)
             tables = (index.shifts, index.widths, index.table_bits, index.order, index.table_keys, index.starts)

@@ -105,7 +105,7 @@ def seed_search(
     queries = _check_queries(query_codes, bmap, bits)
     _check_search_args(bmap, threshold, bits, k, method, queries.shape[1])
     start, stop = check_id_range(bmap, id_range)
-    keys = bmap.block_keys(0)
+    keys = bmap.group_keys(0)
     if keys.size >= 2**31:
         raise ValueError(f"seed_search handles fewer than 2**31 keys, got {keys.size}")
     if method == "auto":
@@ -113,7 +113,7 @@ def seed_search(
     if method == "mih":
         if index is None:
             index = prepare_index(bmap, bits, threshold)
-        elif index.n_keys != keys.size or index.bits != bits or index.n_blocks != 1 \
+        elif index.n_keys != keys.size or index.bits != bits or index.n_groups != 1 \
                 or index.table_keys.dtype != keys.dtype:
             raise ValueError("index was not prepared for this bucket map and code width")
         tables = (index.shifts, index.widths, index.table_bits, index.order,

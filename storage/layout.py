@@ -60,10 +60,10 @@ def shard_table_path(table: str, start: int, stop: int, version: int | None = No
     return f"{table}/{_range(start, stop)}{suffix}.parquet"
 
 
-def partition_path(kind: str, start: int, stop: int, version: int) -> str:
-    """``buckets/any/000000000000-000000010000.v000002``: a bucket map of ids ``[start, stop)``
-    (a partition's base map or one of its deltas) built by ``version``."""
-    return f"buckets/{kind}/{_range(start, stop)}.v{version:06d}"
+def partition_path(layout: str, start: int, stop: int, version: int) -> str:
+    """``buckets/any/000000000000-000000010000.v000002``: a bucket map of ``layout`` (``any`` or
+    ``pos``) of ids ``[start, stop)`` (a partition's base map or one of its deltas) built by ``version``."""
+    return f"buckets/{layout}/{_range(start, stop)}.v{version:06d}"
 
 
 def partition_codes_path(start: int, version: int) -> str:

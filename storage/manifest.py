@@ -25,7 +25,7 @@ from storage.layout import CODES, FORMAT, FORMAT_VERSION, MANIFEST, MODEL_DIR, S
 from storage.retry import retry_call
 
 __all__ = [
-    "PARTITION_KINDS",
+    "MAP_LAYOUTS",
     "ShardEntry",
     "MapEntry",
     "DeltaEntry",
@@ -42,8 +42,9 @@ __all__ = [
     "utc_now",
 ]
 
-# Every partition has one bucket map of each kind: position-free (seed mode) and positional.
-PARTITION_KINDS = ("any", "pos")
+# Every partition has one bucket map of each layout: position-free (``any``, searched by seed
+# mode) and positional (``pos``, the default mode). The names are on disk (paths, manifest keys).
+MAP_LAYOUTS = ("any", "pos")
 
 
 def utc_now() -> str:
@@ -76,7 +77,7 @@ class MapEntry:
 
 @dataclass(frozen=True)
 class DeltaEntry:
-    """Bucket maps, one per kind, of the ids ``[start, stop)`` added to a partition after its base."""
+    """Bucket maps, one per layout, of the ids ``[start, stop)`` added to a partition after its base."""
 
     start: int
     stop: int
@@ -100,7 +101,7 @@ class TombstoneEntry:
 class PartitionEntry:
     """Image ids ``[start, stop)``: their codes, bucket maps, deltas and tombstones.
 
-    ``maps`` (by kind) are the base maps; each of ``deltas`` adds the maps of ids appended
+    ``maps`` (by layout) are the base maps; each of ``deltas`` adds the maps of ids appended
     since. Queries merge base and deltas and drop the ids in ``tombstones``.
     """
 
@@ -111,19 +112,20 @@ class PartitionEntry:
     deltas: tuple[DeltaEntry, ...] = ()
     tombstones: TombstoneEntry | None = None
 
-    def map_paths(self, kind: str) -> tuple[str, ...]:
-        return (self.maps[kind].path, *(d.maps[kind].path for d in self.deltas))
+    def map_paths(self, layout: str) -> tuple[str, ...]:
+        return (self.maps[layout].path, *(d.maps[layout].path for d in self.deltas))
 
-    def search(self, kind: str) -> "SearchPartition":
-        return SearchPartition(kind, self.start, self.stop, self.codes, self.map_paths(kind),
+    def search(self, layout: str) -> "SearchPartition":
+        return SearchPartition(layout, self.start, self.stop, self.codes, self.map_paths(layout),
                                self.tombstones.path if self.tombstones else None)
 
 
 @dataclass(frozen=True)
 class SearchPartition:
-    """What a search task needs of one partition: small, picklable, immutable paths only."""
+    """What a search task needs of one partition (its bucket maps of one layout): small,
+    picklable, immutable paths only."""
 
-    kind: str
+    layout: str
     start: int
     stop: int
     codes: str
@@ -133,7 +135,7 @@ class SearchPartition:
     @property
     def key(self) -> tuple:
         """Identifies the partition's content: every path in it names an immutable object."""
-        return (self.kind, self.start, self.stop, self.codes, self.maps, self.tombstones)
+        return (self.layout, self.start, self.stop, self.codes, self.maps, self.tombstones)
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,8 @@ class Manifest:
         dead = partition.tombstones.n_images if partition.tombstones else 0
         return sum(s.n_ok for s in self.shards_in(partition.start, partition.stop)) - dead
 
-    def search_partitions(self, kind: str) -> list[SearchPartition]:
-        return [p.search(kind) for p in self.partitions]
+    def search_partitions(self, layout: str) -> list[SearchPartition]:
+        return [p.search(layout) for p in self.partitions]
 
     def shards_in(self, start: int, stop: int) -> tuple[ShardEntry, ...]:
         return tuple(s for s in self.shards if s.start < stop and s.stop > start)
@@ -300,7 +302,7 @@ def referenced_objects(manifest: Manifest) -> list[str]:
     names = [*(f"{MODEL_DIR}/{name}" for name in _MODEL_FILES)]
     names += sorted({p.codes for p in manifest.partitions})
     names += [s.images for s in manifest.shards] + [s.errors for s in manifest.shards if s.errors]
-    names += [path for p in manifest.partitions for kind in PARTITION_KINDS for path in p.map_paths(kind)]
+    names += [path for p in manifest.partitions for layout in MAP_LAYOUTS for path in p.map_paths(layout)]
     names += [p.tombstones.path for p in manifest.partitions if p.tombstones]
     if manifest.excluded:
         names.append(manifest.excluded.path)

@@ -14,7 +14,7 @@ from typing import Any
 from storage.errors import IndexFormatError
 from storage.layout import CODES, FORMAT, FORMAT_VERSION, MODEL_DIR, check_relative
 from storage.manifest import (
-    PARTITION_KINDS,
+    MAP_LAYOUTS,
     DeltaEntry,
     ExcludedEntry,
     Manifest,
@@ -170,43 +170,43 @@ def _shards(d: dict, c: _Checker, n_images: int, exact: bool) -> tuple[ShardEntr
 
 def _partitions_v1(d: dict, c: _Checker, n_images: int, partition_size: int) -> tuple[PartitionEntry, ...]:
     """Format 1: one list of ``any`` and ``pos`` entries over the same ranges, codes in ``codes/``."""
-    by_kind: dict[str, dict[int, tuple[int, MapEntry]]] = {kind: {} for kind in PARTITION_KINDS}
-    ends = dict.fromkeys(PARTITION_KINDS, 0)
+    by_layout: dict[str, dict[int, tuple[int, MapEntry]]] = {layout: {} for layout in MAP_LAYOUTS}
+    ends = dict.fromkeys(MAP_LAYOUTS, 0)
     for i, raw in enumerate(c.sequence(c.need(d, "partitions"), "partitions")):
         where = f"partitions[{i}]."
         entry = c.mapping(raw, f"partitions[{i}]")
         c.only(entry, {"kind", "start", "stop", "path", "stats"}, f"partitions[{i}]")
-        kind = c.need(entry, "kind", where)
-        if kind not in ends:
-            raise c.fail(f"{where}kind must be 'any' or 'pos', got {kind!r}")
+        layout = c.need(entry, "kind", where)
+        if layout not in ends:
+            raise c.fail(f"{where}kind must be 'any' or 'pos', got {layout!r}")
         start = c.integer(entry, "start", 0, where=where)
         stop = c.integer(entry, "stop", start + 1, n_images, where=where)
-        if start != ends[kind] or start % partition_size or stop != min(start + partition_size, n_images):
+        if start != ends[layout] or start % partition_size or stop != min(start + partition_size, n_images):
             raise c.fail(
-                f"{where[:-1]} covers [{start}, {stop}): {kind!r} partitions must tile the image ids "
+                f"{where[:-1]} covers [{start}, {stop}): {layout!r} partitions must tile the image ids "
                 f"in steps of partition_size {partition_size}"
             )
-        ends[kind] = stop
+        ends[layout] = stop
         path = c.path(c.need(entry, "path", where), f"{where}path")
-        by_kind[kind][start] = (stop, MapEntry(path, c.mapping(entry.get("stats", {}), f"{where}stats")))
-    for kind, end in ends.items():
+        by_layout[layout][start] = (stop, MapEntry(path, c.mapping(entry.get("stats", {}), f"{where}stats")))
+    for layout, end in ends.items():
         if end != n_images:
-            raise c.fail(f"the {kind!r} partitions cover image ids [0, {end}), expected [0, {n_images})")
+            raise c.fail(f"the {layout!r} partitions cover image ids [0, {end}), expected [0, {n_images})")
     return tuple(
-        PartitionEntry(start, stop, CODES, {kind: by_kind[kind][start][1] for kind in PARTITION_KINDS})
-        for start, (stop, _) in sorted(by_kind["any"].items())
+        PartitionEntry(start, stop, CODES, {layout: by_layout[layout][start][1] for layout in MAP_LAYOUTS})
+        for start, (stop, _) in sorted(by_layout["any"].items())
     )
 
 
 def _maps(raw: Any, c: _Checker, where: str) -> dict[str, MapEntry]:
     maps = c.mapping(raw, f"{where}maps")
-    c.only(maps, set(PARTITION_KINDS), f"{where}maps")
+    c.only(maps, set(MAP_LAYOUTS), f"{where}maps")
     out = {}
-    for kind in PARTITION_KINDS:
-        entry = c.mapping(c.need(maps, kind, f"{where}maps."), f"{where}maps.{kind}")
-        c.only(entry, {"path", "stats"}, f"{where}maps.{kind}")
-        path = c.path(c.need(entry, "path", f"{where}maps.{kind}."), f"{where}maps.{kind}.path")
-        out[kind] = MapEntry(path, c.mapping(entry.get("stats", {}), f"{where}maps.{kind}.stats"))
+    for layout in MAP_LAYOUTS:
+        entry = c.mapping(c.need(maps, layout, f"{where}maps."), f"{where}maps.{layout}")
+        c.only(entry, {"path", "stats"}, f"{where}maps.{layout}")
+        path = c.path(c.need(entry, "path", f"{where}maps.{layout}."), f"{where}maps.{layout}.path")
+        out[layout] = MapEntry(path, c.mapping(entry.get("stats", {}), f"{where}maps.{layout}.stats"))
     return out
 
 
@@ -298,7 +298,7 @@ def _excluded(d: dict, c: _Checker) -> ExcludedEntry | None:
 def manifest_to_json(m: Manifest) -> dict[str, Any]:
     """The format-2 JSON of ``m`` (whatever format it was read from)."""
     def maps(entry_maps) -> dict:
-        return {kind: {"path": e.path, "stats": e.stats} for kind, e in entry_maps.items()}
+        return {layout: {"path": e.path, "stats": e.stats} for layout, e in entry_maps.items()}
 
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,

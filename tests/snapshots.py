@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from storage import join_url, url_to_fs
 from storage.arrays import read_array_group, read_rows
-from storage.manifest import PARTITION_KINDS, read_manifest
+from storage.manifest import MAP_LAYOUTS, read_manifest
 from storage.tables import read_parquet
 
 
@@ -20,7 +20,7 @@ def index_snapshot(index_url: str, storage_options=None, version: int | None = N
     }
     buckets = {}
     for part in manifest.partitions:
-        for kind in PARTITION_KINDS:
+        for kind in MAP_LAYOUTS:
             for path in part.map_paths(kind):
                 arrays, _ = read_array_group(join_url(index_url, path), storage_options)
                 buckets[(kind, path.rsplit("/", 1)[-1].split(".v")[0])] = {k: v.tolist() for k, v in arrays.items()}

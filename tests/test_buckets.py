@@ -30,8 +30,8 @@ def sparse_ids(rng, m):
 def assert_valid(bmap: BucketMap):
     assert bmap.offsets[0] == 0 and bmap.offsets[-1] == bmap.ids.size
     assert np.all(np.diff(bmap.offsets) > 0), "every bucket holds at least one id"
-    for b in range(bmap.n_blocks):
-        assert np.all(bmap.block_keys(b)[1:] > bmap.block_keys(b)[:-1])
+    for b in range(bmap.n_groups):
+        assert np.all(bmap.group_keys(b)[1:] > bmap.group_keys(b)[:-1])
     for i in range(bmap.keys.size):
         bucket = bmap.ids[bmap.offsets[i] : bmap.offsets[i + 1]]
         assert np.all(bucket[1:] > bucket[:-1])
@@ -54,7 +54,7 @@ def test_build_matches_brute_force(bits, n_positions, positional):
     ids = sparse_ids(rng, m)
     bmap = build_bucket_map(codes, ids, positional)
     assert bmap.keys.dtype == codes.dtype
-    assert bmap.n_blocks == (n_positions if positional else 1)
+    assert bmap.n_groups == (n_positions if positional else 1)
     assert_valid(bmap)
     assert bucket_map_as_dict(bmap, positional) == brute_force_buckets(codes, ids, positional)
 
@@ -96,7 +96,7 @@ def test_empty_input(positional, dtype):
     assert bmap.keys.dtype == dtype and bmap.keys.size == 0 and bmap.ids.size == 0
     assert bmap.offsets.tolist() == [0]
     assert bmap.key_bounds.tolist() == ([0] * 6 if positional else [0, 0])
-    assert bmap.bucket(0, block=4 if positional else 0).size == 0
+    assert bmap.bucket(0, group=4 if positional else 0).size == 0
     assert bmap.stats() == dict(distinct_codes=0, pairs=0, min_density=0, median_density=0.0,
                                 mean_density=0.0, max_density=0)
     assert bmap.id_span == (0, 0)
@@ -112,12 +112,12 @@ def test_bucket_lookup():
     assert bmap.bucket(2**40).size == 0 and bmap.bucket(-1).size == 0
     assert not bmap.bucket(1).flags.writeable
     with pytest.raises(IndexError):
-        bmap.bucket(1, block=1)
+        bmap.bucket(1, group=1)
     pos = build_bucket_map(codes, np.array([10, 20, 30]), positional=True)
     assert pos.positional
-    assert pos.bucket(1, block=0).tolist() == [10]
-    assert pos.bucket(1, block=1).tolist() == [30]
-    assert pos.bucket(2, block=1).tolist() == [10]
+    assert pos.bucket(1, group=0).tolist() == [10]
+    assert pos.bucket(1, group=1).tolist() == [30]
+    assert pos.bucket(2, group=1).tolist() == [10]
 
 
 def test_stats_match_seed_describe():

@@ -24,7 +24,7 @@ def test_every_example_job_spec_validates(path):
     spec = load_job_spec(str(path), command)
     assert spec.command == command and spec.values
     for key, value in spec.values.items():
-        if COMMANDS[command][key].kind == "path" and "://" not in value:
+        if COMMANDS[command][key].type == "path" and "://" not in value:
             assert os.path.isabs(value), f"{key}: relative paths must be resolved against the job file's folder"
 
 
@@ -46,6 +46,64 @@ def test_schema_lists_exactly_each_commands_options():
     for command, fields in COMMANDS.items():
         params = {p.name for p in group.commands[command].params} - {"config", "ctx"}
         assert set(fields) == params, command
+
+
+def test_cli_options_and_job_spec_keys_are_built_from_the_settings_dataclasses():
+    import typer
+
+    from workflows.bench import BenchSettings
+    from workflows.cli import app
+    from workflows.cluster import ClusterSettings
+    from workflows.evaluate import EvaluateSettings
+    from workflows.index import IndexSettings
+    from workflows.options import options_of
+    from workflows.query import QuerySettings
+
+    group = typer.main.get_command(app)
+    for command, classes in (("index", (IndexSettings, ClusterSettings)), ("query", (QuerySettings, ClusterSettings)),
+                             ("evaluate", (EvaluateSettings, ClusterSettings)), ("bench", (BenchSettings, ClusterSettings))):
+        params = {p.name: p for p in group.commands[command].params}
+        for declared in (o for cls in classes for o in options_of(cls)):
+            assert COMMANDS[command][declared.name] is declared, (command, declared.name)
+            assert params[declared.name].help.startswith(declared.help), (command, declared.name)
+    assert options_of(EvaluateSettings, "vote_budget") == options_of(QuerySettings, "vote_budget"), "declared once"
+
+
+def test_a_new_settings_field_is_a_cli_option_a_job_spec_key_and_a_check(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    import typer
+
+    from workflows import cli
+    from workflows.options import check_options, option
+
+    @dataclass(frozen=True)
+    class ProbeSettings:
+        depth: int = option(3, "How deep to look.", minimum=1, example="3")
+
+        def __post_init__(self):
+            check_options(self)
+
+    got = {}
+    monkeypatch.setitem(cli.JOB_SPECS, "probe", None)  # the command below registers its job spec; undone after the test
+    probe_app = typer.Typer(add_completion=False)
+
+    @probe_app.command()
+    @cli.options(settings=ProbeSettings, config=cli.CONFIG)
+    def probe(settings, config):
+        got["settings"] = settings
+
+    param = {p.name: p for p in typer.main.get_command(probe_app).params}["depth"]
+    assert (param.default, param.help) == (3, "How deep to look.")
+    assert COMMANDS["probe"]["depth"].minimum == 1
+
+    spec = tmp_path / "probe.yaml"
+    spec.write_text("depth: 7\n")
+    assert CliRunner().invoke(probe_app, ["--config", str(spec)]).exit_code == 0 and got["settings"].depth == 7
+    assert CliRunner().invoke(probe_app, ["--config", str(spec), "--depth", "5"]).exit_code == 0 and got["settings"].depth == 5
+    spec.write_text("depth: 0\n")
+    assert "key 'depth' must be >= 1, e.g. `depth: 3`; got 0" in str(CliRunner().invoke(probe_app, ["--config", str(spec)]).exception)
+    assert str(CliRunner().invoke(probe_app, ["--depth", "0"]).exception) == "--depth must be >= 1, got 0"
 
 
 def test_values_take_the_command_lines_form(tmp_path):

@@ -107,7 +107,7 @@ def test_multi_index_tables_of_a_positional_map():
     queries = np.concatenate([clustered_codes(rng, 20, 5, 32, n_centres=50, flips=3), codes[:5]])
     bmap = build_bucket_map(codes, np.arange(3000), positional=True)
     index = prepare_index(bmap, 32, 3, n_substrings=4)
-    assert index.n_blocks == 5 and index.order.shape == (4, bmap.keys.size)
+    assert index.n_groups == 5 and index.order.shape == (4, bmap.keys.size)
     expected = reference_rerank_search(queries, codes, np.arange(3000), 3, 32, 6, 40, max_bucket=500)
     for method in ("mih", "scan"):
         got = rerank_search(queries, bmap, codes, 3, 32, k=6, shortlist=40, max_bucket=500, method=method)

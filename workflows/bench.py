@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from storage import ConfigError, open_corpus, url_to_fs
 from storage.corpus import Corpus, UriListCorpus
 from workflows.cluster import ClusterSettings, dask_client
+from workflows.options import check_options, option, same_option
+from workflows.query import MODES, QuerySettings
 
 __all__ = ["BenchSettings", "BenchResult", "bench", "peak_rss_mb"]
 
@@ -33,23 +35,19 @@ WARM_UP_QUERIES = 256
 
 @dataclass(frozen=True)
 class BenchSettings:
-    modes: tuple[str, ...] = ("default", "seed")
-    repeats: int = 3
-    limit: int | None = None
-    block_size: int = 1000
+    """Options of ``patchhash bench``, validated up front."""
+
+    modes: tuple[str, ...] = option(("default", "seed"), "Query modes to time (default, seed), comma-separated.", choices=MODES,
+                                    check=False, example="[default, seed]")
+    repeats: int = option(3, "Timed query jobs per mode (the median is reported).", minimum=1, example="3")
+    limit: int | None = option(None, "Use the first N queries only.", minimum=1, example="1000")
+    block_size: int = same_option(QuerySettings, "block_size", help="Queries per task, as in patchhash query.")
 
     def __post_init__(self) -> None:
-        from workflows.query import MODES
-
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise ConfigError(f"--modes takes some of {', '.join(MODES)}, got {', '.join(self.modes) or 'none'}")
-        if self.repeats < 1:
-            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
-        if self.block_size < 1:
-            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
+        check_options(self)
 
 
 @dataclass
@@ -115,7 +113,7 @@ def bench(
 ) -> BenchResult:
     """Time whole query jobs of each mode of ``settings`` on one cluster (see the module
     docstring); ``out`` (any fsspec URL) receives the figures as JSON."""
-    from workflows.query import QuerySettings, query
+    from workflows.query import query
 
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     if settings.limit is not None:

@@ -1,17 +1,37 @@
-"""The ``patchhash`` command line: a thin layer over :mod:`workflows`' Python functions."""
+"""The ``patchhash`` command line: a thin layer over :mod:`workflows`' Python functions.
+
+Every option is declared once (:mod:`workflows.options`): a job's options on its settings
+dataclass (``IndexSettings``, ``QuerySettings``, ``ClusterSettings``...), the others in the
+table below or, for an option of one command alone, at that command. ``@options`` makes the
+typer options of a command from the declarations it names, and hands the command the settings
+built from them; a command with ``config`` reads a job spec too (:mod:`workflows.jobspec`),
+whose keys are the same declarations.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
 import shlex
 import sys
-from typing import Annotated, Optional
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Annotated, Any, Optional
 
 import typer
 
+from workflows.bench import BenchSettings
+from workflows.cluster import ClusterSettings
+from workflows.compact import CompactionPolicy
+from workflows.evaluate import EvaluateSettings
+from workflows.index import IndexSettings
+from workflows.maintenance import GcSettings
+from workflows.options import Option, options_of
+from workflows.query import QuerySettings
 from workflows.runtime import quiet_tensorflow, setup_logging
 
 quiet_tensorflow()
@@ -25,14 +45,129 @@ app = typer.Typer(
 )
 log = logging.getLogger("patchhash")
 
-StorageOptions = Annotated[
-    Optional[str],
-    typer.Option("--storage-options", help='fsspec storage options as JSON, e.g. \'{"anon": true}\'.'),
-]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+# --------------------------------------------------------------------------- from declarations to typer options
+
+JOB_SPECS: dict[str, Mapping[str, Option]] = {}
+"""The keys of each command's ``--config`` job spec: its options but ``config`` (filled by :func:`options`)."""
 
 
-def _options(raw: str | None) -> dict | None:
+@dataclass(frozen=True)
+class Group:
+    """The options a settings class declares (only ``fields``, if given): a command that takes
+    them receives the settings built from them."""
+
+    cls: type
+    fields: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return options_of(self.cls, *self.fields)
+
+    def build(self, values: Mapping[str, Any]) -> Any:
+        return self.cls(**{o.field: _settings_value(o, values[o.name]) for o in self.options})
+
+
+def pick(cls: type, *fields: str) -> Group:
+    """Some of the options of a settings class (the other fields keep their defaults)."""
+    return Group(cls, fields)
+
+
+def options(**declared: Option | Group | type):
+    """Give a command the options ``declared`` for its parameters of the same names.
+
+    A parameter is an option (an :class:`~workflows.options.Option`) or a settings class, or
+    :func:`pick` of some of its fields: its options stand in its place, and the command
+    receives the settings built from them. Parameters not named in ``declared`` are plain
+    typer options, of that command alone. The options come in ``--help`` in the order of the
+    command's parameters.
+
+    A command that takes ``config`` reads that ``--config`` job spec (:mod:`workflows.jobspec`):
+    its keys are the command's other options; its values fill the options that were not
+    given on the command line or by environment variable. A ``required`` option must then
+    come from one or the other. Every option of such a command is declared here.
+    """
+
+    def decorate(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        unknown = set(declared) - set(signature.parameters)
+        if unknown:
+            raise TypeError(f"{fn.__name__} has no parameter {', '.join(sorted(unknown))}")
+        takes_spec = "config" in declared
+        groups = {name: d if isinstance(d, Group) else Group(d) for name, d in declared.items() if not isinstance(d, Option)}
+        found: list[Option] = []  # the declared options, in order
+        params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)] if takes_spec else []
+        for param in signature.parameters.values():
+            if param.name not in declared:
+                if takes_spec:
+                    raise TypeError(f"{fn.__name__} reads a job spec: declare its option {param.name!r} in @options")
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            these = groups[param.name].options if param.name in groups else (declared[param.name].named(param.name),)
+            found += these
+            params += [_parameter(o, takes_spec) for o in these]
+        if takes_spec:
+            JOB_SPECS[fn.__name__] = MappingProxyType({o.name: o for o in found if o.job_spec})
+
+        @functools.wraps(fn)
+        def command(**values):
+            if takes_spec:
+                values = _with_job_spec(fn.__name__, values.pop("ctx"), values, found)
+            return fn(**{name: groups[name].build(values) if name in groups else values[name] for name in signature.parameters})
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+_PYTHON_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def _parameter(opt: Option, takes_spec: bool) -> inspect.Parameter:
+    """The typer option of ``opt``: lists as comma-separated text; a required option of a
+    command with a job spec is optional to typer (the spec may give it)."""
+    default = (",".join(map(str, opt.default)) or None) if opt.type in ("ints", "names") else opt.default
+    help = opt.help
+    if opt.required:
+        default, help = (None, f"{help} [required]") if takes_spec else (..., help)
+    python_type = _PYTHON_TYPES.get(opt.type, str)
+    info = typer.Option(default, *opt.flags, help=help, envvar=opt.envvar, show_default=opt.show_default)
+    return inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                             annotation=Optional[python_type] if default is None else python_type)
+
+
+def _settings_value(opt: Option, raw: Any) -> Any:
+    """A command-line value in its settings field's form: a tuple for a list option."""
+    if opt.type == "ints":
+        return _int_list(raw, opt.flag)
+    if opt.type == "names":
+        return _name_list(raw or "")
+    return raw
+
+
+def _with_job_spec(command: str, ctx: typer.Context, values: dict, declared: list[Option]) -> dict:
+    """``values`` with those of the ``--config`` job spec for the options that did not come
+    from the command line or an environment variable (``click``'s parameter source)."""
+    from storage import ConfigError
+    from workflows.jobspec import load_job_spec
+
+    if values.get("config"):
+        spec = load_job_spec(values["config"], command)
+        explicit = {"COMMANDLINE", "ENVIRONMENT"}
+        values.update({k: v for k, v in spec.values.items() if getattr(ctx.get_parameter_source(k), "name", None) not in explicit})
+    missing = [o.name for o in declared if o.required and values.get(o.name) is None]
+    if missing:
+        raise ConfigError(
+            f"`patchhash {command}` needs " + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
+            + ": give each on the command line or as a key of a --config job spec (e.g. `" + missing[0] + ": ...`)"
+        )
+    return values
+
+
+def _storage_options(raw: str | None) -> dict | None:
+    """The ``--storage-options`` JSON as a dict (None when not given)."""
     from storage import ConfigError
 
     if not raw:
@@ -58,8 +193,49 @@ def _shape(raw: str | None) -> tuple[int, int, int] | None:
     return h, w, c
 
 
+def _int_list(raw: str | None, option: str) -> tuple[int, ...]:
+    from storage import ConfigError
+
+    if raw is None or not raw.strip():
+        return ()
+    try:
+        return tuple(int(v) for v in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} takes integers separated by commas (e.g. 1,10,100), got {raw!r}") from None
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in raw.split(",") if v.strip() and v.strip() != "none")
+
+
+# --------------------------------------------------------------------------- options that are no job's settings
+# Declared once here, named by the commands that take them. Precedence of every option:
+# command line > environment variable > --config job spec > default.
+
+INDEX = Option(None, "Index URL.", type="path", required=True, example="s3://bucket/index")
+QUERIES = Option(None, "Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs.", type="path", required=True,
+                 example="queries.npy")
+FIGURES = Option(None, "Write the figures as JSON here.", type="path")
+WAIT_FOR_LOCK = Option(0.0, "If another run holds the index's lock, wait up to this many seconds for it (0: exit at once).",
+                       envvar="PATCHHASH_WAIT_FOR_LOCK", minimum=0, example="600")
+CONFIG = Option(None, "YAML job spec with any of this command's options (see workflows/jobs/); options given on the command "
+                "line or by environment variable override it.", type="str", job_spec=False)
+STORAGE_OPTIONS = Option(None, 'fsspec storage options as JSON, e.g. \'{"anon": true}\'.', type="mapping",
+                         example="{anon: true}")
+VERBOSE = Option(False, "Debug logging.", flags=("--verbose", "-v"), example="true")
+
+JOB = dict(cluster=ClusterSettings, config=CONFIG, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+"""The options every Dask job with a job spec ends with: where it runs (scheduler or LocalCluster,
+TLS), the job spec, storage options and logging."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
 @app.command()
+@options(storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 def train(
+    *,
     corpus: Annotated[str, typer.Option(help="Images to train on: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
     out: Annotated[str, typer.Option(help="Model directory to write (any fsspec URL).")],
     preset: Annotated[str, typer.Option(help="Starting geometry: fashion-mnist or cifar.")] = "fashion-mnist",
@@ -77,8 +253,8 @@ def train(
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
+    storage_options,
+    verbose,
 ) -> None:
     """Train an autoencoder on a corpus and save it as a model directory."""
     from workflows.train import train as run_train
@@ -89,19 +265,21 @@ def train(
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
         shift_weight=shift_weight, max_shift=max_shift, sample=sample, seed=seed, name=name,
-        command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_options(storage_options),
+        command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_storage_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
 
 
 @app.command()
+@options(index=replace(INDEX, required=False), storage_options=STORAGE_OPTIONS)
 def info(
+    *,
     model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name (fashion-mnist).")] = None,
-    index: Annotated[Optional[str], typer.Option(help="Index URL.")] = None,
+    index,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     runs: Annotated[int, typer.Option(help="With --index: show the last N runs of its run log.")] = 5,
     errors: Annotated[bool, typer.Option("--errors", help="With --index: list the unreadable images and why.")] = False,
-    storage_options: StorageOptions = None,
+    storage_options,
 ) -> None:
     """Describe a model (its card) or an index (counts, versions, bytes, model, buckets, lock, last runs)."""
     from storage import ConfigError
@@ -109,7 +287,7 @@ def info(
 
     if (model is None) == (index is None):
         raise ConfigError("give exactly one of --model or --index")
-    opts = _options(storage_options)
+    opts = _storage_options(storage_options)
     if errors:
         if index is None:
             raise ConfigError("--errors lists the unreadable images of an index: give --index")
@@ -121,110 +299,31 @@ def info(
     typer.echo(json.dumps(data, indent=1) if as_json else render(data))
 
 
-# Precedence of every option: command line > environment variable (cluster options) > --config job spec > default.
-Scheduler = Annotated[Optional[str], typer.Option(envvar="PATCHHASH_SCHEDULER", help="Address of a running Dask scheduler (tcp://host:8786, or tls://host:8786 with --tls-*); default: start a LocalCluster.")]
-Workers = Annotated[Optional[int], typer.Option(envvar="PATCHHASH_WORKERS", help="LocalCluster worker processes (default: one per core).")]
-ThreadsPerWorker = Annotated[int, typer.Option(envvar="PATCHHASH_THREADS_PER_WORKER", help="Threads per LocalCluster worker.")]
-MemoryLimit = Annotated[str, typer.Option(envvar="PATCHHASH_MEMORY_LIMIT", help="Memory limit per LocalCluster worker (e.g. 4GB, auto).")]
-TlsCa = Annotated[Optional[str], typer.Option("--tls-ca", envvar="PATCHHASH_TLS_CA", help="CA certificate (PEM) of a TLS cluster: with --tls-cert and --tls-key, talk TLS with mutual authentication (tls:// --scheduler, or a TLS LocalCluster).")]
-TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", envvar="PATCHHASH_TLS_CERT", help="This client's certificate (PEM), signed by the cluster's CA.")]
-TlsKey = Annotated[Optional[str], typer.Option("--tls-key", envvar="PATCHHASH_TLS_KEY", help="The private key (PEM) of --tls-cert.")]
-WaitForLock = Annotated[float, typer.Option(envvar="PATCHHASH_WAIT_FOR_LOCK", help="If another run holds the index's lock, wait up to this many seconds for it (0: exit at once).")]
-KeepVersions = Annotated[int, typer.Option(help="gc: keep this many newest versions (and every version current less than --min-age ago).")]
-MinAge = Annotated[str, typer.Option(help="gc: keep versions and objects that were in use less than this long ago (e.g. 24h, 90m, 7d): a query job that started on an older version can finish.")]
-Config = Annotated[Optional[str], typer.Option("--config", help="YAML job spec with any of this command's options (see workflows/jobs/); options given on the command line or by environment variable override it.")]
-Shortlist = Annotated[Optional[int], typer.Option(help="Default mode: images re-ranked per query and partition [default: 400, or 0.2% of a partition above 200,000 images].")]
-MaxBucketFraction = Annotated[Optional[float], typer.Option(help="Default mode: skip codes shared by more than this fraction of a partition's images [default: 0.1].")]
-MaxBucket = Annotated[Optional[int], typer.Option(help="Default mode: skip codes shared by more than this many images of a partition [default: 300].")]
-VoteBudget = Annotated[Optional[int], typer.Option(help="Default mode: per query and partition, use the largest radius <= t whose matching buckets hold at most this many entries in all (an image counts once per matching position) [default: 100000].")]
-
-
-def _cluster(
-    scheduler: str | None, workers: int | None, threads_per_worker: int, memory_limit: str | None,
-    tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-):
-    """The cluster options every Dask command shares, as ``ClusterSettings``."""
-    from workflows.cluster import ClusterSettings
-
-    return ClusterSettings(scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
-                           tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
-
-
-def _with_job_spec(command: str, required: tuple[str, ...]):
-    """Decorate a command so that its ``--config`` job spec fills the options not given.
-
-    An option keeps its value if it came from the command line or its environment variable
-    (``click``'s parameter source); otherwise the job spec's value, if any, replaces the
-    default. ``required`` options must then be set by one or the other. The command takes a
-    ``ctx: typer.Context`` first parameter for this.
-    """
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(**params):
-            from storage import ConfigError
-            from workflows.jobspec import load_job_spec
-
-            ctx: typer.Context = params["ctx"]
-            if params.get("config"):
-                spec = load_job_spec(params["config"], command)
-                explicit = {"COMMANDLINE", "ENVIRONMENT"}
-                params.update({k: v for k, v in spec.values.items() if getattr(ctx.get_parameter_source(k), "name", None) not in explicit})
-            missing = [name for name in required if params.get(name) is None]
-            if missing:
-                raise ConfigError(
-                    f"`patchhash {command}` needs " + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
-                    + ": give each on the command line or as a key of a --config job spec (e.g. `" + missing[0] + ": ...`)"
-                )
-            return fn(**params)
-        return wrapper
-    return decorate
-
-
-def _given(**options) -> dict:
-    """The options given on the command line (not None): the settings' defaults fill the rest."""
-    return {k: v for k, v in options.items() if v is not None}
-
-
 @app.command()
-@_with_job_spec("index", required=("corpus", "index"))
-def index(
-    ctx: typer.Context,
-    corpus: Annotated[Optional[str], typer.Option(help="Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
-    index: Annotated[Optional[str], typer.Option("--index", help="Index URL (created if absent, appended to otherwise). [required]")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name; default: the index's own, or fashion-mnist for a new index.")] = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = "auto",
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    shard_size: Annotated[int, typer.Option(help="Images per task and per Zarr chunk (new index only).")] = 10_000,
-    partitions: Annotated[Optional[int], typer.Option(help="Bucket-map partitions (new index only; default: one per worker).")] = None,
-    strict: Annotated[bool, typer.Option(help="Fail before commit if any image cannot be read.")] = False,
-    append_only: Annotated[bool, typer.Option(help="Only add images not in the index yet: do not remove unlisted ones, re-encode changed files or retry unreadable ones.")] = False,
-    max_delete_fraction: Annotated[float, typer.Option(help="Refuse (before writing anything) a sync that would remove more than this fraction of the corpus's indexed images: a short listing must not empty the index. 1 allows any.")] = 0.2,
-    compact: Annotated[bool, typer.Option(help="Compact partitions that pass the fragmentation thresholds after the commit (--no-compact: leave it to `patchhash compact`).")] = True,
-    gc: Annotated[bool, typer.Option(help="After a successful run, delete what no kept version references (as `patchhash gc` with --keep-versions and --min-age).")] = False,
-    keep_versions: KeepVersions = 1,
-    min_age: MinAge = "24h",
-    wait_for_lock: WaitForLock = 0.0,
-    config: Config = None,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(
+    corpus=Option(None, "Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs.", type="path", required=True,
+                  example="images/"),
+    index=replace(INDEX, help="Index URL (created if absent, appended to otherwise)."),
+    model=Option(None, "Model directory or built-in name; default: the index's own, or fashion-mnist for a new index.",
+                 type="model", example="fashion-mnist"),
+    settings=IndexSettings,
+    compact=Option(True, "Compact partitions that pass the fragmentation thresholds after the commit (--no-compact: leave it "
+                   "to `patchhash compact`).", example="true"),
+    gc=Option(False, "After a successful run, delete what no kept version references (as `patchhash gc` with "
+              "--keep-versions and --min-age).", example="true"),
+    retention=pick(GcSettings, "keep_versions", "min_age"),
+    wait_for_lock=WAIT_FOR_LOCK,
+    **JOB,
+)
+def index(corpus, index, model, cluster: ClusterSettings, settings: IndexSettings, compact, gc, retention: GcSettings,
+          wait_for_lock, config, storage_options, verbose) -> None:
     """Make an index mirror a corpus: create it, or add new images, remove deleted ones, encode changed files again and retry unreadable ones (resumable, under the index's lock)."""
-    from workflows.index import IndexSettings, index as run_index
-    from workflows.maintenance import GcSettings
+    from workflows.index import index as run_index
 
     setup_logging(verbose)
     report = run_index(
-        corpus, index, model,
-        IndexSettings(shard_size=shard_size, partitions=partitions, strict=strict, append_only=append_only,
-                      max_delete_fraction=max_delete_fraction, **({} if compact else {"compaction": None})),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
-        _options(storage_options), wait_for_lock=wait_for_lock,
-        gc=GcSettings(keep_versions, min_age) if gc else None,
+        corpus, index, model, settings if compact else replace(settings, compaction=None), cluster,
+        _storage_options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
     )
     if not report.committed:
         typer.echo(f"nothing new: {index} already mirrors {corpus} ({report.n_images} images, version {report.version})")
@@ -243,19 +342,21 @@ def index(
 
 
 @app.command()
+@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 def delete(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    *,
+    index,
     uris: Annotated[str, typer.Option(help="The uris to remove: a .txt (one per line), .csv or .parquet list.")],
     keep_out: Annotated[bool, typer.Option(help="Keep the uris out of later syncs while their files still exist (--no-keep-out: let syncs add them back).")] = True,
-    wait_for_lock: WaitForLock = 0.0,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
+    wait_for_lock,
+    storage_options,
+    verbose,
 ) -> None:
     """Remove images from an index by uri: no query returns them from the next version on."""
     from workflows.maintenance import delete as run_delete
 
     setup_logging(verbose)
-    report = run_delete(index, uris, _options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
+    report = run_delete(index, uris, _storage_options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
     if report.version is None:
         typer.echo(f"nothing to delete: none of the uris of {uris} is in {index}")
         return
@@ -264,27 +365,24 @@ def delete(
 
 
 @app.command()
+@options(index=INDEX, policy=CompactionPolicy, cluster=pick(ClusterSettings, "scheduler", "workers", "threads_per_worker", "memory_limit"),
+         wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 def compact(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
+    *,
+    index,
     all_partitions: Annotated[bool, typer.Option("--all", help="Compact every partition holding deleted images or deltas, not only those past the thresholds.")] = False,
-    max_garbage: Annotated[float, typer.Option(help="A partition is due when its deleted images exceed this fraction of its live ones.")] = 0.2,
-    max_deltas: Annotated[int, typer.Option(help="A partition is due when it has more delta maps than this.")] = 8,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = "auto",
-    wait_for_lock: WaitForLock = 0.0,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
+    policy: CompactionPolicy,
+    cluster: ClusterSettings,
+    wait_for_lock,
+    storage_options,
+    verbose,
 ) -> None:
     """Rewrite fragmented partitions: drop deleted images from the bucket maps, fold deltas in, merge small neighbours."""
-    from workflows.compact import CompactionPolicy
     from workflows.maintenance import compact as run_compact
 
     setup_logging(verbose)
-    result = run_compact(index, CompactionPolicy(max_garbage=max_garbage, max_deltas=max_deltas), force=all_partitions,
-                         cluster=_cluster(scheduler, workers, threads_per_worker, memory_limit),
-                         storage_options=_options(storage_options), wait_for_lock=wait_for_lock)
+    result = run_compact(index, policy, force=all_partitions, cluster=cluster,
+                         storage_options=_storage_options(storage_options), wait_for_lock=wait_for_lock)
     if result is None:
         typer.echo(f"nothing to compact in {index}")
         return
@@ -292,90 +390,52 @@ def compact(
 
 
 @app.command()
-def gc(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
-    keep_versions: KeepVersions = 1,
-    min_age: MinAge = "24h",
-    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted, and its bytes.")] = False,
-    wait_for_lock: WaitForLock = 0.0,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(index=INDEX, settings=GcSettings, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> None:
     """Delete the versions and objects no kept version references (under the index's lock)."""
-    from workflows.maintenance import GcSettings, gc as run_gc
+    from workflows.maintenance import gc as run_gc
 
     setup_logging(verbose)
-    settings = GcSettings(keep_versions, min_age, dry_run)
-    plan = run_gc(index, settings, _options(storage_options), wait_for_lock=wait_for_lock)
-    if dry_run:
+    plan = run_gc(index, settings, _storage_options(storage_options), wait_for_lock=wait_for_lock)
+    if settings.dry_run:
         for rel, size in plan.garbage:
             typer.echo(f"{size:>12} {rel}")
         for version in plan.dropped:
             typer.echo(f"{'':>12} versions/v{version:06d}.json")
-    verb = "would delete" if dry_run else "deleted"
+    verb = "would delete" if settings.dry_run else "deleted"
     typer.echo(f"{verb} {len(plan.dropped)} version(s) and {len(plan.garbage)} object(s), {plan.garbage_bytes:,} bytes; "
                f"kept versions {', '.join(map(str, plan.kept))} and {len(plan.young)} unreferenced object(s) younger than --min-age")
 
 
 @app.command()
-def upgrade(
-    index: Annotated[str, typer.Option("--index", help="Index URL.")],
-    wait_for_lock: WaitForLock = 0.0,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+def upgrade(index, wait_for_lock, storage_options, verbose) -> None:
     """Upgrade an index of format 1 to format 2 in place (atomically; the first sync does it too)."""
     from workflows.maintenance import upgrade as run_upgrade
 
     setup_logging(verbose)
-    version = run_upgrade(index, _options(storage_options), wait_for_lock=wait_for_lock)
+    version = run_upgrade(index, _storage_options(storage_options), wait_for_lock=wait_for_lock)
     typer.echo(f"{index} is format 2 already" if version is None else f"upgraded {index} to index format 2 (version {version})")
 
 
 @app.command()
-@_with_job_spec("query", required=("index", "queries", "out"))
-def query(
-    ctx: typer.Context,
-    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
-    queries: Annotated[Optional[str], typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Results file (Parquet by default; .csv / .jsonl by extension or --format), or a folder ending in / for a partitioned Parquet dataset that resumes when rerun. [required]")] = None,
-    k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
-    threshold: Annotated[Optional[int], typer.Option(help="Hamming radius t for matching codes (default: 3).")] = None,
-    mode: Annotated[str, typer.Option(help="Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed (seed 000's rule exactly).")] = "default",
-    shortlist: Shortlist = None,
-    max_bucket_fraction: MaxBucketFraction = None,
-    max_bucket: MaxBucket = None,
-    vote_budget: VoteBudget = None,
-    shift_radius: Annotated[float, typer.Option(help="Default mode: also search each query shifted by up to this many pixels ((2r/s+1)^2 times the work; r/s <= 4).")] = 0,
-    shift_step: Annotated[float, typer.Option(help="Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).")] = 1,
-    format: Annotated[Optional[str], typer.Option("--format", help="parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun resumes).")] = None,
-    report: Annotated[Optional[str], typer.Option(help="Also write a self-contained HTML report here.")] = None,
-    report_limit: Annotated[int, typer.Option(help="Queries shown in the report.")] = 50,
-    block_size: Annotated[int, typer.Option(help="Queries per task.")] = 1000,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any query cannot be read.")] = False,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = "auto",
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    config: Config = None,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(
+    index=INDEX,
+    queries=QUERIES,
+    out=Option(None, "Results file (Parquet by default; .csv / .jsonl by extension or --format), or a folder ending in / for a "
+               "partitioned Parquet dataset that resumes when rerun.", type="path", required=True, example="results.parquet"),
+    settings=QuerySettings,
+    report=Option(None, "Also write a self-contained HTML report here.", type="path", example="report.html"),
+    report_limit=Option(50, "Queries shown in the report.", minimum=0, example="50"),
+    **JOB,
+)
+def query(index, queries, out, settings: QuerySettings, report, report_limit, cluster: ClusterSettings, config,
+          storage_options, verbose) -> None:
     """Answer a batch query file against an index (results as Parquet/CSV/JSONL)."""
-    from workflows.query import QuerySettings
     from workflows.query import query as run_query
 
     setup_logging(verbose)
-    result = run_query(
-        index, queries, out,
-        QuerySettings(k=k, threshold=threshold, mode=mode, shift_radius=shift_radius, shift_step=shift_step, block_size=block_size, strict=strict,
-                      format=format, **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, max_bucket=max_bucket, vote_budget=vote_budget)),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
-        _options(storage_options), report=report, report_limit=report_limit,
-    )
+    result = run_query(index, queries, out, settings, cluster, _storage_options(storage_options), report=report, report_limit=report_limit)
     typer.echo(
         f"answered {result.n_queries - result.n_failed} queries against {index} (version {result.version}) in "
         f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query): {result.rows} rows in {out}"
@@ -386,116 +446,53 @@ def query(
         typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
 
 
-def _int_list(raw: str | None, option: str) -> tuple[int, ...]:
-    from storage import ConfigError
-
-    if raw is None or not raw.strip():
-        return ()
-    try:
-        return tuple(int(v) for v in raw.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} takes integers separated by commas (e.g. 1,10,100), got {raw!r}") from None
-
-
-def _name_list(raw: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in raw.split(",") if v.strip() and v.strip() != "none")
-
-
 @app.command()
-@_with_job_spec("evaluate", required=("index", "queries", "labels"))
-def evaluate(
-    ctx: typer.Context,
-    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
-    queries: Annotated[Optional[str], typer.Option(help="Labelled query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="Labels of the indexed images: IDX1 or .npy (by image id), or CSV uri,label. [required]")] = None,
-    query_labels: Annotated[Optional[str], typer.Option(help="Labels of the queries (default: --labels).")] = None,
-    k: Annotated[str, typer.Option("--k", help="Ranks for precision@k, comma-separated.")] = "1,10,100",
-    modes: Annotated[str, typer.Option(help="Query modes to measure (seed, default), comma-separated; 'none' for none.")] = "seed,default",
-    baselines: Annotated[str, typer.Option(help="Pixel baselines: pixel-knn, lsh-B (B random hyperplanes), comma-separated; 'none' for none.")] = "pixel-knn,lsh-64,lsh-256",
-    thresholds: Annotated[Optional[str], typer.Option(help="Run each mode at each of these thresholds t (default: the mode's own).")] = None,
-    shortlist: Shortlist = None,
-    max_bucket_fraction: MaxBucketFraction = None,
-    max_bucket: MaxBucket = None,
-    vote_budget: VoteBudget = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N queries only.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
-    plot: Annotated[Optional[str], typer.Option(help="Draw precision@k curves and precision@10 against t into this PNG.")] = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = "auto",
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    config: Config = None,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(
+    index=INDEX,
+    queries=replace(QUERIES, help="Labelled query images: folder/glob, IDX, .npy, Zarr, or a list of URIs."),
+    labels=Option(None, "Labels of the indexed images: IDX1 or .npy (by image id), or CSV uri,label.", type="path", required=True,
+                  example="labels.npy"),
+    query_labels=Option(None, "Labels of the queries (default: --labels).", type="path", example="query-labels.npy"),
+    settings=EvaluateSettings,
+    out=replace(FIGURES, example="evaluation.json"),
+    plot=Option(None, "Draw precision@k curves and precision@10 against t into this PNG.", type="path", example="evaluation.png"),
+    **JOB,
+)
+def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, out, plot, cluster: ClusterSettings, config,
+             storage_options, verbose) -> None:
     """Precision@k, mAP@100, candidates and ms/query of the query modes and pixel baselines on labelled queries."""
-    from workflows.evaluate import EvaluateSettings, render_table
-    from workflows.evaluate import evaluate as run_evaluate
+    from workflows.evaluate import evaluate as run_evaluate, render_table
 
     setup_logging(verbose)
-    settings = EvaluateSettings(
-        ks=_int_list(k, "--k"), modes=_name_list(modes), baselines=_name_list(baselines),
-        thresholds=_int_list(thresholds, "--thresholds"), limit=limit,
-        **_given(shortlist=shortlist, max_bucket_fraction=max_bucket_fraction, max_bucket=max_bucket, vote_budget=vote_budget),
-    )
-    result = run_evaluate(
-        index, queries, labels, query_labels, settings,
-        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key),
-        _options(storage_options), out=out, plot=plot,
-    )
+    result = run_evaluate(index, queries, labels, query_labels, settings, cluster, _storage_options(storage_options), out=out, plot=plot)
     typer.echo(render_table(result))
 
 
 @app.command()
-@_with_job_spec("bench", required=("index", "queries"))
-def bench(
-    ctx: typer.Context,
-    index: Annotated[Optional[str], typer.Option("--index", help="Index URL. [required]")] = None,
-    queries: Annotated[Optional[str], typer.Option(help="Query images: folder/glob, IDX, .npy, Zarr, or a list of URIs. [required]")] = None,
-    modes: Annotated[str, typer.Option(help="Query modes to time (default, seed), comma-separated.")] = "default,seed",
-    repeats: Annotated[int, typer.Option(help="Timed query jobs per mode (the median is reported).")] = 3,
-    limit: Annotated[Optional[int], typer.Option(help="Use the first N queries only.")] = None,
-    block_size: Annotated[int, typer.Option(help="Queries per task, as in patchhash query.")] = 1000,
-    out: Annotated[Optional[str], typer.Option(help="Write the figures as JSON here.")] = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = "auto",
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    config: Config = None,
-    storage_options: StorageOptions = None,
-    verbose: Verbose = False,
-) -> None:
+@options(index=INDEX, queries=QUERIES, settings=BenchSettings, out=replace(FIGURES, example="bench.json"), **JOB)
+def bench(index, queries, settings: BenchSettings, out, cluster: ClusterSettings, config, storage_options, verbose) -> None:
     """Queries/s of each mode and peak memory per worker, on this cluster: for sizing a deployment."""
-    from workflows.bench import BenchSettings
     from workflows.bench import bench as run_bench
 
     setup_logging(verbose)
-    result = run_bench(
-        index, queries, BenchSettings(modes=_name_list(modes), repeats=repeats, limit=limit, block_size=block_size),
-        _cluster(scheduler, workers, threads_per_worker, memory_limit, tls_ca, tls_cert, tls_key), _options(storage_options), out=out,
-    )
+    result = run_bench(index, queries, settings, cluster, _storage_options(storage_options), out=out)
     typer.echo(result.render())
 
 
 @app.command()
+@options(cluster=pick(ClusterSettings, "workers"), verbose=VERBOSE)
 def demo(
+    *,
     out: Annotated[str, typer.Option(help="Folder for the index, results and report.")] = "patchhash-demo",
     mode: Annotated[str, typer.Option(help="Scoring mode: default or seed.")] = "default",
-    workers: Workers = None,
-    verbose: Verbose = False,
+    cluster: ClusterSettings,
+    verbose,
 ) -> None:
     """The embedded default end to end: index Fashion-MNIST, query it, report precision."""
-    from workflows.cluster import ClusterSettings
     from workflows.demo import demo as run_demo
 
     setup_logging(verbose)
-    result = run_demo(out, ClusterSettings(workers=workers), mode=mode)
+    result = run_demo(out, cluster, mode=mode)
     typer.echo(
         f"\nFashion-MNIST demo ({mode} mode)\n"
         f"  index   {result.n_index} train images in {result.index_seconds:.1f} s\n"

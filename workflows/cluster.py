@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from storage import ConfigError
+from workflows.options import check_options, option
 
 __all__ = ["ClusterSettings", "dask_client", "check_workers"]
 
@@ -55,20 +56,26 @@ class ClusterSettings:
     ``tls_key`` (its private key, PEM) come together or not at all; see the module docstring.
     """
 
-    scheduler: str | None = None
-    workers: int | None = None
-    threads_per_worker: int = 1
-    memory_limit: str | None = "auto"
+    scheduler: str | None = option(None, "Address of a running Dask scheduler (tcp://host:8786, or tls://host:8786 with "
+                                   "--tls-*); default: start a LocalCluster.", envvar="PATCHHASH_SCHEDULER",
+                                   example="tcp://scheduler:8786")
+    workers: int | None = option(None, "LocalCluster worker processes (default: one per core).", envvar="PATCHHASH_WORKERS",
+                                 minimum=1, example="4")
+    threads_per_worker: int = option(1, "Threads per LocalCluster worker.", envvar="PATCHHASH_THREADS_PER_WORKER", minimum=1,
+                                     example="1")
+    memory_limit: str | None = option("auto", "Memory limit per LocalCluster worker (e.g. 4GB, auto).", type="size",
+                                      envvar="PATCHHASH_MEMORY_LIMIT", example="4GB")
     processes: bool = True
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_ca: str | None = option(None, "CA certificate (PEM) of a TLS cluster: with --tls-cert and --tls-key, talk TLS with "
+                                "mutual authentication (tls:// --scheduler, or a TLS LocalCluster).", type="path",
+                                envvar="PATCHHASH_TLS_CA", example="certs/ca.pem")
+    tls_cert: str | None = option(None, "This client's certificate (PEM), signed by the cluster's CA.", type="path",
+                                  envvar="PATCHHASH_TLS_CERT", example="certs/client.pem")
+    tls_key: str | None = option(None, "The private key (PEM) of --tls-cert.", type="path", envvar="PATCHHASH_TLS_KEY",
+                                 example="certs/client.key")
 
     def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads_per_worker < 1:
-            raise ConfigError(f"--threads-per-worker must be >= 1, got {self.threads_per_worker}")
+        check_options(self)
         for field, _ in _TLS_OPTIONS:
             value = getattr(self, field)
             if value is not None:

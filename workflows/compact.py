@@ -28,7 +28,8 @@ from storage import ConfigError, join_url
 from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import read_tombstones
 from storage.layout import CODES, staging_dir
-from storage.manifest import PARTITION_KINDS, Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
+from storage.manifest import MAP_LAYOUTS, Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
+from workflows.options import check_options, option
 from workflows.progress import track
 from workflows.runtime import failpoint
 
@@ -41,16 +42,14 @@ log = logging.getLogger(__name__)
 class CompactionPolicy:
     """When partitions are compacted; see the module docstring."""
 
-    max_garbage: float = 0.2
-    max_deltas: int = 8
+    max_garbage: float = option(0.2, "A partition is due when its deleted images exceed this fraction of its live ones.",
+                                minimum=0)
+    max_deltas: int = option(8, "A partition is due when it has more delta maps than this.", minimum=0)
     max_objects: float = 1.4
     budget: float = 0.25
 
     def __post_init__(self) -> None:
-        if not self.max_garbage >= 0:
-            raise ConfigError(f"--max-garbage must be >= 0, got {self.max_garbage}")
-        if self.max_deltas < 0:
-            raise ConfigError(f"--max-deltas must be >= 0, got {self.max_deltas}")
+        check_options(self)
         if self.max_objects < 1:
             raise ConfigError(f"the object bound must be >= 1 (times a fresh build's objects), got {self.max_objects}")
         if not 0 <= self.budget <= 1:
@@ -76,7 +75,7 @@ def _chunks(manifest: Manifest, start: int, stop: int) -> int:
 def _objects(manifest: Manifest, p: PartitionEntry) -> tuple[int, int]:
     """The objects of a partition (maps, tables, tombstones, its codes chunks and the metadata
     of a codes array of its own) now, and once compacted (into an array of its own)."""
-    maps = len(PARTITION_KINDS) * _MAP_OBJECTS
+    maps = len(MAP_LAYOUTS) * _MAP_OBJECTS
     tables = manifest.shards_in(p.start, p.stop)
     codes = _chunks(manifest, p.start, p.stop)
     now = maps * (1 + len(p.deltas)) + sum(1 + bool(s.errors) for s in tables) + bool(p.tombstones) + codes + (p.codes != CODES)
@@ -93,7 +92,7 @@ def _urgency(manifest: Manifest, p: PartitionEntry, policy: CompactionPolicy) ->
 
 def _fresh_objects(manifest: Manifest, live: int) -> int:
     """About the objects of a fresh build of ``live`` images: maps, tables and codes chunks."""
-    maps = len(PARTITION_KINDS) * _MAP_OBJECTS
+    maps = len(MAP_LAYOUTS) * _MAP_OBJECTS
     return maps * max(1, -(-live // manifest.partition_size)) + 2 * max(1, -(-live // manifest.shard_size))
 
 

@@ -29,10 +29,8 @@ import numpy as np
 from storage import ConfigError, CorpusError, open_corpus, read_labels
 from storage.fs import url_to_fs
 from workflows.cluster import ClusterSettings, dask_client
+from workflows.options import check_options, option, same_option
 from workflows.query import (
-    DEFAULT_MAX_BUCKET,
-    DEFAULT_MAX_BUCKET_FRACTION,
-    DEFAULT_VOTE_BUDGET,
     DEFAULT_THRESHOLD,
     MODES,
     QuerySettings,
@@ -56,17 +54,21 @@ class EvaluateSettings:
     listed. ``limit`` keeps the first queries only. ``map_k`` is the depth of mAP.
     """
 
-    ks: tuple[int, ...] = (1, 10, 100)
-    modes: tuple[str, ...] = ("seed", "default")
-    baselines: tuple[str, ...] = ("pixel-knn", "lsh-64", "lsh-256")
-    thresholds: tuple[int, ...] = ()
-    shortlist: int | None = None
-    max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
-    max_bucket: int = DEFAULT_MAX_BUCKET
-    vote_budget: int = DEFAULT_VOTE_BUDGET
+    ks: tuple[int, ...] = option((1, 10, 100), "Ranks for precision@k, comma-separated.", name="k", minimum=1, check=False,
+                                 example="[1, 10, 100]")
+    modes: tuple[str, ...] = option(("seed", "default"), "Query modes to measure (seed, default), comma-separated; 'none' for "
+                                    "none.", choices=MODES, check=False, example="[seed, default]")
+    baselines: tuple[str, ...] = option(("pixel-knn", "lsh-64", "lsh-256"), "Pixel baselines: pixel-knn, lsh-B (B random "
+                                        "hyperplanes), comma-separated; 'none' for none.", example="[pixel-knn, lsh-64]")
+    thresholds: tuple[int, ...] = option((), "Run each mode at each of these thresholds t (default: the mode's own).", minimum=0,
+                                         example="[1, 3, 5]")
+    shortlist: int | None = same_option(QuerySettings, "shortlist")
+    max_bucket_fraction: float = same_option(QuerySettings, "max_bucket_fraction")
+    max_bucket: int = same_option(QuerySettings, "max_bucket")
+    vote_budget: int = same_option(QuerySettings, "vote_budget")
     map_k: int = 100
-    limit: int | None = None
-    block_size: int = 1000
+    limit: int | None = option(None, "Evaluate the first N queries only.", minimum=1, example="1000")
+    block_size: int = QuerySettings.block_size
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -78,12 +80,9 @@ class EvaluateSettings:
             m = _LSH.match(name)
             if name != "pixel-knn" and not (m and 1 <= int(m.group(1)) <= 4096):
                 raise ConfigError(f"--baselines: unknown baseline {name!r}; use pixel-knn or lsh-B with 1 <= B <= 4096 (e.g. lsh-64)")
-        if any(t < 0 for t in self.thresholds):
-            raise ConfigError(f"--thresholds must be >= 0, got {list(self.thresholds)}")
+        check_options(self)  # --thresholds, --limit, and the query job's options passed on to it
         if not self.modes and not self.baselines:
             raise ConfigError("nothing to evaluate: give at least one mode or baseline")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.map_k < 1:
             raise ConfigError(f"map_k must be >= 1, got {self.map_k}")
         self.query_settings()  # the query job's own checks of the options passed on to it
@@ -104,7 +103,7 @@ class MethodResult:
     """Figures of one method (a mode at one threshold, or a baseline)."""
 
     name: str
-    kind: str  # "mode" or "baseline"
+    category: str  # "mode" or "baseline"
     threshold: int | None
     precision: dict[int, float]
     map: float
@@ -125,6 +124,8 @@ class Evaluation:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        # a method's category is "kind" in the JSON, as it always was
+        d["methods"] = [{"kind" if k == "category" else k: v for k, v in m.items()} for m in d["methods"]]
         for m in d["methods"]:
             m["precision"] = {str(k): v for k, v in m["precision"].items()}
         return d
@@ -168,10 +169,10 @@ def evaluate(
     depth = settings.depth
     methods: list[MethodResult] = []
 
-    def figures(name, kind, threshold, ids, candidates, ms) -> MethodResult:
+    def figures(name, category, threshold, ids, candidates, ms) -> MethodResult:
         curve = [precision_at_k(ids, index_labels, q_labels, k) for k in range(1, depth + 1)]
         result = MethodResult(
-            name, kind, threshold, {k: curve[k - 1] for k in settings.ks},
+            name, category, threshold, {k: curve[k - 1] for k in settings.ks},
             average_precision_at_k(ids, index_labels, q_labels, settings.map_k), candidates, ms, curve,
         )
         log.info("%s: P@10 %.4f, mAP@%d %.4f, %.1f candidates, %.3f ms/query", name, curve[min(10, depth) - 1],
@@ -283,16 +284,16 @@ def plot_evaluation(evaluation: Evaluation, url: str, storage_options=None) -> N
 
     fig, (curves, sweep) = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in evaluation.methods:
-        curves.plot(range(1, len(m.curve) + 1), m.curve, label=m.name, linestyle="-" if m.kind == "mode" else "--")
+        curves.plot(range(1, len(m.curve) + 1), m.curve, label=m.name, linestyle="-" if m.category == "mode" else "--")
     curves.set(xscale="log", xlabel="k", ylabel="precision@k", title="precision@k by label")
     curves.grid(True, alpha=0.3)
     curves.legend(fontsize=8)
     p10 = min(10, len(evaluation.methods[0].curve)) if evaluation.methods else 10
-    modes = sorted({m.name.split(" ")[0] for m in evaluation.methods if m.kind == "mode"})
+    modes = sorted({m.name.split(" ")[0] for m in evaluation.methods if m.category == "mode"})
     for mode in modes:
-        points = sorted((m.threshold, m.curve[p10 - 1]) for m in evaluation.methods if m.kind == "mode" and m.name.startswith(mode + " "))
+        points = sorted((m.threshold, m.curve[p10 - 1]) for m in evaluation.methods if m.category == "mode" and m.name.startswith(mode + " "))
         sweep.plot([t for t, _ in points], [p for _, p in points], marker="o", label=f"{mode} mode")
-    baselines = [m for m in evaluation.methods if m.kind == "baseline"]
+    baselines = [m for m in evaluation.methods if m.category == "baseline"]
     for i, m in enumerate(baselines):
         sweep.axhline(m.curve[p10 - 1], linestyle="--", linewidth=1, label=m.name, color=f"C{len(modes) + i}")
     sweep.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

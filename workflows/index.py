@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 import numpy as np
 
 from storage import (
-    ConfigError,
     CorpusError,
     ImageSpec,
     IndexNotFoundError,
@@ -36,23 +35,24 @@ from storage import (
 from storage.atomic import read_json, write_json_atomic
 from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
 from storage.layout import CODES, MODEL_DIR, resolve, staging_dir
-from storage.manifest import PARTITION_KINDS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
+from storage.manifest import MAP_LAYOUTS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
 from storage.retry import retry_call
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, compact_job, plan_compaction
 from workflows.index_tasks import build_map_task, encode_shard_task
+from workflows.options import check_options, option
 from workflows.progress import track
 from workflows.runtime import failpoint
 from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
 
-__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "PARTITION_KINDS"]
+__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "MAP_LAYOUTS"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """Options of an indexing job, validated up front.
+    """Options of an indexing job (``patchhash index``), validated up front.
 
     ``shard_size`` (images per task and per Zarr chunk) and ``partitions`` (number of bucket
     partitions) only apply when the index is created; later runs keep the index's own.
@@ -62,20 +62,20 @@ class IndexSettings:
     compacts the index afterwards (None: never).
     """
 
-    shard_size: int = 10_000
-    partitions: int | None = None
-    strict: bool = False
-    append_only: bool = False
-    max_delete_fraction: float = 0.2
+    shard_size: int = option(10_000, "Images per task and per Zarr chunk (new index only).", minimum=1, maximum=10_000_000,
+                             example="10000")
+    partitions: int | None = option(None, "Bucket-map partitions (new index only; default: one per worker).", minimum=1,
+                                    example="8")
+    strict: bool = option(False, "Fail before commit if any image cannot be read.", example="false")
+    append_only: bool = option(False, "Only add images not in the index yet: do not remove unlisted ones, re-encode changed "
+                               "files or retry unreadable ones.", example="false")
+    max_delete_fraction: float = option(0.2, "Refuse (before writing anything) a sync that would remove more than this "
+                                        "fraction of the corpus's indexed images: a short listing must not empty the index. "
+                                        "1 allows any.", minimum=0, maximum=1, example="0.2")
     compaction: CompactionPolicy | None = CompactionPolicy()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.shard_size <= 10_000_000:
-            raise ConfigError(f"--shard-size must be between 1 and 10000000, got {self.shard_size}")
-        if self.partitions is not None and self.partitions < 1:
-            raise ConfigError(f"--partitions must be >= 1, got {self.partitions}")
-        if not 0 <= self.max_delete_fraction <= 1:
-            raise ConfigError(f"--max-delete-fraction must be between 0 and 1, got {self.max_delete_fraction}")
+        check_options(self)
 
 
 @dataclass
@@ -486,12 +486,12 @@ def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, s
     """Both bucket maps of each range of new ids (built, or taken from done-markers), by range start."""
     futures = []
     for r in ranges:
-        for kind in PARTITION_KINDS:
-            if f"{kind}-{r.start:012d}.done.json" in done:
+        for layout in MAP_LAYOUTS:
+            if f"{layout}-{r.start:012d}.done.json" in done:
                 report.partitions_skipped += 1
                 continue
             tables = [s for s in shards if s.start < r.stop and s.stop > r.start]
-            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], kind, r.start, r.stop, tables, version,
+            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], layout, r.start, r.stop, tables, version,
                                        storage_options, pure=False))
     if report.partitions_skipped:
         log.info("resuming: %d of %d bucket maps already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
@@ -502,9 +502,9 @@ def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, s
         failpoint("index-partition-built")
     maps: dict[int, dict[str, MapEntry]] = {}
     for r in ranges:
-        for kind in PARTITION_KINDS:
-            entry = read_json(join_url(stage, "done", f"{kind}-{r.start:012d}.done.json"), storage_options)
-            maps.setdefault(r.start, {})[kind] = MapEntry(entry["path"], entry["stats"])
+        for layout in MAP_LAYOUTS:
+            entry = read_json(join_url(stage, "done", f"{layout}-{r.start:012d}.done.json"), storage_options)
+            maps.setdefault(r.start, {})[layout] = MapEntry(entry["path"], entry["stats"])
     return maps
 
 

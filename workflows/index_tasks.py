@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from storage import join_url
 from storage.image_tables import ERRORS_SCHEMA, IMAGES_SCHEMA, read_shard_tables, write_shard_tables
 from storage.layout import MODEL_DIR, partition_codes_path, partition_path, resolve
-from storage.manifest import PARTITION_KINDS, MapEntry, ShardEntry
+from storage.manifest import MAP_LAYOUTS, MapEntry, ShardEntry
 
 __all__ = ["encode_shard_task", "build_map_task", "compact_task", "cut_shards", "split_points"]
 
@@ -54,22 +54,23 @@ def encode_shard_task(index_url: str, codes: str, shard, id_start: int, source: 
             "errors": [{"uri": e.uri, "reason": e.reason} for e in data.errors[:20]]}
 
 
-def _build_and_write(index_url: str, kind: str, start: int, stop: int, flat: np.ndarray, ids: np.ndarray, version: int,
+def _build_and_write(index_url: str, layout: str, start: int, stop: int, flat: np.ndarray, ids: np.ndarray, version: int,
                      storage_options) -> MapEntry:
     from pipeline.buckets import build_bucket_map
     from storage.arrays import write_array_group
 
-    bmap = build_bucket_map(flat, ids, positional=kind == "pos")
+    bmap = build_bucket_map(flat, ids, positional=layout == "pos")
     stats = bmap.stats()
-    path = partition_path(kind, start, stop, version)
+    path = partition_path(layout, start, stop, version)
     arrays = {"keys": bmap.keys, "offsets": bmap.offsets, "ids": bmap.ids, "key_bounds": bmap.key_bounds}
-    write_array_group(join_url(index_url, path), arrays, {"kind": kind, "start": start, "stop": stop, "stats": stats}, storage_options)
+    # the attribute that holds the layout is called "kind" on disk (docs/FORMAT.md)
+    write_array_group(join_url(index_url, path), arrays, {"kind": layout, "start": start, "stop": stop, "stats": stats}, storage_options)
     return MapEntry(path, stats)
 
 
-def build_map_task(index_url: str, codes: str, kind: str, start: int, stop: int, shards: list[ShardEntry], version: int,
+def build_map_task(index_url: str, codes: str, layout: str, start: int, stop: int, shards: list[ShardEntry], version: int,
                    storage_options) -> dict:
-    """Build the ``kind`` bucket map of the readable images of ids ``[start, stop)`` (a new
+    """Build the ``layout`` bucket map of the readable images of ids ``[start, stop)`` (a new
     partition's base, or a delta of ids appended to one) from the stored codes."""
     from storage.arrays import read_rows
     from storage.tables import read_parquet
@@ -78,8 +79,8 @@ def build_map_task(index_url: str, codes: str, kind: str, start: int, stop: int,
     ids = np.concatenate([read_parquet(resolve(index_url, s.images), storage_options, ["image_id"]).column("image_id").to_numpy()
                           for s in shards] or [np.empty(0, np.int64)]).astype(np.int64)
     ids = np.sort(ids[(ids >= start) & (ids < stop)])
-    entry = _build_and_write(index_url, kind, start, stop, rows.reshape(len(rows), -1)[ids - start], ids, version, storage_options)
-    return {"kind": kind, "start": start, "stop": stop, "path": entry.path, "stats": entry.stats}
+    entry = _build_and_write(index_url, layout, start, stop, rows.reshape(len(rows), -1)[ids - start], ids, version, storage_options)
+    return {"kind": layout, "start": start, "stop": stop, "path": entry.path, "stats": entry.stats}  # a done-marker: "kind" on disk
 
 
 def cut_shards(start: int, stop: int, row_ids: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
@@ -141,7 +142,7 @@ def compact_task(index_url: str, members: list[tuple[int, int, str]], shards: li
             entries.append(entry.__dict__)
         mine = live[(live >= p_start) & (live < p_stop)]
         flat = codes[mine - start].reshape(len(mine), -1)
-        maps = {kind: _build_and_write(index_url, kind, p_start, p_stop, flat, mine, version, storage_options).__dict__
-                for kind in PARTITION_KINDS}
+        maps = {layout: _build_and_write(index_url, layout, p_start, p_stop, flat, mine, version, storage_options).__dict__
+                for layout in MAP_LAYOUTS}
         out.append({"start": p_start, "stop": p_stop, "codes": codes_path, "maps": maps, "shards": entries})
     return {"start": start, "stop": stop, "partitions": out}

@@ -19,13 +19,13 @@ def describe_model(model: str, storage_options: dict | None = None) -> dict[str,
 
 
 def _bucket_summary(manifest) -> dict[str, Any]:
-    """Per-kind totals over the partitions' base maps, and each partition's own statistics."""
-    from storage.manifest import PARTITION_KINDS
+    """Per-layout totals over the partitions' base maps, and each partition's own statistics."""
+    from storage.manifest import MAP_LAYOUTS
 
     out: dict[str, Any] = {}
-    for kind in PARTITION_KINDS:
-        maps = [(p, p.maps[kind]) for p in manifest.partitions]
-        out[kind] = {
+    for layout in MAP_LAYOUTS:
+        maps = [(p, p.maps[layout]) for p in manifest.partitions]
+        out[layout] = {
             "partitions": len(maps),
             "distinct_codes_sum": sum(m.stats.get("distinct_codes", 0) for _, m in maps),
             "pairs": sum(m.stats.get("pairs", 0) for _, m in maps),
@@ -129,7 +129,7 @@ def render(data: dict[str, Any]) -> str:
     data = dict(data)
     if "buckets" in data:
         data["buckets"] = {
-            kind: {k: v for k, v in stats.items() if k != "per_partition" or len(v) <= 4}
-            for kind, stats in data["buckets"].items()
+            layout: {k: v for k, v in stats.items() if k != "per_partition" or len(v) <= 4}
+            for layout, stats in data["buckets"].items()
         }
     return "\n".join(_lines(data))

@@ -35,119 +35,17 @@ from typing import Any
 
 from storage import ConfigError, url_to_fs
 from storage.fs import resolve_url
+from workflows.cli import JOB_SPECS
+from workflows.options import Option
 
-__all__ = ["Field", "JobSpec", "COMMANDS", "load_job_spec", "parse_job_spec"]
+__all__ = ["JobSpec", "COMMANDS", "load_job_spec", "parse_job_spec"]
 
 log = logging.getLogger(__name__)
 
-_KINDS = ("int", "float", "bool", "str", "path", "model", "choice", "ints", "names", "mapping", "size")
-
-
-@dataclass(frozen=True)
-class Field:
-    """The type and range of one job-spec key.
-
-    ``kind``: ``int``, ``float``, ``bool``, ``str``, ``path`` (resolved against the job file's
-    folder), ``model`` (a path or a built-in name), ``choice`` (one of ``choices``), ``ints`` /
-    ``names`` (a list or a comma-separated string), ``mapping`` (``storage_options``) or
-    ``size`` (a memory size: ``4GB``, ``auto`` or a number of bytes). ``minimum`` /
-    ``maximum`` bound numbers (``open_minimum`` excludes the minimum itself).
-    """
-
-    kind: str
-    minimum: float | None = None
-    maximum: float | None = None
-    open_minimum: bool = False
-    choices: tuple[str, ...] = ()
-    example: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"unknown field kind {self.kind!r}")
-
-
-def _n(minimum: float | None = None, maximum: float | None = None, kind: str = "int", example: str = "", **kw) -> Field:
-    return Field(kind, minimum, maximum, example=example, **kw)
-
-
-_CLUSTER = {
-    "scheduler": Field("str", example="tcp://scheduler:8786"),
-    "workers": _n(1, example="4"),
-    "threads_per_worker": _n(1, example="1"),
-    "memory_limit": Field("size", example="4GB"),
-    "tls_ca": Field("path", example="certs/ca.pem"),
-    "tls_cert": Field("path", example="certs/client.pem"),
-    "tls_key": Field("path", example="certs/client.key"),
-}
-_COMMON = {"storage_options": Field("mapping", example="{anon: true}"), "verbose": Field("bool", example="true")}
-_TUNING = {
-    "shortlist": _n(1, example="400"),
-    "max_bucket_fraction": _n(0, 1, "float", open_minimum=True, example="0.1"),
-    "max_bucket": _n(1, example="300"),
-    "vote_budget": _n(0, example="100000"),
-}
-_MODES = ("default", "seed")
-
-COMMANDS: Mapping[str, Mapping[str, Field]] = MappingProxyType({
-    "index": MappingProxyType({
-        "corpus": Field("path", example="images/"),
-        "index": Field("path", example="s3://bucket/index"),
-        "model": Field("model", example="fashion-mnist"),
-        "shard_size": _n(1, 10_000_000, example="10000"),
-        "partitions": _n(1, example="8"),
-        "strict": Field("bool", example="false"),
-        "append_only": Field("bool", example="false"),
-        "max_delete_fraction": _n(0, 1, "float", example="0.2"),
-        "compact": Field("bool", example="true"),
-        "gc": Field("bool", example="true"),
-        "keep_versions": _n(1, example="7"),
-        "min_age": Field("str", example="24h"),
-        "wait_for_lock": _n(0, None, "float", example="600"),
-        **_CLUSTER, **_COMMON,
-    }),
-    "query": MappingProxyType({
-        "index": Field("path", example="s3://bucket/index"),
-        "queries": Field("path", example="queries.npy"),
-        "out": Field("path", example="results.parquet"),
-        "k": _n(1, example="10"),
-        "threshold": _n(0, example="3"),
-        "mode": Field("choice", choices=_MODES, example="default"),
-        **_TUNING,
-        "shift_radius": _n(0, None, "float", example="0"),
-        "shift_step": _n(0, 1, "float", open_minimum=True, example="1"),
-        "format": Field("choice", choices=("parquet", "csv", "jsonl", "dataset"), example="parquet"),
-        "report": Field("path", example="report.html"),
-        "report_limit": _n(0, example="50"),
-        "block_size": _n(1, example="1000"),
-        "strict": Field("bool", example="false"),
-        **_CLUSTER, **_COMMON,
-    }),
-    "evaluate": MappingProxyType({
-        "index": Field("path", example="s3://bucket/index"),
-        "queries": Field("path", example="queries.npy"),
-        "labels": Field("path", example="labels.npy"),
-        "query_labels": Field("path", example="query-labels.npy"),
-        "k": Field("ints", 1, example="[1, 10, 100]"),
-        "modes": Field("names", choices=_MODES, example="[seed, default]"),
-        "baselines": Field("names", example="[pixel-knn, lsh-64]"),
-        "thresholds": Field("ints", 0, example="[1, 3, 5]"),
-        **_TUNING,
-        "limit": _n(1, example="1000"),
-        "out": Field("path", example="evaluation.json"),
-        "plot": Field("path", example="evaluation.png"),
-        **_CLUSTER, **_COMMON,
-    }),
-    "bench": MappingProxyType({
-        "index": Field("path", example="s3://bucket/index"),
-        "queries": Field("path", example="queries.npy"),
-        "modes": Field("names", choices=_MODES, example="[default, seed]"),
-        "repeats": _n(1, example="3"),
-        "limit": _n(1, example="1000"),
-        "block_size": _n(1, example="1000"),
-        "out": Field("path", example="bench.json"),
-        **_CLUSTER, **_COMMON,
-    }),
-})
+COMMANDS: Mapping[str, Mapping[str, Option]] = MappingProxyType(JOB_SPECS)
+"""The keys of each command's job spec: the options of ``patchhash <command>`` but ``--config``,
+from their one declaration (:mod:`workflows.options`; ``type``, range, choices and ``example``
+are what :func:`parse_job_spec` checks and shows)."""
 
 
 @dataclass(frozen=True)
@@ -210,28 +108,28 @@ def parse_job_spec(text: str, command: str, source: str = "<job spec>", base_dir
     return JobSpec(source, command, MappingProxyType(values))
 
 
-def _check(field: Field, value: Any, key: str, source: str, base_dir: str) -> Any:
+def _check(field: Option, value: Any, key: str, source: str, base_dir: str) -> Any:
     """``value`` converted to the command line's form, or a ConfigError naming file, key and fix."""
     def fail(expected: str) -> ConfigError:
         fix = f", e.g. `{key}: {field.example}`" if field.example else ""
         return ConfigError(f"{source}: key {key!r} must be {expected}{fix}; got {value!r}")
 
-    kind = field.kind
-    if kind == "bool":
+    value_type = field.type
+    if value_type == "bool":
         if not isinstance(value, bool):
             raise fail("true or false")
         return value
-    if kind in ("int", "float"):
-        ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+    if value_type in ("int", "float"):
+        ok = isinstance(value, int) if value_type == "int" else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
-            raise fail("an integer" if kind == "int" else "a number")
+            raise fail("an integer" if value_type == "int" else "a number")
         _check_range(field, value, fail)
-        return value if kind == "int" else float(value)
-    if kind in ("ints", "names"):
+        return value if value_type == "int" else float(value)
+    if value_type in ("ints", "names"):
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list):
             raise fail("a list or a comma-separated string")
-        if kind == "ints":
+        if value_type == "ints":
             if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
                 items = [_int_or_none(v) for v in items]
                 if None in items:
@@ -244,7 +142,7 @@ def _check(field: Field, value: Any, key: str, source: str, base_dir: str) -> An
             if field.choices and any(v not in field.choices and v != "none" for v in items):
                 raise fail(f"a list of {', '.join(field.choices)}")
         return ",".join(str(v) for v in items) if items else "none"
-    if kind == "mapping":
+    if value_type == "mapping":
         if isinstance(value, str):
             try:
                 value = json.loads(value)
@@ -253,20 +151,20 @@ def _check(field: Field, value: Any, key: str, source: str, base_dir: str) -> An
         if not isinstance(value, dict):
             raise fail("a mapping")
         return json.dumps(value)
-    if kind == "size":
+    if value_type == "size":
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise fail("a memory size such as 4GB, auto, or a number of bytes")
         return str(value)
     if not isinstance(value, str) or not value:
         raise fail("a non-empty string")
-    if kind == "choice" and value not in field.choices:
+    if value_type == "choice" and value not in field.choices:
         raise fail(f"one of {', '.join(field.choices)}")
-    if kind == "path" or (kind == "model" and not _builtin_model(value)):
+    if value_type == "path" or (value_type == "model" and not _builtin_model(value)):
         return _resolve(value, base_dir)
     return value
 
 
-def _check_range(field: Field, value: float, fail) -> None:
+def _check_range(field: Option, value: float, fail) -> None:
     low, high = field.minimum, field.maximum
     if low is not None and (value <= low if field.open_minimum else value < low):
         raise fail(f"{'>' if field.open_minimum else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else ""))

@@ -23,6 +23,7 @@ from storage.manifest import Manifest, commit_manifest, read_manifest
 from storage.upgrade import upgraded_manifest
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, CompactionResult, compact_job
+from workflows.options import check_options, option
 from workflows.runtime import failpoint
 
 __all__ = ["GcSettings", "DeleteReport", "parse_duration", "logged_run", "commit_upgrade", "upgrade", "delete",
@@ -51,22 +52,24 @@ def parse_duration(text: str | float, option: str = "--min-age") -> float:
 @dataclass(frozen=True)
 class GcSettings:
     """``keep_versions`` newest versions are kept, and every version current less than
-    ``min_age`` seconds ago; ``dry_run`` only lists what would go."""
+    ``min_age`` ago (a duration such as ``24h``, or seconds; seconds once validated);
+    ``dry_run`` only lists what would go."""
 
-    keep_versions: int = 1
-    min_age: float = 86_400.0
-    dry_run: bool = False
+    keep_versions: int = option(1, "gc: keep this many newest versions (and every version current less than --min-age ago).",
+                                minimum=1, note=" (the current version is always kept)", example="7")
+    min_age: float = option("24h", "gc: keep versions and objects that were in use less than this long ago (e.g. 24h, 90m, 7d): "
+                            "a query job that started on an older version can finish.", type="str", example="24h")
+    dry_run: bool = option(False, "Only list what would be deleted, and its bytes.")
 
     def __post_init__(self) -> None:
-        if self.keep_versions < 1:
-            raise ConfigError(f"--keep-versions must be >= 1 (the current version is always kept), got {self.keep_versions}")
+        check_options(self)
         object.__setattr__(self, "min_age", parse_duration(self.min_age))
 
 
 @contextmanager
 def logged_run(index_url: str, lock, command: str, storage_options, corpus: str | None = None):
-    """Write the run log record of the block, also when it fails; the block fills in the dict
-    it gets (``status``, ``version``, counts...)."""
+    """Write the run log record of the ``with`` body, also when it fails; the body fills in the
+    dict it gets (``status``, ``version``, counts...)."""
     from storage.runlog import write_run
 
     started = datetime.now(timezone.utc)

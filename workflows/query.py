@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from storage import ConfigError, Corpus, CorpusError, join_url, open_corpus
 from storage.layout import MODEL_DIR, resolve
 from storage.manifest import Manifest, read_manifest
-from storage.results import RESULTS_SCHEMA, open_results, results_format
+from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
+from workflows.options import check_options, option
 
 __all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris", "image_uri_array"]
 
@@ -38,7 +39,7 @@ MAX_K = 10_000
 # Per-position Hamming radius when none is given: seed 000's t=3 for its rule; for the
 # default mode's shortlist, the value docs/QUALITY.md chose.
 DEFAULT_THRESHOLD = {"seed": 3, "default": 3}
-PARTITION_KIND = {"seed": "any", "default": "pos"}
+MAP_LAYOUT = {"seed": "any", "default": "pos"}  # the bucket maps each mode searches
 # Default mode: images re-ranked per query and partition; buckets skipped above a share of
 # the partition or a number of images; the votes (bucket entries) a query may cast in a
 # partition before its radius shrinks. docs/QUALITY.md chose them on Fashion-MNIST, and
@@ -50,7 +51,7 @@ DEFAULT_VOTE_BUDGET = 100_000
 
 @dataclass(frozen=True)
 class QuerySettings:
-    """Options of a query job, validated up front.
+    """Options of a query job (``patchhash query``), validated up front.
 
     ``mode="seed"`` is seed 000's scoring rule exactly (position-free buckets); ``"default"``
     shortlists by positional buckets and re-ranks by the Hamming distance of the whole code
@@ -67,45 +68,42 @@ class QuerySettings:
     error rows included, is written).
     """
 
-    k: int = 10
-    threshold: int | None = None
-    mode: str = "default"
-    shortlist: int | None = None
-    max_bucket_fraction: float = DEFAULT_MAX_BUCKET_FRACTION
-    max_bucket: int = DEFAULT_MAX_BUCKET
-    vote_budget: int = DEFAULT_VOTE_BUDGET
-    shift_radius: float = 0
-    shift_step: float = 1
-    block_size: int = 1000
-    strict: bool = False
-    format: str | None = None
+    k: int = option(10, "Hits per query.", minimum=1, maximum=MAX_K, example="10")
+    threshold: int | None = option(None, f"Hamming radius t for matching codes (default: {DEFAULT_THRESHOLD['default']}).",
+                                   minimum=0, example="3")
+    mode: str = option("default", "Scoring: default (positional shortlist, re-ranked by whole-grid Hamming distance), or seed "
+                       "(seed 000's rule exactly).", choices=MODES, example="default")
+    shortlist: int | None = option(None, "Default mode: images re-ranked per query and partition [default: 400, or 0.2% of a "
+                                   "partition above 200,000 images].", minimum=1, example="400")
+    max_bucket_fraction: float = option(DEFAULT_MAX_BUCKET_FRACTION, "Default mode: skip codes shared by more than this "
+                                        f"fraction of a partition's images [default: {DEFAULT_MAX_BUCKET_FRACTION}].",
+                                        minimum=0, maximum=1, open_minimum=True, example="0.1", show_default=False)
+    max_bucket: int = option(DEFAULT_MAX_BUCKET, "Default mode: skip codes shared by more than this many images of a "
+                             f"partition [default: {DEFAULT_MAX_BUCKET}].", minimum=1, note=" (images)", example="300",
+                             show_default=False)
+    vote_budget: int = option(DEFAULT_VOTE_BUDGET, "Default mode: per query and partition, use the largest radius <= t whose "
+                              "matching buckets hold at most this many entries in all (an image counts once per matching "
+                              f"position) [default: {DEFAULT_VOTE_BUDGET}].", minimum=0, example="100000", show_default=False)
+    shift_radius: float = option(0, "Default mode: also search each query shifted by up to this many pixels ((2r/s+1)^2 times "
+                                 "the work; r/s <= 4).", minimum=0, check=False, example="0")
+    shift_step: float = option(1, "Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).",
+                               minimum=0, maximum=1, open_minimum=True, check=False, example="1")
+    block_size: int = option(1000, "Queries per task.", minimum=1, example="1000")
+    strict: bool = option(False, "Exit non-zero if any query cannot be read.", example="false")
+    format: str | None = option(None, "parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun "
+                                "resumes).", choices=FORMATS, check=False, example="parquet")
     max_blocks_in_flight: int = 8
 
     def __post_init__(self) -> None:
-        if not 1 <= self.k <= MAX_K:
-            raise ConfigError(f"--k must be between 1 and {MAX_K}, got {self.k}")
-        if self.mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_options(self)
         if self.threshold is None:
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLD[self.mode])
-        if self.threshold < 0:
-            raise ConfigError(f"--threshold must be >= 0, got {self.threshold}")
-        if self.shortlist is not None and self.shortlist < 1:
-            raise ConfigError(f"--shortlist must be >= 1, got {self.shortlist}")
         if self.shift_radius < 0 or (self.shift_radius and self.mode == "seed"):
             raise ConfigError(f"--shift-radius must be >= 0, and 0 in seed mode (the seed's rule has no shifts), got {self.shift_radius}")
         try:
             self.shift_offsets()
         except ValueError as err:
             raise ConfigError(f"--shift-radius / --shift-step: {err} (e.g. --shift-radius 1 --shift-step 0.5)") from None
-        if not 0 < self.max_bucket_fraction <= 1:
-            raise ConfigError(f"--max-bucket-fraction must be in (0, 1], got {self.max_bucket_fraction}")
-        if self.max_bucket < 1:
-            raise ConfigError(f"--max-bucket must be >= 1 (images), got {self.max_bucket}")
-        if self.vote_budget < 0:
-            raise ConfigError(f"--vote-budget must be >= 0, got {self.vote_budget}")
-        if self.block_size < 1:
-            raise ConfigError(f"--block-size must be >= 1, got {self.block_size}")
         if self.max_blocks_in_flight < 1:
             raise ConfigError("max_blocks_in_flight must be >= 1")
 
@@ -431,7 +429,7 @@ def query(
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     queries = source.url
-    partitions = manifest.search_partitions(PARTITION_KIND[settings.mode])
+    partitions = manifest.search_partitions(MAP_LAYOUT[settings.mode])
     uris = image_uri_array(index_url, manifest, storage_options)
     shards = source.shards(settings.block_size)
     result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
