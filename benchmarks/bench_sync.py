@@ -292,7 +292,8 @@ def main(argv=None) -> dict:
                 objects, size = current_size(url)
                 row = {"night": night, **report.counts(), "compacted": report.compacted, "sync_s": sync_s,
                        "written_bytes": written, "written_files": n_written, "objects": objects, "bytes": size,
-                       "gc_s": gc_s, "ms_per_query": ms_per_query(url, queries, client, args.repeats), "live": report.n_images}
+                       "gc_s": gc_s, "ms_per_query": ms_per_query(url, queries, client, args.repeats), "live": report.n_images,
+                       "phases_s": report.phases}
                 rows.append(row)
                 print(f"| {night} | {row['added']} | {row['removed']} | {row['changed']} | {row['compacted']} | {sync_s:.1f} | "
                       f"{written / 1e6:.2f} ({n_written}) | {objects} | {size / 1e6:.1f} | {gc_s:.1f} | {row['ms_per_query']:.2f} |", flush=True)

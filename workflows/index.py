@@ -100,6 +100,7 @@ class IndexReport:
     partitions_skipped: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
 
     @property
@@ -319,6 +320,7 @@ def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSe
     if manifest is not None:
         _check_model(index_url, model, storage_options)
     source = open_corpus(corpus, storage_options)
+    listed = time.perf_counter()
     upgraded = False
     if manifest is not None and manifest.format_version == 1:
         manifest = commit_upgrade(index_url, manifest, storage_options, lock)
@@ -334,6 +336,7 @@ def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSe
                      max_delete_fraction=settings.max_delete_fraction)
     report = IndexReport(index_url, manifest.version if manifest else None, manifest.n_ok if manifest else 0,
                          len(plan.rows), 0, upgraded=upgraded, **plan.counts())
+    report.phases.update(listing=listed - started, plan=time.perf_counter() - listed)
     if plan.empty:
         log.info("nothing to change: %s holds the %d images of %s as they are (version %s)",
                  index_url, len(source), corpus, manifest.version if manifest else None)
@@ -359,7 +362,9 @@ def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSe
 
 
 def _compact(dask, index_url: str, manifest: Manifest, settings: IndexSettings, report: IndexReport, storage_options, lock) -> None:
+    started = time.perf_counter()
     compacted = compact_job(dask, index_url, manifest, settings.compaction, storage_options, lock, auto=True)
+    report.phases["compact"] = time.perf_counter() - started
     if compacted is not None:
         report.compacted, report.version = compacted.partitions, compacted.version
 
@@ -393,6 +398,7 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
     jobs = _encode_jobs(source, plan, cuts, codes_of, n_old) if len(plan.rows) else []
     new_shards = _encode_phase(dask, index_url, jobs, plan.source, version, done, stage, report, storage_options)
     failpoint("index-encoded")
+    report.phases["encode"] = report.encode_seconds
     report.n_errors_new = sum(e.n_errors for e in new_shards)
     if settings.strict and report.n_errors_new:
         raise CorpusError(
@@ -401,7 +407,10 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
         )
     shards = (manifest.shards if manifest else ()) + tuple(new_shards)
     shards = _adopt_fingerprints(index_url, shards, plan, version, storage_options)
+    built = time.perf_counter()
     maps = _map_phase(dask, index_url, ranges, codes_of, shards, version, done, stage, report, storage_options)
+    report.phases["buckets"] = time.perf_counter() - built
+    built = time.perf_counter()
     partitions = list(old_partitions)
     for r in ranges:
         if r.new:
@@ -428,6 +437,7 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
         lock.verify()
     commit_manifest(index_url, new_manifest, storage_options)
     cleanup_staging(index_url, version, storage_options)
+    report.phases["commit"] = time.perf_counter() - built  # tombstones, fingerprints recorded, manifest
     return new_manifest
 
 
