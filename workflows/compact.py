@@ -96,7 +96,7 @@ def _fresh_objects(manifest: Manifest, live: int) -> int:
     return maps * max(1, -(-live // manifest.partition_size)) + 2 * max(1, -(-live // manifest.shard_size))
 
 
-def _windows(live: list[int], partition_size: int, widest: int = 8) -> list[tuple[int, int]]:
+def _windows(live: list[int], partition_size: int, widest: int = 4) -> list[tuple[int, int]]:
     """Runs of adjacent partitions whose live images fit in fewer partitions, cheapest first
     (live images rewritten per partition saved), not overlapping."""
     found = []
