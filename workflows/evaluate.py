@@ -184,7 +184,8 @@ def evaluate(
         with dask_client(cluster) if client is None else nullcontext(client) as dask, tempfile.TemporaryDirectory() as tmp:
             warm = UriListCorpus(source.url, storage_options, query_uris[:_WARMUP_QUERIES])
             for mode in settings.modes:
-                query(index_url, warm, f"{tmp}/warmup.parquet", QuerySettings(k=depth, mode=mode), client=dask)
+                query(index_url, warm, f"{tmp}/warmup.parquet", QuerySettings(k=depth, mode=mode), storage_options=storage_options,
+                      client=dask)
                 for t in settings.thresholds or (DEFAULT_THRESHOLD[mode],):
                     ids = np.full((n_queries, depth), -1, np.int64)
 
@@ -194,7 +195,7 @@ def evaluate(
                     run = query(
                         index_url, source, f"{tmp}/{mode}-{t}.parquet",
                         settings.query_settings(k=depth, threshold=t, mode=mode),
-                        client=dask, on_block=keep,
+                        storage_options=storage_options, client=dask, on_block=keep,
                     )
                     figures(f"{mode} t={t}", "mode", t, ids, run.mean_candidates, run.ms_per_query)
     if settings.baselines:
