@@ -24,7 +24,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from storage import ConfigError, Corpus, CorpusError, join_url, open_corpus
-from storage.layout import MODEL_DIR, resolve
+from storage.layout import MODEL_DIR
+from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest
 from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
@@ -227,7 +228,7 @@ def _nbytes(value) -> int:
 _cache = WorkerCache()
 
 
-def load_partition(index_url: str, partition, storage_options=None):
+def load_partition(index_url: "IndexLocation | str", partition, storage_options=None):
     """The live bucket map of a :class:`~storage.manifest.SearchPartition`: its base map merged
     with its deltas, tombstoned ids dropped. Every object it is made of is immutable once
     committed, so the result is cached per worker process under the partition's key."""
@@ -235,38 +236,42 @@ def load_partition(index_url: str, partition, storage_options=None):
     from storage.arrays import read_array_group
     from storage.tables import read_parquet
 
+    index = IndexLocation.of(index_url, storage_options)
+
     def read_map(path: str) -> BucketMap:
-        arrays, _ = read_array_group(resolve(index_url, path), storage_options)
+        arrays, _ = read_array_group(index.resolve(path), index.storage_options)
         return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
 
     def load():
         maps = [read_map(path) for path in partition.maps]
         bmap = maps[0] if len(maps) == 1 else merge_bucket_maps(maps)
         if partition.tombstones:
-            dead = read_parquet(resolve(index_url, partition.tombstones), storage_options, ["image_id"]).column("image_id")
+            dead = read_parquet(index.resolve(partition.tombstones), index.storage_options, ["image_id"]).column("image_id")
             bmap = drop_ids(bmap, dead.to_numpy())
         return bmap
 
-    return _cache.get(("partition", index_url, partition.key), load)
+    return _cache.get(("partition", index.url, partition.key), load)
 
 
-def load_codes(index_url: str, codes: str, start: int, stop: int, storage_options=None) -> np.ndarray:
+def load_codes(index_url: "IndexLocation | str", codes: str, start: int, stop: int, storage_options=None) -> np.ndarray:
     """Flattened ``[stop - start, G]`` codes of images ``start..stop`` from the codes array
     ``codes`` (committed rows never change), cached per worker process like the bucket maps."""
     from storage.arrays import read_rows
 
+    index = IndexLocation.of(index_url, storage_options)
+
     def load():
-        return read_rows(resolve(index_url, codes), start, stop, storage_options).reshape(stop - start, -1)
+        return read_rows(index.resolve(codes), start, stop, index.storage_options).reshape(stop - start, -1)
 
-    return _cache.get(("codes", index_url, codes, start, stop), load)
+    return _cache.get(("codes", index.url, codes, start, stop), load)
 
 
-def encode_block_task(index_url: str, shard, storage_options, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
+def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
     from pipeline.encode import load_encoder
     from pipeline.shifts import shifted_copies
     from storage import ImageSpec
 
-    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
     gh, gw = encoder.card.grid
     pixels = shifted_copies(data.pixels, shift_radius, shift_step) if shift_radius else data.pixels
@@ -274,16 +279,16 @@ def encode_block_task(index_url: str, shard, storage_options, shift_radius: floa
     return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
 
 
-def search_task(index_url: str, partition, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
+def search_task(index: IndexLocation, partition, block: QueryBlock, settings: QuerySettings, bits: int):
     from pipeline.rerank import rerank_search
     from pipeline.seed import seed_search
 
-    bmap = load_partition(index_url, partition, storage_options)
+    bmap = load_partition(index, partition)
     start, stop = partition.start, partition.stop
     if settings.mode == "seed":
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
-        codes = load_codes(index_url, partition.codes, start, stop, storage_options)
+        codes = load_codes(index, partition.codes, start, stop)
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
@@ -326,7 +331,7 @@ def merge_task(parts: list, k: int):
 # --------------------------------------------------------------------------- client side
 
 
-def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) -> pa.LargeStringArray:
+def image_uri_array(index: "IndexLocation | str", manifest: Manifest) -> pa.LargeStringArray:
     """Uri of every image id of ``manifest`` as one Arrow array (null for unreadable rows).
 
     About the uri's length in bytes per image, with no Python object per uri: the query client
@@ -334,9 +339,10 @@ def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) ->
     """
     from storage.tables import read_parquet
 
+    index = IndexLocation.of(index)
     ids, uris = [], []
     for shard in manifest.shards:
-        table = read_parquet(resolve(index_url, shard.images), storage_options)
+        table = read_parquet(index.resolve(shard.images), index.storage_options)
         ids.append(table.column("image_id").to_numpy())
         uris.extend(table.column("uri").cast(pa.large_string()).chunks)
     ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
@@ -348,9 +354,9 @@ def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) ->
     return values.take(pa.array(position, mask=position < 0))
 
 
-def image_uris(index_url: str, manifest: Manifest, storage_options=None) -> np.ndarray:
+def image_uris(index: "IndexLocation | str", manifest: Manifest) -> np.ndarray:
     """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
-    return image_uri_array(index_url, manifest, storage_options).to_numpy(zero_copy_only=False)
+    return image_uri_array(index, manifest).to_numpy(zero_copy_only=False)
 
 
 def _block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
@@ -389,7 +395,7 @@ def _block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table
 
 
 def query(
-    index_url: str,
+    index_url: "str | IndexLocation",
     queries: "str | Corpus",
     out: str,
     settings: QuerySettings = QuerySettings(),
@@ -404,7 +410,9 @@ def query(
     """Answer every image of ``queries`` against ``index_url``; write results to ``out``.
 
     ``queries`` is a corpus URL (folder, glob, IDX, npy, Zarr, uri list) or an opened
-    :class:`storage.Corpus`.
+    :class:`storage.Corpus`. ``storage_options`` reach ``index_url``, ``queries``, ``out`` and
+    ``report`` (or pass an :class:`~storage.location.IndexLocation`, whose options then serve
+    them all).
 
     ``on_block(block, topk)`` (optional) sees each answered block in order, e.g. to collect
     results for an evaluation. ``report`` names an HTML report of the first
@@ -423,19 +431,21 @@ def query(
             shown.append((block, topk))
 
     started = time.perf_counter()
+    index = IndexLocation.of(index_url, storage_options)
+    storage_options = index.storage_options
     pinned = _resumed_version(out, settings.format, storage_options)
-    manifest = read_manifest(index_url, storage_options, pinned)
+    manifest = read_manifest(index, version=pinned)
     if settings.threshold > manifest.bits:
         raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     queries = source.url
     partitions = manifest.search_partitions(MAP_LAYOUT[settings.mode])
-    uris = image_uri_array(index_url, manifest, storage_options)
+    uris = image_uri_array(index, manifest)
     shards = source.shards(settings.block_size)
-    result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
+    result = QueryReport(index.url, manifest.version, out, n_queries=len(source))
     log.info("answering %d queries from %s against %s (version %d, %d partitions, mode %s)",
-             len(source), queries, index_url, manifest.version, len(partitions), settings.mode)
-    job = {"index": index_url, "version": manifest.version, "queries": queries, "n_queries": len(source),
+             len(source), queries, index.url, manifest.version, len(partitions), settings.mode)
+    job = {"index": index.url, "version": manifest.version, "queries": queries, "n_queries": len(source),
            "settings": {k: v for k, v in asdict(settings).items() if k not in ("format", "max_blocks_in_flight")}}
     candidates = 0
     window: deque = deque()
@@ -459,9 +469,8 @@ def query(
 
         def refill() -> None:
             for shard in next_shards:
-                block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius,
-                                     settings.shift_step, pure=False)
-                parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False,
+                block = dask.submit(encode_block_task, index, shard, settings.shift_radius, settings.shift_step, pure=False)
+                parts = [dask.submit(search_task, index, p, block, settings, manifest.bits, pure=False,
                                      **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                          for p, w in zip(partitions, pinned_to)]
                 window.append((shard, block, dask.submit(merge_task, parts, settings.k, pure=False)))
@@ -505,7 +514,7 @@ def query(
     if report is not None:
         if result.blocks_skipped:
             log.warning("the report shows queries answered in this run only (%d blocks were answered before)", result.blocks_skipped)
-        _write_report(report, shown, report_limit, report_labels, uris, source, settings, result, storage_options)
+        _write_report(report, shown, report_limit, report_labels, uris, source, settings, result, index)
     return result
 
 
@@ -522,7 +531,8 @@ def _resumed_version(out: str, fmt: str | None, storage_options) -> int | None:
         return None
 
 
-def _write_report(url: str, shown, limit: int, labels, uris, source, settings: QuerySettings, result: QueryReport, storage_options) -> None:
+def _write_report(url: str, shown, limit: int, labels, uris, source, settings: QuerySettings, result: QueryReport,
+                  index: IndexLocation) -> None:
     """HTML report of the collected blocks: query images beside their hits."""
     from storage import ImageSpec
     from storage.corpus import UriListCorpus
@@ -530,7 +540,8 @@ def _write_report(url: str, shown, limit: int, labels, uris, source, settings: Q
 
     from pipeline.modelcard import read_card
 
-    card = read_card(join_url(result.index, MODEL_DIR), storage_options)
+    storage_options = index.storage_options
+    card = read_card(index.join(MODEL_DIR), storage_options)
     spec = ImageSpec(*card.config.input_shape)
     rows = []
     for block, topk in shown:
