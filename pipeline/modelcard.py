@@ -113,7 +113,7 @@ class ModelCard:
         return d
 
     @classmethod
-    def from_json(cls, d: Any, source: str = "card.json") -> "ModelCard":
+    def from_json(cls, d: Any, source: str = CARD_FILE) -> "ModelCard":
         try:
             if not isinstance(d, dict) or d.get("format") != CARD_FORMAT:
                 raise ValueError(f"not a patchhash model card (format should be {CARD_FORMAT!r})")
