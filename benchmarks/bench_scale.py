@@ -71,7 +71,7 @@ def build(index_url: str, base_url: str, card_model: str, n: int, shard_size: in
     from workflows.progress import track
 
     started = time.perf_counter()
-    install_model(index_url, card_model, None)
+    install_model(index_url, card_model)
     card = read_card(join_url(index_url, MODEL_DIR))
     create_codes_array(join_url(index_url, CODES), n, card.grid, card.code_dtype, shard_size)
     futures = [client.submit(synthetic_shard_task, index_url, base_url, s, min(s + shard_size, n), flip, pure=False)

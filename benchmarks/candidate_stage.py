@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     from storage import ImageSpec, open_corpus
     from storage.manifest import read_manifest
     from workflows.cluster import ClusterSettings, dask_client
-    from workflows.query import load_codes, load_partition
+    from workflows.worker_cache import load_codes, load_partition
 
     work = args.workdir or tempfile.mkdtemp(prefix="candidate-stage-")
     index_url = f"{work}/index-{args.images}"

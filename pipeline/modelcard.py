@@ -28,6 +28,7 @@ from pipeline.model import ModelConfig
 from pipeline.normalize import Normalization
 from pipeline.packing import code_dtype
 from storage import ModelError, join_url, url_to_fs
+from storage.layout import CARD_FILE, MODEL_FILE  # a model folder's files, the same inside an index's model/
 from storage.retry import retry_call
 
 __all__ = [
@@ -47,8 +48,6 @@ __all__ = [
 
 CARD_FORMAT = "patchhash-model"
 CARD_VERSION = 1
-MODEL_FILE = "model.keras"
-CARD_FILE = "card.json"
 BUILTIN_MODELS = ("fashion-mnist", "fashion-mnist-unsupervised")
 
 
@@ -114,7 +113,7 @@ class ModelCard:
         return d
 
     @classmethod
-    def from_json(cls, d: Any, source: str = "card.json") -> "ModelCard":
+    def from_json(cls, d: Any, source: str = CARD_FILE) -> "ModelCard":
         try:
             if not isinstance(d, dict) or d.get("format") != CARD_FORMAT:
                 raise ValueError(f"not a patchhash model card (format should be {CARD_FORMAT!r})")

@@ -15,15 +15,26 @@ objects. Every kept version stays readable throughout; a rerun finishes the job.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from storage.atomic import read_json
 from storage.fingerprint import timestamp_of
-from storage.fs import is_local, join_url, url_to_fs
-from storage.layout import PROTECTED, STAGING, VERSIONS, codes_chunk_path, object_version, parse_version_path, version_path
+from storage.fs import is_local
+from storage.layout import (
+    LOCK_FILE,
+    PROTECTED,
+    STAGING,
+    VERSIONS,
+    array_metadata_path,
+    codes_chunk_path,
+    object_version,
+    parse_codes_chunk,
+    parse_version_path,
+    version_path,
+)
+from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest, referenced_objects
 from storage.retry import retry_call
 
@@ -32,7 +43,6 @@ __all__ = ["GcPlan", "plan_gc", "collect_garbage", "index_objects", "gc_referenc
 log = logging.getLogger(__name__)
 
 _BATCH = 500
-LOCK_PREFIX = "_lock.json"  # the lock and its take-over guards
 
 
 @dataclass
@@ -52,12 +62,12 @@ class GcPlan:
         return sum(size for _, size in self.garbage)
 
 
-def index_objects(index_url: str, storage_options=None) -> dict[str, dict]:
+def index_objects(index: "IndexLocation | str") -> dict[str, dict]:
     """Every object (file) under the index: relative path -> fsspec info."""
-    fs, root = url_to_fs(index_url, storage_options)
-    root = root.rstrip("/")
+    index = IndexLocation.of(index)
+    fs, root = index.fs, index.path
     fs.invalidate_cache(root)
-    found = retry_call(f"listing {index_url}", fs.find, root, detail=True)
+    found = retry_call(f"listing {index.url}", fs.find, root, detail=True)
     return {name[len(root) + 1 :]: info for name, info in found.items() if info.get("type", "file") == "file"}
 
 
@@ -74,48 +84,46 @@ def gc_references(manifest: Manifest) -> set[str]:
     size = manifest.shard_size
     for p in manifest.partitions:
         names.discard(p.codes)
-        names.add(f"{p.codes}/zarr.json")
+        names.add(array_metadata_path(p.codes))
         names.update(codes_chunk_path(p.codes, i) for i in range(p.start // size, (p.stop - 1) // size + 1))
     return names
-
-
-_CHUNK = re.compile(r"/c/(\d+)/0/0$")
 
 
 def _future_rows(rel: str, current: Manifest) -> bool:
     """Whether ``rel`` is a codes chunk of ids the current version has not given out yet: an
     interrupted run wrote it, and resumes from it."""
-    match = _CHUNK.search(rel)
-    return bool(match) and int(match.group(1)) * current.shard_size >= current.n_images
+    chunk = parse_codes_chunk(rel)
+    return chunk is not None and chunk * current.shard_size >= current.n_images
 
 
-def _superseded_at(index_url: str, version: int, storage_options) -> float | None:
+def _superseded_at(index: IndexLocation, version: int) -> float | None:
     """When ``version`` stopped being current: the creation time of the next version."""
     try:
-        created = read_json(join_url(index_url, version_path(version + 1)), storage_options).get("created")
+        created = read_json(index.join(version_path(version + 1)), index.storage_options).get("created")
     except (FileNotFoundError, ValueError):
         return None
     return timestamp_of(created)
 
 
-def plan_gc(index_url: str, keep_versions: int = 1, min_age: float = 86_400.0, storage_options=None,
+def plan_gc(index_url: "IndexLocation | str", keep_versions: int = 1, min_age: float = 86_400.0, storage_options=None,
             now: float | None = None) -> GcPlan:
     """What :func:`collect_garbage` would delete now (nothing is deleted here)."""
     if keep_versions < 1:
         raise ValueError("keep_versions must be >= 1")
+    index = IndexLocation.of(index_url, storage_options)
     now = time.time() if now is None else now
-    current = read_manifest(index_url, storage_options)
-    objects = index_objects(index_url, storage_options)
+    current = read_manifest(index)
+    objects = index_objects(index)
     versions = sorted({v for v in (parse_version_path(p) for p in objects if p.startswith(f"{VERSIONS}/")) if v is not None})
     committed = [v for v in versions if v <= current.version]
     kept = set(committed[-keep_versions:]) | {current.version}
     for v in committed:
-        superseded = _superseded_at(index_url, v, storage_options)
+        superseded = _superseded_at(index, v)
         if superseded is None or now - superseded < min_age:
             kept.add(v)
     manifests: list[Manifest] = [current]
     for v in sorted(kept - {current.version}):
-        manifests.append(read_manifest(index_url, storage_options, version=v, check=False))
+        manifests.append(read_manifest(index, version=v, check=False))
     names = set().union(*(gc_references(m) for m in manifests))
     current_names = gc_references(current)
     plan = GcPlan(current.version, sorted(kept), [v for v in committed if v not in kept])
@@ -131,7 +139,7 @@ def plan_gc(index_url: str, keep_versions: int = 1, min_age: float = 86_400.0, s
             staged = parse_version_path(rel.split("/")[1] + ".json") if "/" in rel else None
             if staged is None or staged > current.version:
                 continue  # the resumable work of a version not committed yet
-        elif top in PROTECTED or top.startswith(LOCK_PREFIX):
+        elif top in PROTECTED or top.startswith(LOCK_FILE):  # the lock and its take-over guards
             continue
         elif (object_version(rel) or 0) > current.version or _future_rows(rel, current):
             continue  # written by a run that has not committed yet
@@ -143,22 +151,21 @@ def plan_gc(index_url: str, keep_versions: int = 1, min_age: float = 86_400.0, s
     return plan
 
 
-def collect_garbage(index_url: str, plan: GcPlan, storage_options=None,
-                    after_batch: Callable[[int], None] | None = None) -> int:
+def collect_garbage(index: "IndexLocation | str", plan: GcPlan, after_batch: Callable[[int], None] | None = None) -> int:
     """Delete the versions ``plan`` drops, then its garbage; returns the objects deleted.
 
     ``after_batch(n_deleted)`` is called after each batch of deletes (progress, fault tests).
     """
-    fs, root = url_to_fs(index_url, storage_options)
-    root = root.rstrip("/")
-    versions = [f"{root}/{version_path(v)}" for v in plan.dropped]  # oldest first: see plan_gc
-    objects = [f"{root}/{rel}" for rel, _ in plan.garbage]
+    index = IndexLocation.of(index)
+    fs, root = index.fs, index.path
+    versions = [index.fs_path(version_path(v)) for v in plan.dropped]  # oldest first: see plan_gc
+    objects = [index.fs_path(rel) for rel, _ in plan.garbage]
     batches = [versions] if versions else []
     batches += [objects[i : i + _BATCH] for i in range(0, len(objects), _BATCH)]
     deleted = 0
     for batch in batches:
         try:
-            retry_call(f"deleting {len(batch)} objects of {index_url}", fs.rm, batch)
+            retry_call(f"deleting {len(batch)} objects of {index.url}", fs.rm, batch)
         except FileNotFoundError:  # a rerun after a kill: some are gone already
             for path in batch:
                 try:

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.fs import join_url
-from storage.layout import excluded_path, resolve, shard_table_path, tombstones_path
+from storage.layout import excluded_path, shard_table_path, tombstones_path
+from storage.location import IndexLocation
 from storage.manifest import ExcludedEntry, Manifest, PartitionEntry, ShardEntry, TombstoneEntry
 from storage.tables import read_parquet, write_parquet
 
@@ -49,15 +49,16 @@ _TOMBSTONES_SCHEMA = pa.schema([("image_id", pa.int64()), ("readable", pa.bool_(
 _EXCLUDED_SCHEMA = pa.schema([("uri", pa.string())])
 
 
-def write_shard_tables(index_url: str, start: int, stop: int, version: int, images: pa.Table, errors: pa.Table,
-                       storage_options=None) -> ShardEntry:
+def write_shard_tables(index: "IndexLocation | str", start: int, stop: int, version: int, images: pa.Table,
+                       errors: pa.Table) -> ShardEntry:
     """Write the image table (and the errors table, if it has rows) of ids ``[start, stop)``."""
+    index = IndexLocation.of(index)
     images_rel = shard_table_path("images", start, stop, version)
-    write_parquet(join_url(index_url, images_rel), images.select(IMAGES_SCHEMA.names).to_pydict(), IMAGES_SCHEMA, storage_options)
+    write_parquet(index.join(images_rel), images.select(IMAGES_SCHEMA.names).to_pydict(), IMAGES_SCHEMA, index.storage_options)
     errors_rel = None
     if errors.num_rows:
         errors_rel = shard_table_path("errors", start, stop, version)
-        write_parquet(join_url(index_url, errors_rel), errors.select(ERRORS_SCHEMA.names).to_pydict(), ERRORS_SCHEMA, storage_options)
+        write_parquet(index.join(errors_rel), errors.select(ERRORS_SCHEMA.names).to_pydict(), ERRORS_SCHEMA, index.storage_options)
     return ShardEntry(start, stop, images_rel, errors_rel, images.num_rows, errors.num_rows)
 
 
@@ -68,59 +69,67 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def read_shard_tables(index_url: str, shards: Iterable[ShardEntry], storage_options=None) -> pa.Table:
+def _read(index: IndexLocation, relative: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The table at the manifest path ``relative``."""
+    return read_parquet(index.resolve(relative), index.storage_options, columns)
+
+
+def read_shard_tables(index: "IndexLocation | str", shards: Iterable[ShardEntry]) -> pa.Table:
     """Every row of the image and errors tables of ``shards``, as one table of ``STATE_SCHEMA``."""
+    index = IndexLocation.of(index)
     parts = []
     for shard in shards:
-        parts.append(_conform(read_parquet(resolve(index_url, shard.images), storage_options), STATE_SCHEMA))
+        parts.append(_conform(_read(index, shard.images), STATE_SCHEMA))
         if shard.errors:
-            parts.append(_conform(read_parquet(resolve(index_url, shard.errors), storage_options), STATE_SCHEMA))
+            parts.append(_conform(_read(index, shard.errors), STATE_SCHEMA))
     if not parts:
         return STATE_SCHEMA.empty_table()
     return pa.concat_tables(parts).sort_by("image_id")
 
 
-def read_tombstones(index_url: str, partition: PartitionEntry, storage_options=None) -> np.ndarray:
+def read_tombstones(index: "IndexLocation | str", partition: PartitionEntry) -> np.ndarray:
     """Sorted ids deleted from ``partition`` (empty without tombstones)."""
     if partition.tombstones is None:
         return np.empty(0, np.int64)
-    return read_parquet(resolve(index_url, partition.tombstones.path), storage_options, ["image_id"]).column("image_id").to_numpy()
+    return _read(IndexLocation.of(index), partition.tombstones.path, ["image_id"]).column("image_id").to_numpy()
 
 
-def read_state(index_url: str, manifest: Manifest, storage_options=None) -> pa.Table:
+def read_state(index_url: "IndexLocation | str", manifest: Manifest, storage_options=None) -> pa.Table:
     """The live rows of the index: every table row whose id is not tombstoned (``STATE_SCHEMA``)."""
-    table = read_shard_tables(index_url, manifest.shards, storage_options)
-    dead = [read_tombstones(index_url, p, storage_options) for p in manifest.partitions if p.tombstones]
+    index = IndexLocation.of(index_url, storage_options)
+    table = read_shard_tables(index, manifest.shards)
+    dead = [read_tombstones(index, p) for p in manifest.partitions if p.tombstones]
     if dead:
         table = table.filter(pc.invert(pc.is_in(table.column("image_id"), value_set=pa.array(np.concatenate(dead)))))
     return table
 
 
-def write_tombstones(index_url: str, partition: PartitionEntry, ids: np.ndarray, readable: np.ndarray, version: int,
-                     storage_options=None) -> TombstoneEntry:
+def write_tombstones(index: "IndexLocation | str", partition: PartitionEntry, ids: np.ndarray, readable: np.ndarray,
+                     version: int) -> TombstoneEntry:
     """The partition's tombstones with ``ids`` added (``readable`` says which were images)."""
-    old = (read_parquet(resolve(index_url, partition.tombstones.path), storage_options)
-           if partition.tombstones else _TOMBSTONES_SCHEMA.empty_table())
+    index = IndexLocation.of(index)
+    old = _read(index, partition.tombstones.path) if partition.tombstones else _TOMBSTONES_SCHEMA.empty_table()
     table = pa.concat_tables([old, pa.table({"image_id": np.asarray(ids, np.int64), "readable": np.asarray(readable, bool)},
                                             schema=_TOMBSTONES_SCHEMA)])
     table = table.sort_by("image_id")
     rel = tombstones_path(partition.start, version)
-    write_parquet(join_url(index_url, rel), table.to_pydict(), _TOMBSTONES_SCHEMA, storage_options)
+    write_parquet(index.join(rel), table.to_pydict(), _TOMBSTONES_SCHEMA, index.storage_options)
     n_images = int(pc.sum(table.column("readable").cast(pa.int64())).as_py() or 0)
     return TombstoneEntry(rel, n_images, table.num_rows - n_images)
 
 
-def read_excluded(index_url: str, manifest: Manifest, storage_options=None) -> list[str]:
+def read_excluded(index: "IndexLocation | str", manifest: Manifest) -> list[str]:
     if manifest.excluded is None:
         return []
-    return read_parquet(resolve(index_url, manifest.excluded.path), storage_options).column("uri").to_pylist()
+    return _read(IndexLocation.of(index), manifest.excluded.path).column("uri").to_pylist()
 
 
-def write_excluded(index_url: str, uris: Sequence[str], version: int, storage_options=None) -> ExcludedEntry | None:
+def write_excluded(index: "IndexLocation | str", uris: Sequence[str], version: int) -> ExcludedEntry | None:
     """The excluded list holding exactly ``uris`` (None when empty)."""
+    index = IndexLocation.of(index)
     uris = sorted(set(uris))
     if not uris:
         return None
     rel = excluded_path(version)
-    write_parquet(join_url(index_url, rel), {"uri": uris}, _EXCLUDED_SCHEMA, storage_options)
+    write_parquet(index.join(rel), {"uri": uris}, _EXCLUDED_SCHEMA, index.storage_options)
     return ExcludedEntry(rel, len(uris))

@@ -35,14 +35,15 @@ from datetime import datetime, timezone
 
 from storage.atomic import temporary_sibling
 from storage.errors import PatchhashError
-from storage.fs import is_local, join_url, url_to_fs
+from storage.fs import is_local
+from storage.layout import LOCK_FILE, lock_takeover_path
+from storage.location import IndexLocation
 from storage.retry import retry_call
 
 __all__ = ["LOCK_FILE", "LockHeldError", "LockInfo", "IndexLock", "read_lock"]
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "_lock.json"
 HEARTBEAT_S = 10.0
 STALE_HEARTBEATS = 10
 
@@ -126,17 +127,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lock(index_url: str, storage_options: dict | None = None) -> LockInfo | None:
-    """The current holder of ``index_url``'s lock, or None if it is free."""
-    return _Store(join_url(index_url, LOCK_FILE), storage_options).read()[0]
+def read_lock(index: "IndexLocation | str") -> LockInfo | None:
+    """The current holder of the lock of ``index``, or None if it is free."""
+    return _Store(IndexLocation.of(index)).read()[0]
 
 
 class _Store:
-    """Create-exclusive, read, replace and delete of one small object."""
+    """Create-exclusive, read, replace and delete of the lock of ``index`` (and of its take-over guards)."""
 
-    def __init__(self, url: str, storage_options: dict | None):
-        self.url = url
-        self.fs, self.path = url_to_fs(url, storage_options)
+    def __init__(self, index: IndexLocation):
+        self.index = index
+        self.url = index.join(LOCK_FILE)
+        self.fs, self.path = index.fs, index.fs_path(LOCK_FILE)
         self.local = is_local(self.fs)
 
     def create(self, data: bytes, path: str | None = None) -> bool:
@@ -190,7 +192,7 @@ class _Store:
     def replace(self, data: bytes) -> None:
         from storage.atomic import write_bytes_atomic
 
-        write_bytes_atomic(self.url, data, None) if self.local else retry_call(f"writing {self.url}", self.fs.pipe_file, self.path, data)
+        write_bytes_atomic(self.url, data, self.index.storage_options) if self.local else retry_call(f"writing {self.url}", self.fs.pipe_file, self.path, data)
 
     def delete(self, path: str | None = None) -> None:
         try:
@@ -207,10 +209,9 @@ class IndexLock:
 
     Parameters
     ----------
-    index_url
-        The index (any fsspec URL); the lock is ``<index>/_lock.json``.
-    storage_options
-        fsspec options of ``index_url``.
+    index
+        The index (an :class:`~storage.location.IndexLocation`, or a URL that needs no
+        storage options); the lock is ``<index>/_lock.json``.
     wait_s
         How long to wait for a live holder to finish; 0 (the default) fails at once.
     heartbeat_s
@@ -226,16 +227,15 @@ class IndexLock:
         On entry, when a live run holds the lock past ``wait_s``.
     """
 
-    def __init__(self, index_url: str, storage_options: dict | None = None, *, wait_s: float = 0.0,
-                 heartbeat_s: float = HEARTBEAT_S, stale_after_s: float | None = None, poll_s: float = 1.0,
-                 command: str = "index"):
+    def __init__(self, index: "IndexLocation | str", *, wait_s: float = 0.0, heartbeat_s: float = HEARTBEAT_S,
+                 stale_after_s: float | None = None, poll_s: float = 1.0, command: str = "index"):
         if wait_s < 0 or heartbeat_s <= 0 or poll_s <= 0:
             raise ValueError("wait_s must be >= 0, heartbeat_s and poll_s > 0")
-        self.index_url = index_url
+        self.index = IndexLocation.of(index)
         self.wait_s, self.heartbeat_s, self.poll_s = float(wait_s), float(heartbeat_s), float(poll_s)
         self.stale_after_s = float(stale_after_s if stale_after_s is not None else STALE_HEARTBEATS * heartbeat_s)
         self.command = command
-        self._store = _Store(join_url(index_url, LOCK_FILE), storage_options)
+        self._store = _Store(self.index)
         self.info: LockInfo | None = None
         self._lost: str | None = None
         self._stop = threading.Event()
@@ -262,7 +262,7 @@ class IndexLock:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._heartbeat, name=f"patchhash-lock-{mine.token[:8]}", daemon=True)
                 self._thread.start()
-                log.debug("locked %s (token %s)", self.index_url, mine.token)
+                log.debug("locked %s (token %s)", self.index.url, mine.token)
                 return
             holder, exists = self._store.read()
             if not exists:
@@ -279,7 +279,7 @@ class IndexLock:
             if time.monotonic() >= deadline:
                 raise LockHeldError(self._held_message(holder))
             if not announced:
-                log.info("%s is locked by %s; waiting up to %.0f s", self.index_url, holder.describe() if holder else "another run", self.wait_s)
+                log.info("%s is locked by %s; waiting up to %.0f s", self.index.url, holder.describe() if holder else "another run", self.wait_s)
                 announced = True
             time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())) or 0.01)
 
@@ -287,7 +287,7 @@ class IndexLock:
         who = f"another {holder.command} run ({holder.describe()})" if holder else "another run"
         stale = max(self.stale_after_s, STALE_HEARTBEATS * holder.heartbeat_s) if holder else self.stale_after_s
         return (
-            f"{self.index_url} is locked by {who}; let it finish, or rerun with --wait-for-lock SECONDS to wait for it. "
+            f"{self.index.url} is locked by {who}; let it finish, or rerun with --wait-for-lock SECONDS to wait for it. "
             f"A lock whose run died is taken over automatically ({stale:.0f} s after its last heartbeat, or at once on the same host)."
         )
 
@@ -297,7 +297,7 @@ class IndexLock:
         Returns False if another run is taking it over right now (the caller then treats the
         lock as held), True otherwise (the caller tries to create the lock again).
         """
-        guard = f"{self._store.path}.takeover-{stale.token}"
+        guard = self.index.fs_path(lock_takeover_path(stale.token))
         if not self._store.create(json.dumps({"by": socket.gethostname(), "pid": os.getpid()}).encode(), guard):
             if self._store.age(guard) > self.stale_after_s:  # a run died mid-take-over
                 self._store.delete(guard)
@@ -307,7 +307,7 @@ class IndexLock:
         try:
             current, _ = self._store.read()
             if current is not None and current.token == stale.token:
-                log.warning("taking over the stale lock of %s held by %s: %s", self.index_url, stale.describe(), reason)
+                log.warning("taking over the stale lock of %s held by %s: %s", self.index.url, stale.describe(), reason)
                 self._store.delete()
         finally:
             self._store.delete(guard)
@@ -319,24 +319,24 @@ class IndexLock:
                 current, _ = self._store.read()
                 if current is None or current.token != self.info.token:
                     self._lost = f"taken over by {current.describe() if current else 'nobody (the lock vanished)'}"
-                    log.error("lost the lock of %s: %s", self.index_url, self._lost)
+                    log.error("lost the lock of %s: %s", self.index.url, self._lost)
                     return
                 self.info = self.info.beat()
                 self._store.replace(self.info.to_bytes())
             except Exception as exc:  # keep beating: one failed heartbeat is not a lost lock
-                log.warning("heartbeat of the lock of %s failed: %s", self.index_url, exc)
+                log.warning("heartbeat of the lock of %s failed: %s", self.index.url, exc)
 
     def verify(self) -> None:
         """Raise :class:`LockHeldError` unless this run still holds the lock (call before a commit)."""
         if self.info is None:
-            raise LockHeldError(f"{self.index_url}: not locked by this run")
+            raise LockHeldError(f"{self.index.url}: not locked by this run")
         if self._lost is None:
             current, _ = self._store.read()
             if current is None or current.token != self.info.token:
                 self._lost = f"taken over by {current.describe() if current else 'nobody (the lock vanished)'}"
         if self._lost:
             raise LockHeldError(
-                f"this run lost the lock of {self.index_url} ({self._lost}); nothing was committed. "
+                f"this run lost the lock of {self.index.url} ({self._lost}); nothing was committed. "
                 "Rerun the same command once the other run has finished: finished shards are kept."
             )
 
@@ -353,6 +353,6 @@ class IndexLock:
             if current is not None and current.token == self.info.token:
                 self._store.delete()
             else:
-                log.warning("%s: the lock was no longer this run's at release; left it alone", self.index_url)
+                log.warning("%s: the lock was no longer this run's at release; left it alone", self.index.url)
         finally:
             self.info = None

@@ -20,8 +20,20 @@ from typing import Any
 
 from storage.atomic import read_json, write_json_atomic
 from storage.errors import IndexFormatError, IndexNotFoundError, ModelMismatchError
-from storage.fs import join_url, url_to_fs
-from storage.layout import CODES, FORMAT, FORMAT_VERSION, MANIFEST, MODEL_DIR, STAGING, VERSIONS, parse_version_path, version_path
+from storage.layout import (
+    CODES,
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_CARD,
+    MODEL_DIR,
+    MODEL_FILES,
+    STAGING,
+    VERSIONS,
+    array_metadata_path,
+    parse_version_path,
+    version_path,
+)
+from storage.location import IndexLocation
 from storage.retry import retry_call
 
 __all__ = [
@@ -251,8 +263,10 @@ class Manifest:
 _FIX = "the manifest is damaged or was edited: restore it from versions/ (a copy of each committed version) or rebuild the index"
 
 
-def read_manifest(index_url: str, storage_options=None, version: int | None = None, check: bool = True) -> Manifest:
-    """The latest committed manifest (or a given ``version``) of the index at ``index_url``.
+def read_manifest(index_url: "IndexLocation | str", storage_options=None, version: int | None = None,
+                  check: bool = True) -> Manifest:
+    """The latest committed manifest (or a given ``version``) of the index at ``index_url``
+    (a URL with its ``storage_options``, or an :class:`~storage.location.IndexLocation`).
 
     The manifest is validated against its schema; with ``check`` (the default) every object it
     names must exist and the index's model must be the one it records, so that a partial copy
@@ -260,22 +274,22 @@ def read_manifest(index_url: str, storage_options=None, version: int | None = No
     """
     from storage.manifest_schema import malformed
 
-    rel = MANIFEST if version is None else version_path(version)
-    url = join_url(index_url, rel)
+    index = IndexLocation.of(index_url, storage_options)
+    url = index.join(MANIFEST if version is None else version_path(version))
     try:
-        data = read_json(url, storage_options)
+        data = read_json(url, index.storage_options)
     except FileNotFoundError:
         if version is not None:
-            raise IndexNotFoundError(f"{index_url}: version {version} does not exist (see `patchhash info --index {index_url}`)") from None
-        if _exists(join_url(index_url, STAGING), storage_options) or _exists(join_url(index_url, VERSIONS), storage_options):
+            raise IndexNotFoundError(f"{index.url}: version {version} does not exist (see `patchhash info --index {index.url}`)") from None
+        if index.exists(STAGING) or index.exists(VERSIONS):
             raise IndexNotFoundError(
-                f"{index_url}: no committed version yet ({MANIFEST} missing): an indexing job was interrupted "
-                f"before its first commit. Rerun the same `patchhash index --corpus ... --index {index_url}` command "
+                f"{index.url}: no committed version yet ({MANIFEST} missing): an indexing job was interrupted "
+                f"before its first commit. Rerun the same `patchhash index --corpus ... --index {index.url}` command "
                 "to resume it."
             ) from None
         raise IndexNotFoundError(
-            f"{index_url}: no committed patchhash index here ({MANIFEST} missing). "
-            f"Build one with `patchhash index --corpus ... --index {index_url}`."
+            f"{index.url}: no committed patchhash index here ({MANIFEST} missing). "
+            f"Build one with `patchhash index --corpus ... --index {index.url}`."
         ) from None
     except ValueError as exc:
         raise IndexFormatError(f"{url}: not valid JSON ({' '.join(str(exc).split())[:200]}); {_FIX}") from None
@@ -283,23 +297,14 @@ def read_manifest(index_url: str, storage_options=None, version: int | None = No
     if version is not None and manifest.version != version:
         raise malformed(url, f"it holds version {manifest.version}, not {version}")
     if check:
-        check_objects(index_url, manifest, url, storage_options)
+        check_objects(index, manifest, url)
     return manifest
-
-
-def _exists(url: str, storage_options) -> bool:
-    fs, path = url_to_fs(url, storage_options)
-    return bool(retry_call(f"checking {url}", fs.exists, path))
-
-
-# Files of the model directory an index carries (named here: storage never imports pipeline).
-_MODEL_FILES = ("model.keras", "card.json")
 
 
 def referenced_objects(manifest: Manifest) -> list[str]:
     """Every path the manifest names, relative to the index root (Zarr arrays and groups by
     their folder), the model's files included."""
-    names = [*(f"{MODEL_DIR}/{name}" for name in _MODEL_FILES)]
+    names = [f"{MODEL_DIR}/{name}" for name in MODEL_FILES]
     names += sorted({p.codes for p in manifest.partitions})
     names += [s.images for s in manifest.shards] + [s.errors for s in manifest.shards if s.errors]
     names += [path for p in manifest.partitions for layout in MAP_LAYOUTS for path in p.map_paths(layout)]
@@ -309,7 +314,7 @@ def referenced_objects(manifest: Manifest) -> list[str]:
     return names
 
 
-def check_objects(index_url: str, manifest: Manifest, source: str, storage_options=None) -> None:
+def check_objects(index: IndexLocation, manifest: Manifest, source: str) -> None:
     """Refuse an index whose manifest names objects that are missing, or whose model was replaced.
 
     One listing per folder (``images/``, ``errors/``, ``buckets/any/``, ``buckets/pos/``...),
@@ -317,17 +322,16 @@ def check_objects(index_url: str, manifest: Manifest, source: str, storage_optio
     """
     by_folder: dict[str, set[str]] = defaultdict(set)
     for rel in referenced_objects(manifest):
-        rel = f"{CODES}/zarr.json" if rel == CODES else rel
+        rel = array_metadata_path(CODES) if rel == CODES else rel
         folder, _, name = rel.rpartition("/")
         by_folder[folder].add(name)
-    fs, root = url_to_fs(index_url, storage_options)
-    root = root.rstrip("/")
+    fs = index.fs
     missing = []
     for folder, names in sorted(by_folder.items()):
-        path = f"{root}/{folder}" if folder else root
+        path = index.fs_path(folder) if folder else index.path
         fs.invalidate_cache(path)  # listings cached by this process may predate the commit
         try:
-            listed = retry_call(f"listing {join_url(index_url, folder)}", fs.ls, path, detail=False)
+            listed = retry_call(f"listing {index.join(folder)}", fs.ls, path, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             listed = []
         present = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed}
@@ -335,12 +339,12 @@ def check_objects(index_url: str, manifest: Manifest, source: str, storage_optio
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise IndexFormatError(
-            f"{source} names {missing[0]}{more}, missing from {index_url}: the index is incomplete (a partial "
+            f"{source} names {missing[0]}{more}, missing from {index.url}: the index is incomplete (a partial "
             "copy, or files deleted). Copy the whole index folder again, or rebuild it with `patchhash index`."
         )
-    card_url = join_url(index_url, MODEL_DIR, "card.json")
+    card_url = index.join(MODEL_CARD)
     try:
-        card = json.loads(retry_call(f"reading {card_url}", fs.cat_file, f"{root}/{MODEL_DIR}/card.json"))
+        card = json.loads(retry_call(f"reading {card_url}", fs.cat_file, index.fs_path(MODEL_CARD)))
     except ValueError:
         return  # reported, with a fix, by the model card reader when the model is loaded
     recorded = manifest.model["model_sha256"]
@@ -353,15 +357,18 @@ def check_objects(index_url: str, manifest: Manifest, source: str, storage_optio
         )
 
 
-def commit_manifest(index_url: str, manifest: Manifest, storage_options=None) -> None:
+def commit_manifest(index: "IndexLocation | str", manifest: Manifest) -> None:
     """Make ``manifest`` the index's current version (its data must already be written)."""
+    index = IndexLocation.of(index)
     body = manifest.to_json()
-    write_json_atomic(join_url(index_url, version_path(manifest.version)), body, storage_options)
-    write_json_atomic(join_url(index_url, MANIFEST), body, storage_options)
+    write_json_atomic(index.join(version_path(manifest.version)), body, index.storage_options)
+    write_json_atomic(index.join(MANIFEST), body, index.storage_options)
 
 
-def list_versions(index_url: str, storage_options=None) -> list[int]:
-    fs, path = url_to_fs(join_url(index_url, VERSIONS), storage_options)
+def list_versions(index_url: "IndexLocation | str", storage_options=None) -> list[int]:
+    """The versions whose ``versions/`` file exists, ascending."""
+    index = IndexLocation.of(index_url, storage_options)
+    fs, path = index.fs, index.fs_path(VERSIONS)
     fs.invalidate_cache(path)  # another process may have committed since this one listed it
     try:
         names = fs.ls(path, detail=False)

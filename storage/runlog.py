@@ -14,27 +14,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from storage.atomic import write_json_atomic
-from storage.fs import join_url, url_to_fs
+from storage.layout import RUNS, run_record_path
+from storage.location import IndexLocation
 from storage.retry import retry_call
 
-__all__ = ["RUNS_DIR", "RUN_STATUSES", "run_record_path", "write_run", "read_runs"]
+__all__ = ["RUN_STATUSES", "write_run", "read_runs"]
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "runs"
 RUN_STATUSES = ("ok", "no-op", "failed")
 
 
-def run_record_path(started: datetime, token: str) -> str:
-    """``runs/20260101T010203.000000Z-<token>.json`` (relative to the index root)."""
-    stamp = started.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    return f"{RUNS_DIR}/{stamp}-{token[:16]}.json"
-
-
-def write_run(index_url: str, started: datetime, ended: datetime, token: str, status: str, *,
+def write_run(index: "IndexLocation | str", started: datetime, ended: datetime, token: str, status: str, *,
               corpus: str | None = None, images_added: int = 0, errors: int = 0, version: int | None = None,
-              error: str | None = None, command: str = "index", counts: dict[str, int] | None = None,
-              storage_options: dict | None = None) -> str:
+              error: str | None = None, command: str = "index", counts: dict[str, int] | None = None) -> str:
     """Write one run's record; returns its path relative to the index.
 
     ``command`` is the writer (``index``, ``delete``, ``compact``, ``gc``, ``upgrade``);
@@ -52,17 +45,19 @@ def write_run(index_url: str, started: datetime, ended: datetime, token: str, st
         **{key: int(value) for key, value in (counts or {}).items()},
         "host": socket.gethostname(), "token": token, "error": error,
     }
+    index = IndexLocation.of(index)
     path = run_record_path(started, token)
-    write_json_atomic(join_url(index_url, path), record, storage_options)
+    write_json_atomic(index.join(path), record, index.storage_options)
     return path
 
 
-def read_runs(index_url: str, storage_options: dict | None = None, last: int | None = 10) -> list[dict[str, Any]]:
+def read_runs(index: "IndexLocation | str", last: int | None = 10) -> list[dict[str, Any]]:
     """The records of the ``last`` runs (all with None), oldest first; unreadable ones are skipped."""
-    fs, path = url_to_fs(join_url(index_url, RUNS_DIR), storage_options)
+    index = IndexLocation.of(index)
+    fs, path = index.fs, index.fs_path(RUNS)
     fs.invalidate_cache(path)  # other processes add records
     try:
-        names = sorted(n for n in retry_call(f"listing {index_url}/{RUNS_DIR}", fs.ls, path, detail=False) if n.endswith(".json"))
+        names = sorted(n for n in retry_call(f"listing {index.url}/{RUNS}", fs.ls, path, detail=False) if n.endswith(".json"))
     except FileNotFoundError:
         return []
     runs = []

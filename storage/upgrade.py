@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.atomic import read_json
-from storage.fs import join_url
 from storage.image_tables import read_shard_tables, write_shard_tables
 from storage.layout import version_path
+from storage.location import IndexLocation
 from storage.manifest import Manifest
 from storage.manifest_schema import malformed
 
@@ -28,10 +28,10 @@ __all__ = ["upgraded_manifest"]
 log = logging.getLogger(__name__)
 
 
-def _run_sources(index_url: str, manifest: Manifest, storage_options) -> np.ndarray:
+def _run_sources(index: IndexLocation, manifest: Manifest) -> np.ndarray:
     """The source id of every image id of a format-1 index, from its runs' ``n_new``."""
-    url = join_url(index_url, version_path(manifest.version))
-    runs = read_json(url, storage_options).get("sources") or []
+    url = index.join(version_path(manifest.version))
+    runs = read_json(url, index.storage_options).get("sources") or []
     source_of = np.full(manifest.n_images, -1, np.int32)
     ids = {s.corpus: s.source for s in manifest.sources}
     start = 0
@@ -47,19 +47,20 @@ def _run_sources(index_url: str, manifest: Manifest, storage_options) -> np.ndar
     return source_of
 
 
-def upgraded_manifest(index_url: str, manifest: Manifest, storage_options=None) -> Manifest:
+def upgraded_manifest(index: "IndexLocation | str", manifest: Manifest) -> Manifest:
     """Write the format-2 tables of the format-1 index ``manifest``; return the manifest to commit."""
+    index = IndexLocation.of(index)
     if manifest.format_version != 1:
-        raise ValueError(f"{index_url} is already format {manifest.format_version}")
-    source_of = _run_sources(index_url, manifest, storage_options)
+        raise ValueError(f"{index.url} is already format {manifest.format_version}")
+    source_of = _run_sources(index, manifest)
     version = manifest.version + 1
     shards = []
     for shard in manifest.shards:
-        table = read_shard_tables(index_url, [shard], storage_options)
+        table = read_shard_tables(index, [shard])
         ids = table.column("image_id").to_numpy()
         table = table.set_column(table.schema.get_field_index("source"), "source", pa.array(source_of[ids], pa.int32()))
         readable = pc.is_null(table.column("reason"))
-        shards.append(write_shard_tables(index_url, shard.start, shard.stop, version, table.filter(readable),
-                                         table.filter(pc.invert(readable)), storage_options))
-    log.info("upgraded %s to index format 2 (%d tables rewritten with their source)", index_url, len(shards))
+        shards.append(write_shard_tables(index, shard.start, shard.stop, version, table.filter(readable),
+                                         table.filter(pc.invert(readable))))
+    log.info("upgraded %s to index format 2 (%d tables rewritten with their source)", index.url, len(shards))
     return manifest.next(shards=tuple(shards))

@@ -146,3 +146,43 @@ def test_evaluate_cli_smoke(labelled, tmp_path):
          "--k", "1,x"], capture_output=True, text=True, timeout=600,
     )
     assert bad.returncode == 1 and "patchhash: error: --k takes integers" in bad.stderr
+
+
+def test_evaluate_an_index_on_s3_that_needs_the_credentials(client, tiny_model, fmnist_train, tmp_path):
+    """Index, queries and labels in a moto bucket that refuses anonymous reads: ``evaluate`` with the
+    storage options gives the figures of a local evaluation of the same data (every read of the
+    index, the query jobs' included, must carry the credentials)."""
+    import uuid
+
+    import fsspec
+    from corpus_helpers import moto_s3
+
+    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    local = {"corpus.npy": fmnist_train[:200, :, :, 0], "labels.npy": labels[:200],
+             "queries.npy": fmnist_train[3000:3030, :, :, 0], "query_labels.npy": labels[3000:3030]}
+    for name, values in local.items():
+        np.save(tmp_path / name, values)
+    settings = EvaluateSettings(ks=(1, 5), modes=("seed", "default"), baselines=("pixel-knn",), map_k=10)
+    build = IndexSettings(shard_size=100, partitions=2)
+    index(str(tmp_path / "corpus.npy"), str(tmp_path / "idx"), tiny_model, build, client=client)
+    expected = evaluate(str(tmp_path / "idx"), *(str(tmp_path / n) for n in ("queries.npy", "labels.npy", "query_labels.npy")),
+                        settings=settings, client=client)
+    with moto_s3() as options:
+        fs = fsspec.filesystem("s3", **options)
+        bucket = f"eval-{uuid.uuid4().hex[:12]}"  # moto's state is per process, shared by every server
+        fs.mkdir(bucket)
+        for name in local:
+            fs.put_file(str(tmp_path / name), f"{bucket}/{name}")
+        root = f"s3://{bucket}"
+        index(f"{root}/corpus.npy", f"{root}/idx", tiny_model, build, client=client, storage_options=options)
+        anonymous = fsspec.filesystem("s3", anon=True, client_kwargs=options["client_kwargs"], skip_instance_cache=True)
+        with pytest.raises(PermissionError):  # the bucket needs the credentials
+            anonymous.cat_file(f"{bucket}/idx/manifest.json")
+        got = evaluate(f"{root}/idx", f"{root}/queries.npy", f"{root}/labels.npy", f"{root}/query_labels.npy",
+                       settings=settings, client=client, storage_options=options)
+    assert [m.name for m in got.methods] == [m.name for m in expected.methods] == ["seed t=3", "default t=3", "pixel-knn"]
+    for mine, theirs in zip(got.methods, expected.methods):
+        assert (mine.precision, mine.map, mine.mean_candidates, mine.curve) == (
+            theirs.precision, theirs.map, theirs.mean_candidates, theirs.curve), mine.name
+    assert (got.n_index, got.n_queries) == (expected.n_index, expected.n_queries) == (200, 30)

@@ -234,7 +234,7 @@ def test_search_tasks_of_a_partition_run_on_its_worker_only(client, small_index,
 
 
 def test_worker_cache_evicts_least_recently_used_beyond_its_byte_budget(monkeypatch):
-    from workflows.query import WorkerCache
+    from workflows.worker_cache import WorkerCache
 
     monkeypatch.setenv("PATCHHASH_CACHE_BYTES", "2500")
     cache = WorkerCache()
@@ -251,14 +251,14 @@ def test_worker_cache_evicts_least_recently_used_beyond_its_byte_budget(monkeypa
 def test_worker_cache_counts_the_multi_index_tables_built_on_a_bucket_map(monkeypatch):
     from pipeline.buckets import build_bucket_map
     from pipeline.mih import prepare_index
-    from workflows.query import WorkerCache, _nbytes
+    from workflows.worker_cache import WorkerCache, entry_nbytes
 
     codes = np.random.default_rng(0).integers(0, 2**32, (2000, 4), dtype=np.uint64).astype(np.uint32)
     bmap = build_bucket_map(codes, np.arange(2000), positional=True)
-    before = _nbytes(bmap)
+    before = entry_nbytes(bmap)
     assert before == sum(a.nbytes for a in (bmap.keys, bmap.offsets, bmap.ids, bmap.key_bounds))
     index = prepare_index(bmap, 32, 3)
-    assert _nbytes(bmap) == before + index.nbytes
+    assert entry_nbytes(bmap) == before + index.nbytes
     monkeypatch.setenv("PATCHHASH_CACHE_BYTES", str(before + 10))
     cache = WorkerCache()
     cache.get(("map",), lambda: bmap)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from storage import ConfigError, open_corpus, url_to_fs
 from storage.corpus import Corpus, UriListCorpus
+from storage.location import IndexLocation
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option, same_option
 from workflows.query import MODES, QuerySettings
@@ -103,7 +104,7 @@ def peak_rss_mb() -> float:
 
 
 def bench(
-    index_url: str,
+    index_url: "str | IndexLocation",
     queries: "str | Corpus",
     settings: BenchSettings = BenchSettings(),
     cluster: ClusterSettings = ClusterSettings(),
@@ -115,6 +116,8 @@ def bench(
     docstring); ``out`` (any fsspec URL) receives the figures as JSON."""
     from workflows.query import query
 
+    index = IndexLocation.of(index_url, storage_options)
+    storage_options = index.storage_options  # of the queries and ``out`` too
     source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
     if settings.limit is not None:
         source = _first(source, settings.limit, storage_options)
@@ -124,18 +127,16 @@ def bench(
         tempfile.TemporaryDirectory(prefix="patchhash-bench-") as tmp,
     ):
         nthreads = dask.nthreads()
-        result = BenchResult(index_url, len(source), len(nthreads), max(nthreads.values(), default=0))
+        result = BenchResult(index.url, len(source), len(nthreads), max(nthreads.values(), default=0))
         # a task pinned to each worker (not Client.run, which would block the worker's event loop)
-        dask.gather([dask.submit(_warm_encoder, index_url, storage_options, workers=[w], allow_other_workers=False,
-                                 pure=False) for w in nthreads])
+        dask.gather([dask.submit(_warm_encoder, index, workers=[w], allow_other_workers=False, pure=False) for w in nthreads])
         for mode in settings.modes:
-            query(index_url, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
-                  storage_options=storage_options, client=dask)
+            query(index, warm, f"{tmp}/warm.parquet", QuerySettings(mode=mode, block_size=settings.block_size), client=dask)
         for i in range(settings.repeats):
             for mode in settings.modes:
                 started = time.perf_counter()
-                query(index_url, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
-                      storage_options=storage_options, client=dask)
+                query(index, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
+                      client=dask)
                 result.runs.setdefault(mode, []).append(time.perf_counter() - started)
                 log.info("run %d/%d, %s mode: %.1f s", i + 1, settings.repeats, mode, result.runs[mode][-1])
         result.peak_rss_mb = dask.run(peak_rss_mb)
@@ -145,16 +146,15 @@ def bench(
     return result
 
 
-def _warm_encoder(index_url: str, storage_options) -> None:
+def _warm_encoder(index: IndexLocation) -> None:
     """Load the index's model in this worker and run it once: the warm-up block is encoded
     by one worker, and another would otherwise load the model in the first timed job."""
     import numpy as np
 
     from pipeline.encode import load_encoder
-    from storage import join_url
     from storage.layout import MODEL_DIR
 
-    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
     encoder.encode(np.zeros((1, *encoder.input_shape), np.uint8))
 
 

@@ -393,6 +393,7 @@ def compact(
 @options(index=INDEX, settings=GcSettings, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> None:
     """Delete the versions and objects no kept version references (under the index's lock)."""
+    from storage.layout import version_path
     from workflows.maintenance import gc as run_gc
 
     setup_logging(verbose)
@@ -401,7 +402,7 @@ def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> 
         for rel, size in plan.garbage:
             typer.echo(f"{size:>12} {rel}")
         for version in plan.dropped:
-            typer.echo(f"{'':>12} versions/v{version:06d}.json")
+            typer.echo(f"{'':>12} {version_path(version)}")
     verb = "would delete" if settings.dry_run else "deleted"
     typer.echo(f"{verb} {len(plan.dropped)} version(s) and {len(plan.garbage)} object(s), {plan.garbage_bytes:,} bytes; "
                f"kept versions {', '.join(map(str, plan.kept))} and {len(plan.young)} unreferenced object(s) younger than --min-age")

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage import ConfigError, join_url
-from storage.atomic import read_json, write_json_atomic
+from storage import ConfigError
 from storage.image_tables import read_tombstones
-from storage.layout import CODES, staging_dir
+from storage.layout import CODES, compact_done_marker
+from storage.location import IndexLocation
 from storage.manifest import MAP_LAYOUTS, Manifest, MapEntry, PartitionEntry, ShardEntry, commit_manifest
+from storage.staging import cleanup_staging, read_done_marker, staging_plan, write_done_marker
 from workflows.options import check_options, option
 from workflows.progress import track
 from workflows.runtime import failpoint
@@ -160,11 +161,10 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
     return [(a, b, max(1, -(-sum(live[a:b]) // manifest.partition_size)) if b - a > 1 else 1) for a, b in chosen]
 
 
-def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPolicy, storage_options, lock,
-                auto: bool = False, force: bool = False) -> CompactionResult | None:
+def compact_job(dask, index: IndexLocation, manifest: Manifest, policy: CompactionPolicy, lock, auto: bool = False,
+                force: bool = False) -> CompactionResult | None:
     """Compact the groups :func:`plan_compaction` picks and commit them as the next version
     (None when nothing is due). Resumable: each group's result has a done-marker."""
-    from workflows.index import cleanup_staging, staging_plan
     from workflows.index_tasks import compact_task
 
     groups = plan_compaction(manifest, policy, auto=auto, force=force)
@@ -174,27 +174,26 @@ def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPoli
     parts = manifest.partitions
     spans = [(parts[a].start, parts[b - 1].stop, n) for a, b, n in groups]
     plan_doc = {"command": "compact", "version": version, "parent": manifest.version, "groups": [list(s) for s in spans]}
-    stage = join_url(index_url, staging_dir(version))
-    done = staging_plan(index_url, version, plan_doc, storage_options)
+    done = staging_plan(index, version, plan_doc)
     futures = []
     for (a, b, n), (start, stop, _) in zip(groups, spans):
-        if f"compact-{start:012d}.done.json" in done:
+        if compact_done_marker(start) in done:
             continue
         members = parts[a:b]
-        dead = np.concatenate([read_tombstones(index_url, p, storage_options) for p in members] or [np.empty(0, np.int64)])
+        dead = np.concatenate([read_tombstones(index, p) for p in members] or [np.empty(0, np.int64)])
         futures.append(dask.submit(
-            compact_task, index_url, [(p.start, p.stop, p.codes) for p in members], list(manifest.shards_in(start, stop)),
-            dead, start, stop, n, manifest.shard_size, manifest.grid, manifest.code_dtype, version, storage_options, pure=False,
+            compact_task, index, [(p.start, p.stop, p.codes) for p in members], list(manifest.shards_in(start, stop)),
+            dead, start, stop, n, manifest.shard_size, manifest.grid, manifest.code_dtype, version, pure=False,
         ))
-    log.info("compacting %d group(s) of partitions of %s: %s", len(groups), index_url,
+    log.info("compacting %d group(s) of partitions of %s: %s", len(groups), index.url,
              ", ".join(f"[{start}, {stop}) into {n}" for start, stop, n in spans))
     for future in track(futures, total=len(futures), desc="compact", unit="group"):
         result = future.result()
-        write_json_atomic(join_url(stage, "done", f"compact-{result['start']:012d}.done.json"), result, storage_options)
+        write_done_marker(index, version, compact_done_marker(result["start"]), result)
         failpoint("compact-group-done")
     new_parts, new_shards = list(parts), list(manifest.shards)
     for (a, b, _), (start, stop, _) in sorted(zip(groups, spans), reverse=True):
-        written = read_json(join_url(stage, "done", f"compact-{start:012d}.done.json"), storage_options)["partitions"]
+        written = read_done_marker(index, version, compact_done_marker(start))["partitions"]
         new_parts[a:b] = [PartitionEntry(r["start"], r["stop"], r["codes"], {k: MapEntry(**m) for k, m in r["maps"].items()})
                           for r in written]
         inside = [i for i, s in enumerate(new_shards) if s.start >= start and s.stop <= stop]
@@ -203,10 +202,10 @@ def compact_job(dask, index_url: str, manifest: Manifest, policy: CompactionPoli
     failpoint("compact-before-commit")
     if lock is not None:
         lock.verify()
-    commit_manifest(index_url, compacted, storage_options)
-    cleanup_staging(index_url, version, storage_options)
+    commit_manifest(index, compacted)
+    cleanup_staging(index, version)
     before = sum(b - a for a, b, _ in groups)
     images = sum(compacted.live_in(p) for p in compacted.partitions if any(start <= p.start < stop for start, stop, _ in spans))
     log.info("committed version %d of %s: %d partition(s) compacted into %d (%d live images rewritten)",
-             version, index_url, before, sum(n for _, _, n in groups), images)
+             version, index.url, before, sum(n for _, _, n in groups), images)
     return CompactionResult(version, before, images)

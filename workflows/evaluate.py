@@ -28,6 +28,7 @@ import numpy as np
 
 from storage import ConfigError, CorpusError, open_corpus, read_labels
 from storage.fs import url_to_fs
+from storage.location import IndexLocation
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option, same_option
 from workflows.query import (
@@ -132,7 +133,7 @@ class Evaluation:
 
 
 def evaluate(
-    index_url: str,
+    index_url: "str | IndexLocation",
     queries: str,
     labels: str,
     query_labels: str | None = None,
@@ -148,17 +149,20 @@ def evaluate(
     ``labels`` labels the indexed images (IDX1, ``.npy`` by image id, or CSV ``uri,label``);
     ``query_labels`` the queries (default: ``labels``, which then must be a CSV covering the
     query uris too, or hold one label per query). Writes ``out`` (JSON) and ``plot`` (PNG)
-    when given.
+    when given. ``storage_options`` reach ``index_url`` and every other URL given (or pass an
+    :class:`~storage.location.IndexLocation`, whose options then serve them all).
     """
     from pipeline.metrics import average_precision_at_k, precision_at_k
     from storage.corpus import UriListCorpus
     from storage.manifest import read_manifest
 
-    manifest = read_manifest(index_url, storage_options)
-    uris = image_uris(index_url, manifest, storage_options)
+    index = IndexLocation.of(index_url, storage_options)
+    storage_options = index.storage_options
+    manifest = read_manifest(index)
+    uris = image_uris(index, manifest)
     index_labels = read_labels(labels, storage_options, uris=[u if u is not None else "" for u in uris] if labels.lower().endswith(".csv") else None)
     if len(index_labels) != manifest.n_images:
-        raise CorpusError(f"{labels} holds {len(index_labels)} labels but the index {index_url} has {manifest.n_images} images; pass the labels of the indexed corpus")
+        raise CorpusError(f"{labels} holds {len(index_labels)} labels but the index {index.url} has {manifest.n_images} images; pass the labels of the indexed corpus")
     source = open_corpus(queries, storage_options)
     query_uris = source.uris()
     q_labels = _query_labels(query_labels or labels, query_labels is None, query_uris, storage_options)
@@ -184,7 +188,7 @@ def evaluate(
         with dask_client(cluster) if client is None else nullcontext(client) as dask, tempfile.TemporaryDirectory() as tmp:
             warm = UriListCorpus(source.url, storage_options, query_uris[:_WARMUP_QUERIES])
             for mode in settings.modes:
-                query(index_url, warm, f"{tmp}/warmup.parquet", QuerySettings(k=depth, mode=mode), client=dask)
+                query(index, warm, f"{tmp}/warmup.parquet", QuerySettings(k=depth, mode=mode), client=dask)
                 for t in settings.thresholds or (DEFAULT_THRESHOLD[mode],):
                     ids = np.full((n_queries, depth), -1, np.int64)
 
@@ -192,14 +196,14 @@ def evaluate(
                         ids[block.rows] = topk.ids
 
                     run = query(
-                        index_url, source, f"{tmp}/{mode}-{t}.parquet",
+                        index, source, f"{tmp}/{mode}-{t}.parquet",
                         settings.query_settings(k=depth, threshold=t, mode=mode),
                         client=dask, on_block=keep,
                     )
                     figures(f"{mode} t={t}", "mode", t, ids, run.mean_candidates, run.ms_per_query)
     if settings.baselines:
-        _run_baselines(settings, index_url, uris, source, storage_options, figures)
-    evaluation = Evaluation(index_url, str(queries), manifest.n_images, n_queries, tuple(settings.ks), settings.map_k, methods)
+        _run_baselines(settings, index, uris, source, figures)
+    evaluation = Evaluation(index.url, str(queries), manifest.n_images, n_queries, tuple(settings.ks), settings.map_k, methods)
     if out is not None:
         fs, path = url_to_fs(out, storage_options)
         fs.pipe_file(path, json.dumps(evaluation.to_json(), indent=1).encode())
@@ -221,14 +225,15 @@ def _query_labels(url: str, shared: bool, query_uris: list[str], storage_options
     return values
 
 
-def _run_baselines(settings: EvaluateSettings, index_url: str, uris: np.ndarray, source, storage_options, figures) -> None:
+def _run_baselines(settings: EvaluateSettings, index: IndexLocation, uris: np.ndarray, source, figures) -> None:
     from pipeline.baselines import hamming_knn, lsh_codes, pixel_knn
     from pipeline.modelcard import read_card
-    from storage import ImageSpec, join_url
+    from storage import ImageSpec
     from storage.corpus import UriListCorpus
     from storage.layout import MODEL_DIR
 
-    card = read_card(join_url(index_url, MODEL_DIR), storage_options)
+    storage_options = index.storage_options
+    card = read_card(index.join(MODEL_DIR), storage_options)
     spec = ImageSpec(*card.config.input_shape)
     readable = np.flatnonzero([u is not None for u in uris])
     log.info("reading the pixels of %d indexed images and %d queries for the baselines", len(readable), len(source))

@@ -19,24 +19,15 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
-import numpy as np
 
-from storage import (
-    CorpusError,
-    ImageSpec,
-    IndexNotFoundError,
-    ModelMismatchError,
-    join_url,
-    open_corpus,
-    url_to_fs,
-)
-from storage.atomic import read_json, write_json_atomic
+from storage import CorpusError, ImageSpec, IndexNotFoundError, ModelMismatchError, join_url, open_corpus, url_to_fs
 from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
-from storage.layout import CODES, MODEL_DIR, resolve, staging_dir
+from storage.layout import CARD_FILE, CODES, MODEL_DIR, MODEL_FILES, array_metadata_path, map_done_marker, shard_done_marker
+from storage.location import IndexLocation
 from storage.manifest import MAP_LAYOUTS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
 from storage.retry import retry_call
+from storage.staging import cleanup_staging, read_done_marker, staging_plan, write_done_marker
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, compact_job, plan_compaction
 from workflows.index_tasks import build_map_task, encode_shard_task
@@ -118,77 +109,44 @@ class IndexReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_model(index_url: str, model: str | None, storage_options) -> None:
+def _check_model(index: IndexLocation, model: str | None) -> None:
     """Refuse to extend a committed index with another model than its own."""
     from pipeline.modelcard import read_card
 
     if model is None:
         return
-    bound = read_card(join_url(index_url, MODEL_DIR), storage_options)
-    given = read_card(model, storage_options)
+    bound = read_card(index.join(MODEL_DIR), index.storage_options)
+    given = read_card(model, index.storage_options)
     if given.model_sha256 != bound.model_sha256:
         raise ModelMismatchError(
-            f"{index_url} was built with model {bound.name!r} (sha256 {bound.model_sha256[:12]}...), "
+            f"{index.url} was built with model {bound.name!r} (sha256 {bound.model_sha256[:12]}...), "
             f"not {model!r} (sha256 {given.model_sha256[:12]}...). Index into a new --index URL, "
             "or omit --model to use the index's own model."
         )
 
 
-def install_model(index_url: str, model: str | None, storage_options) -> None:
+def install_model(index: "IndexLocation | str", model: str | None) -> None:
     """Copy the model into a new index (replacing one left by an uncommitted attempt)."""
-    from pipeline.modelcard import CARD_FILE, MODEL_FILE, read_card, resolve_model_url
+    from pipeline.modelcard import read_card, resolve_model_url
 
+    index = IndexLocation.of(index)
     source = resolve_model_url(model or "fashion-mnist")
-    card = read_card(source, storage_options)  # validates before anything is copied
-    target = join_url(index_url, MODEL_DIR)
-    if _exists(join_url(target, CARD_FILE), storage_options) and read_card(target, storage_options, verify=False).model_sha256 == card.model_sha256:
+    card = read_card(source, index.storage_options)  # validates before anything is copied
+    target = index.child(MODEL_DIR)
+    if target.exists(CARD_FILE) and read_card(target.url, target.storage_options, verify=False).model_sha256 == card.model_sha256:
         return
-    for name in (MODEL_FILE, CARD_FILE):  # card last: a model dir with a card is complete
-        src_fs, src = url_to_fs(join_url(source, name), storage_options)
-        dst_fs, dst = url_to_fs(join_url(target, name), storage_options)
-        dst_fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+    for name in MODEL_FILES:  # card last: a model dir with a card is complete
+        src_fs, src = url_to_fs(join_url(source, name), index.storage_options)
+        target.fs.makedirs(target.path, exist_ok=True)
         data = retry_call(f"reading {join_url(source, name)}", src_fs.cat_file, src)
-        retry_call(f"writing {join_url(target, name)}", dst_fs.pipe_file, dst, data)
+        retry_call(f"writing {target.join(name)}", target.fs.pipe_file, target.fs_path(name), data)
 
 
-def _exists(url: str, storage_options) -> bool:
-    fs, path = url_to_fs(url, storage_options)
-    return retry_call(f"checking {url}", fs.exists, path)
-
-
-def _read_manifest_or_none(index_url: str, storage_options) -> Manifest | None:
+def _read_manifest_or_none(index: IndexLocation) -> Manifest | None:
     try:
-        return read_manifest(index_url, storage_options)
+        return read_manifest(index)
     except IndexNotFoundError:
         return None
-
-
-def staging_plan(index_url: str, version: int, plan_doc: dict, storage_options) -> set[str]:
-    """Done-markers of an earlier attempt at the same plan; a different plan starts afresh."""
-    stage = join_url(index_url, staging_dir(version))
-    fs, path = url_to_fs(stage, storage_options)
-    try:
-        previous = read_json(join_url(stage, "plan.json"), storage_options)
-    except (FileNotFoundError, ValueError):
-        previous = None
-    if previous != plan_doc:
-        if _exists(stage, storage_options):
-            retry_call(f"removing {stage}", fs.rm, path, recursive=True)
-        write_json_atomic(join_url(stage, "plan.json"), plan_doc, storage_options)
-        return set()
-    try:
-        names = retry_call(f"listing {stage}/done", fs.ls, path + "/done", detail=False)
-    except FileNotFoundError:
-        return set()
-    return {p.rstrip("/").rsplit("/", 1)[-1] for p in names}
-
-
-def cleanup_staging(index_url: str, version: int, storage_options) -> None:
-    fs, path = url_to_fs(join_url(index_url, staging_dir(version)), storage_options)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 def _sha(values) -> str:
@@ -254,16 +212,16 @@ def _encode_jobs(corpus, plan: SyncPlan, cuts, codes_of: dict[int, str], n_old: 
     return jobs
 
 
-def build_partitions(dask, index_url: str, shards: tuple[ShardEntry, ...], n_images: int, partition_size: int,
-                     storage_options=None) -> tuple[PartitionEntry, ...]:
+def build_partitions(dask, index: "IndexLocation | str", shards: tuple[ShardEntry, ...], n_images: int,
+                     partition_size: int) -> tuple[PartitionEntry, ...]:
     """The partitions of version 1 of an index whose ``codes/`` rows and tables were written by
     other means (``benchmarks/bench_scale.py`` writes synthetic codes): base bucket maps of
     ``partition_size`` ids each, built by the index job's own tasks."""
+    index = IndexLocation.of(index)
     ranges = _place((), 0, n_images, partition_size)
-    report = IndexReport(index_url, None, 0, 0, 0)
-    maps = _map_phase(dask, index_url, ranges, {r.partition: CODES for r in ranges}, shards, 1, set(),
-                      join_url(index_url, staging_dir(1)), report, storage_options)
-    cleanup_staging(index_url, 1, storage_options)
+    report = IndexReport(index.url, None, 0, 0, 0)
+    maps = _map_phase(dask, index, ranges, {r.partition: CODES for r in ranges}, shards, 1, set(), report)
+    cleanup_staging(index, 1)
     return tuple(PartitionEntry(r.start, r.stop, CODES, maps[r.start]) for r in ranges)
 
 
@@ -272,7 +230,7 @@ def build_partitions(dask, index_url: str, shards: tuple[ShardEntry, ...], n_ima
 
 def index(
     corpus: str,
-    index_url: str,
+    index_url: "str | IndexLocation",
     model: str | None = None,
     settings: IndexSettings = IndexSettings(),
     cluster: ClusterSettings = ClusterSettings(),
@@ -281,7 +239,8 @@ def index(
     wait_for_lock: float = 0.0,
     gc=None,
 ) -> IndexReport:
-    """Make ``index_url`` mirror ``corpus``, under the index's lock.
+    """Make ``index_url`` (a URL with its ``storage_options``, also those of ``corpus``, or an
+    :class:`~storage.location.IndexLocation`) mirror ``corpus``, under the index's lock.
 
     Creates the index on first use (bound to ``model``, default the built-in
     ``fashion-mnist``). Afterwards, for a corpus the index already holds, adds new images,
@@ -296,81 +255,80 @@ def index(
     nothing was new or the job failed. ``gc`` (a :class:`workflows.maintenance.GcSettings`)
     collects garbage after a successful run, under the same lock.
     """
-    from storage.lock import IndexLock
-    from workflows.maintenance import logged_run, run_gc
+    from workflows.maintenance import locked_run, run_gc
 
-    with IndexLock(index_url, storage_options, wait_s=wait_for_lock) as lock, \
-            logged_run(index_url, lock, "index", storage_options, corpus=corpus) as record:
-        report = _index_job(corpus, index_url, model, settings, cluster, storage_options, client, lock=lock)
+    location = IndexLocation.of(index_url, storage_options)
+    with locked_run(location, wait_for_lock, "index", corpus=corpus) as (lock, record):
+        report = _index_job(corpus, location, model, settings, cluster, client, lock=lock)
         record.update(status="ok" if report.committed else "no-op", version=report.version if report.committed else None,
                       images_added=report.n_new - report.n_errors_new, errors=report.n_errors_new, **report.counts())
         if gc is not None:
-            run_gc(index_url, gc, storage_options)
+            run_gc(location, gc)
         return report
 
 
-def _index_job(corpus: str, index_url: str, model: str | None, settings: IndexSettings, cluster: ClusterSettings,
-               storage_options: dict | None, client, lock) -> IndexReport:
+def _index_job(corpus: str, index: IndexLocation, model: str | None, settings: IndexSettings, cluster: ClusterSettings,
+               client, lock) -> IndexReport:
     """The job of :func:`index`, run while holding ``lock`` (verified just before each commit)."""
     from pipeline.modelcard import read_card
     from workflows.maintenance import commit_upgrade
 
     started = time.perf_counter()
-    manifest = _read_manifest_or_none(index_url, storage_options)
+    manifest = _read_manifest_or_none(index)
     if manifest is not None:
-        _check_model(index_url, model, storage_options)
-    source = open_corpus(corpus, storage_options)
+        _check_model(index, model)
+    source = open_corpus(corpus, index.storage_options)
     listed = time.perf_counter()
     upgraded = False
     if manifest is not None and manifest.format_version == 1:
-        manifest = commit_upgrade(index_url, manifest, storage_options, lock)
+        manifest = commit_upgrade(index, manifest, lock)
         upgraded = True
     if manifest is None:
-        install_model(index_url, model, storage_options)
-    card = read_card(join_url(index_url, MODEL_DIR), storage_options)
-    state = read_state(index_url, manifest, storage_options) if manifest else STATE_SCHEMA.empty_table()
-    excluded = set(read_excluded(index_url, manifest, storage_options)) if manifest else set()
+        install_model(index, model)
+    card = read_card(index.join(MODEL_DIR), index.storage_options)
+    state = read_state(index, manifest) if manifest else STATE_SCHEMA.empty_table()
+    excluded = set(read_excluded(index, manifest)) if manifest else set()
     known = find_source(manifest, source, corpus)
     plan = plan_sync(source, known, len(manifest.sources) if manifest else 0, state, excluded,
                      spec=ImageSpec(*card.config.input_shape), append_only=settings.append_only,
                      max_delete_fraction=settings.max_delete_fraction)
-    report = IndexReport(index_url, manifest.version if manifest else None, manifest.n_ok if manifest else 0,
+    report = IndexReport(index.url, manifest.version if manifest else None, manifest.n_ok if manifest else 0,
                          len(plan.rows), 0, upgraded=upgraded, **plan.counts())
     report.phases.update(listing=listed - started, plan=time.perf_counter() - listed)
     if plan.empty:
         log.info("nothing to change: %s holds the %d images of %s as they are (version %s)",
-                 index_url, len(source), corpus, manifest.version if manifest else None)
+                 index.url, len(source), corpus, manifest.version if manifest else None)
         if settings.compaction is not None and plan_compaction(manifest, settings.compaction, auto=True):
             # e.g. the run that made these changes was killed while compacting
             with dask_client(cluster) if client is None else nullcontext(client) as dask:
-                _compact(dask, index_url, manifest, settings, report, storage_options, lock)
+                _compact(dask, index, manifest, settings, report, lock)
         report.seconds = time.perf_counter() - started
         return report
 
     with dask_client(cluster) if client is None else nullcontext(client) as dask:
-        new_manifest = _apply(dask, source, corpus, index_url, manifest, card, plan, settings, report, storage_options, lock)
+        new_manifest = _apply(dask, source, corpus, index, manifest, card, plan, settings, report, lock)
         report.version, report.n_images = new_manifest.version, new_manifest.n_ok
         report.seconds = time.perf_counter() - started
         log.info(
             "committed version %d of %s: %d added, %d removed, %d changed, %d retried (%d unreadable) in %.1f s",
-            report.version, index_url, report.added, report.removed, report.changed, report.retried,
+            report.version, index.url, report.added, report.removed, report.changed, report.retried,
             report.n_errors_new, report.seconds,
         )
         if settings.compaction is not None:
-            _compact(dask, index_url, new_manifest, settings, report, storage_options, lock)
+            _compact(dask, index, new_manifest, settings, report, lock)
     return report
 
 
-def _compact(dask, index_url: str, manifest: Manifest, settings: IndexSettings, report: IndexReport, storage_options, lock) -> None:
+def _compact(dask, index: IndexLocation, manifest: Manifest, settings: IndexSettings, report: IndexReport, lock) -> None:
     started = time.perf_counter()
-    compacted = compact_job(dask, index_url, manifest, settings.compaction, storage_options, lock, auto=True)
+    compacted = compact_job(dask, index, manifest, settings.compaction, lock, auto=True)
     report.phases["compact"] = time.perf_counter() - started
     if compacted is not None:
         report.compacted, report.version = compacted.partitions, compacted.version
 
 
-def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None, card, plan: SyncPlan, settings: IndexSettings,
-           report: IndexReport, storage_options, lock) -> Manifest:
+def _apply(dask, source, corpus: str, index: IndexLocation, manifest: Manifest | None, card, plan: SyncPlan,
+           settings: IndexSettings, report: IndexReport, lock) -> Manifest:
     """Encode, build, tombstone and commit the changes of ``plan``; return the committed manifest."""
     n_old = manifest.n_images if manifest else 0
     n_new = n_old + len(plan.rows)
@@ -392,11 +350,10 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
         "encode_sha256": _sha(f"{uris[r]} {fp}" for r, fp in zip(plan.rows, plan.fingerprints)),
         "dead_sha256": _sha(plan.dead.tolist()), "cuts": [list(c) for c in cuts],
     }
-    stage = join_url(index_url, staging_dir(version))
-    done = staging_plan(index_url, version, plan_doc, storage_options)
-    codes_of = _prepare_codes(index_url, old_partitions, ranges, card, shard_size, storage_options, create=manifest is None and not done)
+    done = staging_plan(index, version, plan_doc)
+    codes_of = _prepare_codes(index, old_partitions, ranges, card, shard_size, create=manifest is None and not done)
     jobs = _encode_jobs(source, plan, cuts, codes_of, n_old) if len(plan.rows) else []
-    new_shards = _encode_phase(dask, index_url, jobs, plan.source, version, done, stage, report, storage_options)
+    new_shards = _encode_phase(dask, index, jobs, plan.source, version, done, report)
     failpoint("index-encoded")
     report.phases["encode"] = report.encode_seconds
     report.n_errors_new = sum(e.n_errors for e in new_shards)
@@ -406,9 +363,9 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
             "Fix or remove them (the warnings above name them) and rerun: shards already encoded are kept."
         )
     shards = (manifest.shards if manifest else ()) + tuple(new_shards)
-    shards = _adopt_fingerprints(index_url, shards, plan, version, storage_options)
+    shards = _adopt_fingerprints(index, shards, plan, version)
     built = time.perf_counter()
-    maps = _map_phase(dask, index_url, ranges, codes_of, shards, version, done, stage, report, storage_options)
+    maps = _map_phase(dask, index, ranges, codes_of, shards, version, done, report)
     report.phases["buckets"] = time.perf_counter() - built
     built = time.perf_counter()
     partitions = list(old_partitions)
@@ -418,7 +375,7 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
         else:
             p = partitions[r.partition]
             partitions[r.partition] = replace(p, stop=r.stop, deltas=p.deltas + (DeltaEntry(r.start, r.stop, maps[r.start]),))
-    partitions = _tombstone(index_url, partitions, plan, version, storage_options)
+    partitions = _tombstone(index, partitions, plan, version)
     record = SourceEntry(plan.source, corpus, source.url, source.kind,
                          added=manifest.source(plan.source).added if manifest and plan.source < len(manifest.sources) else version,
                          synced=version, committed=utc_now(), fingerprint=plan.file_fingerprint)
@@ -435,14 +392,13 @@ def _apply(dask, source, corpus: str, index_url: str, manifest: Manifest | None,
     failpoint("index-before-commit")
     if lock is not None:
         lock.verify()
-    commit_manifest(index_url, new_manifest, storage_options)
-    cleanup_staging(index_url, version, storage_options)
+    commit_manifest(index, new_manifest)
+    cleanup_staging(index, version)
     report.phases["commit"] = time.perf_counter() - built  # tombstones, fingerprints recorded, manifest
     return new_manifest
 
 
-def _prepare_codes(index_url: str, partitions, ranges: list[_Range], card, shard_size: int, storage_options,
-                   create: bool) -> dict[int, str]:
+def _prepare_codes(index: IndexLocation, partitions, ranges: list[_Range], card, shard_size: int, create: bool) -> dict[int, str]:
     """The codes array of each partition receiving new ids, grown to hold them: a partition's
     own, or for new partitions the index's ``codes/`` array (created with the index, or again
     after compaction moved every partition out of it and gc deleted it). ``create`` replaces
@@ -452,37 +408,36 @@ def _prepare_codes(index_url: str, partitions, ranges: list[_Range], card, shard
     codes_of = {r.partition: CODES if r.new else partitions[r.partition].codes for r in ranges}
     rows = {rel: max(r.stop for r in ranges if codes_of[r.partition] == rel) for rel in set(codes_of.values())}
     for rel, n_rows in rows.items():
-        url = resolve(index_url, rel)
-        if (create and rel == CODES) or not _exists(join_url(url, "zarr.json"), storage_options):
-            create_codes_array(url, n_rows, card.grid, card.code_dtype, shard_size, storage_options)
+        url = index.resolve(rel)
+        if (create and rel == CODES) or not index.exists(array_metadata_path(rel)):
+            create_codes_array(url, n_rows, card.grid, card.code_dtype, shard_size, index.storage_options)
         else:
-            array = open_array(url, storage_options, mode="r+")
+            array = open_array(url, index.storage_options, mode="r+")
             if array.shape[0] < n_rows:
                 array.resize((n_rows, *card.grid))
     return codes_of
 
 
-def _encode_phase(dask, index_url: str, jobs, source: int, version: int, done: set[str], stage: str, report: IndexReport,
-                  storage_options) -> list[ShardEntry]:
+def _encode_phase(dask, index: IndexLocation, jobs, source: int, version: int, done: set[str], report: IndexReport) -> list[ShardEntry]:
     """Run the encode tasks of shards without a done-marker; entries of every planned shard."""
     entries: dict[int, ShardEntry] = {}
     todo = []
     for job in jobs:
-        marker = f"{job[1]:012d}.done.json"
+        marker = shard_done_marker(job[1])
         if marker in done:
-            entries[job[1]] = ShardEntry(**read_json(join_url(stage, "done", marker), storage_options)["entry"])
+            entries[job[1]] = ShardEntry(**read_done_marker(index, version, marker)["entry"])
         else:
             todo.append(job)
     report.shards_skipped = len(entries)
     if entries:
         log.info("resuming: %d of %d shards already done, skipped", len(entries), len(jobs))
     started = time.perf_counter()
-    futures = [dask.submit(encode_shard_task, index_url, codes, shard, id_start, source, fps, version, storage_options, pure=False)
+    futures = [dask.submit(encode_shard_task, index, codes, shard, id_start, source, fps, version, pure=False)
                for shard, id_start, fps, codes in todo]
     for future in track(futures, total=len(futures), desc="encode", unit="shard"):
         summary = future.result()
         entry = ShardEntry(**summary["entry"])
-        write_json_atomic(join_url(stage, "done", f"{entry.start:012d}.done.json"), summary, storage_options)
+        write_done_marker(index, version, shard_done_marker(entry.start), summary)
         entries[entry.start] = entry
         report.shards_done += 1
         for err in summary["errors"]:
@@ -491,47 +446,45 @@ def _encode_phase(dask, index_url: str, jobs, source: int, version: int, done: s
     return [entries[k] for k in sorted(entries)]
 
 
-def _map_phase(dask, index_url: str, ranges: list[_Range], codes_of: dict[int, str], shards, version: int, done: set[str],
-               stage: str, report: IndexReport, storage_options) -> dict[int, dict[str, MapEntry]]:
+def _map_phase(dask, index: IndexLocation, ranges: list[_Range], codes_of: dict[int, str], shards, version: int, done: set[str],
+               report: IndexReport) -> dict[int, dict[str, MapEntry]]:
     """Both bucket maps of each range of new ids (built, or taken from done-markers), by range start."""
     futures = []
     for r in ranges:
         for layout in MAP_LAYOUTS:
-            if f"{layout}-{r.start:012d}.done.json" in done:
+            if map_done_marker(layout, r.start) in done:
                 report.partitions_skipped += 1
                 continue
             tables = [s for s in shards if s.start < r.stop and s.stop > r.start]
-            futures.append(dask.submit(build_map_task, index_url, codes_of[r.partition], layout, r.start, r.stop, tables, version,
-                                       storage_options, pure=False))
+            futures.append(dask.submit(build_map_task, index, codes_of[r.partition], layout, r.start, r.stop, tables, version,
+                                       pure=False))
     if report.partitions_skipped:
         log.info("resuming: %d of %d bucket maps already built, skipped", report.partitions_skipped, report.partitions_skipped + len(futures))
     for future in track(futures, total=len(futures), desc="buckets", unit="map"):
         entry = future.result()
-        write_json_atomic(join_url(stage, "done", f"{entry['kind']}-{entry['start']:012d}.done.json"), entry, storage_options)
+        write_done_marker(index, version, map_done_marker(entry["kind"], entry["start"]), entry)
         report.partitions_built += 1
         failpoint("index-partition-built")
     maps: dict[int, dict[str, MapEntry]] = {}
     for r in ranges:
         for layout in MAP_LAYOUTS:
-            entry = read_json(join_url(stage, "done", f"{layout}-{r.start:012d}.done.json"), storage_options)
+            entry = read_done_marker(index, version, map_done_marker(layout, r.start))
             maps.setdefault(r.start, {})[layout] = MapEntry(entry["path"], entry["stats"])
     return maps
 
 
-def _tombstone(index_url: str, partitions: list[PartitionEntry], plan: SyncPlan, version: int, storage_options) -> list[PartitionEntry]:
+def _tombstone(index: IndexLocation, partitions: list[PartitionEntry], plan: SyncPlan, version: int) -> list[PartitionEntry]:
     """``partitions`` with the ids ``plan`` removes added to their tombstones."""
     out = []
     for p in partitions:
         inside = (plan.dead >= p.start) & (plan.dead < p.stop)
         if inside.any():
-            p = replace(p, tombstones=write_tombstones(index_url, p, plan.dead[inside], plan.dead_readable[inside], version,
-                                                       storage_options))
+            p = replace(p, tombstones=write_tombstones(index, p, plan.dead[inside], plan.dead_readable[inside], version))
         out.append(p)
     return out
 
 
-def _adopt_fingerprints(index_url: str, shards: tuple[ShardEntry, ...], plan: SyncPlan, version: int,
-                        storage_options) -> tuple[ShardEntry, ...]:
+def _adopt_fingerprints(index: IndexLocation, shards: tuple[ShardEntry, ...], plan: SyncPlan, version: int) -> tuple[ShardEntry, ...]:
     """Record the current fingerprint of images indexed without one (by format 1): their
     tables are written again (once), with the fingerprint filled in."""
     if not len(plan.adopt_ids):
@@ -545,11 +498,11 @@ def _adopt_fingerprints(index_url: str, shards: tuple[ShardEntry, ...], plan: Sy
         if not any(shard.start <= i < shard.stop for i in found):
             out.append(shard)
             continue
-        table = read_shard_tables(index_url, [shard], storage_options)
+        table = read_shard_tables(index, [shard])
         fps = [found.get(i, fp) for i, fp in zip(table.column("image_id").to_pylist(), table.column("fingerprint").to_pylist())]
         table = table.set_column(table.schema.get_field_index("fingerprint"), "fingerprint", pa.array(fps, pa.string()))
         readable = pc.is_null(table.column("reason"))
-        out.append(write_shard_tables(index_url, shard.start, shard.stop, version, table.filter(readable),
-                                      table.filter(pc.invert(readable)), storage_options))
+        out.append(write_shard_tables(index, shard.start, shard.stop, version, table.filter(readable),
+                                      table.filter(pc.invert(readable))))
     log.info("recorded the fingerprints of %d images indexed without one (by index format 1)", len(found))
     return tuple(out)

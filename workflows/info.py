@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import join_url
 from storage.layout import MODEL_DIR
+from storage.location import IndexLocation
 from storage.manifest import list_versions, read_manifest
 
 __all__ = ["describe_model", "describe_index", "index_errors", "render"]
@@ -36,7 +36,7 @@ def _bucket_summary(manifest) -> dict[str, Any]:
     return out
 
 
-def describe_index(index_url: str, storage_options: dict | None = None, runs: int = 5) -> dict[str, Any]:
+def describe_index(index_url: "str | IndexLocation", storage_options: dict | None = None, runs: int = 5) -> dict[str, Any]:
     """The index's counts, versions, bytes, model and buckets; its current lock holder and last ``runs`` runs.
 
     ``n_images`` counts the live, searchable images; ``n_unreadable`` the corpus files that
@@ -53,17 +53,18 @@ def describe_index(index_url: str, storage_options: dict | None = None, runs: in
     from storage.runlog import read_runs
     from workflows.maintenance import GcSettings
 
-    manifest = read_manifest(index_url, storage_options)
-    holder = read_lock(index_url, storage_options)
-    card = read_card(join_url(index_url, MODEL_DIR), storage_options)
+    index = IndexLocation.of(index_url, storage_options)
+    manifest = read_manifest(index)
+    holder = read_lock(index)
+    card = read_card(index.join(MODEL_DIR), index.storage_options)
     defaults = GcSettings()
-    garbage = plan_gc(index_url, defaults.keep_versions, defaults.min_age, storage_options)
+    garbage = plan_gc(index, defaults.keep_versions, defaults.min_age)
     return {
-        "index": index_url,
+        "index": index.url,
         "format_version": manifest.format_version,
         "version": manifest.version,
         # a versions/ file above the manifest's version is a commit cut short between its two writes
-        "versions": [v for v in list_versions(index_url, storage_options) if v <= manifest.version],
+        "versions": [v for v in list_versions(index) if v <= manifest.version],
         "created": manifest.created,
         "n_images": manifest.n_ok,
         "n_indexed": manifest.n_ok,
@@ -84,18 +85,18 @@ def describe_index(index_url: str, storage_options: dict | None = None, runs: in
         "excluded_uris": manifest.excluded.n if manifest.excluded else 0,
         "model": card.summary(),
         "lock": holder.describe() if holder else None,
-        "runs": read_runs(index_url, storage_options, last=runs),
+        "runs": read_runs(index, last=runs),
     }
 
 
-def index_errors(index_url: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
+def index_errors(index_url: "str | IndexLocation", storage_options: dict | None = None) -> list[dict[str, Any]]:
     """The live unreadable images of an index: ``image_id``, ``uri``, ``reason``, ``source``."""
     import pyarrow.compute as pc
 
     from storage.image_tables import read_state
 
-    manifest = read_manifest(index_url, storage_options)
-    state = read_state(index_url, manifest, storage_options)
+    index = IndexLocation.of(index_url, storage_options)
+    state = read_state(index, read_manifest(index))
     errors = state.filter(pc.is_valid(state.column("reason")))
     return errors.select(["image_id", "uri", "reason", "source"]).to_pylist()
 

@@ -4,33 +4,37 @@ query file -> blocks (Dask: read, convert, encode with the index's model)
 -> fan-out: one task per (bucket partition, block) running the numba scan
 -> one merge task per block (exact global top-k) -> results file, block by block, in order.
 
-At most ``max_blocks_in_flight`` blocks are in the cluster at once, so memory stays bounded
-whatever the size of the query file. The manifest is read once: every block is answered
-against the same committed version, even if an append commits a new one meanwhile.
+At most ``max_blocks_in_flight`` blocks are in the cluster at once (:func:`in_order`), so memory
+stays bounded whatever the size of the query file. The manifest is read once: every block is
+answered against the same committed version, even if an append commits a new one meanwhile.
+:func:`query` only wires the job: :class:`QueryJob` counts what the blocks add up to and keeps
+what the report shows; the workers' cache of partitions is :mod:`workflows.worker_cache`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections import OrderedDict, deque
-from contextlib import nullcontext
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from storage import ConfigError, Corpus, CorpusError, join_url, open_corpus
-from storage.layout import MODEL_DIR, resolve
+from storage import ConfigError, Corpus, CorpusError, ReadError, join_url, open_corpus
+from storage.layout import MODEL_DIR
+from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest
 from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option
+from workflows.worker_cache import cache_budget, load_codes, load_partition, trim_worker_cache
 
-__all__ = ["MODES", "QuerySettings", "QueryReport", "query", "image_uris", "image_uri_array"]
+__all__ = ["MODES", "QuerySettings", "QueryReport", "QueryBlock", "QueryJob", "query", "in_order", "image_uris",
+           "image_uri_array"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,9 @@ class QuerySettings:
 
 @dataclass
 class QueryReport:
+    """What a query job did. ``errors`` holds the first 20 unreadable queries (``image_id`` is
+    the query's row in the query file)."""
+
     index: str
     version: int
     out: str
@@ -133,7 +140,7 @@ class QueryReport:
     seconds: float = 0.0
     mean_candidates: float = 0.0
     blocks_skipped: int = 0
-    errors: list[dict] = field(default_factory=list)
+    errors: list[ReadError] = field(default_factory=list)
 
     @property
     def ms_per_query(self) -> float:
@@ -142,148 +149,41 @@ class QueryReport:
 
 @dataclass(frozen=True, eq=False)
 class QueryBlock:
-    """Encoded queries of one block: ``rows`` are positions in the query file."""
+    """Encoded queries of one block: ``rows`` are positions in the query file; ``errors`` the
+    block's queries that could not be read (``image_id`` their row)."""
 
     rows: np.ndarray
     uris: list[str]
     codes: np.ndarray
-    errors: list[tuple[int, str, str]]
+    errors: list[ReadError]
 
 
 # --------------------------------------------------------------------------- worker tasks
 
-class WorkerCache:
-    """Least-recently-used cache of index arrays in a worker process, bounded in bytes.
 
-    Holds bucket maps (with the multi-index tables built on them) and rows of codes: both are
-    immutable once committed, so a worker loads each partition once per job, or once per
-    cluster when it stays warm. The budget is ``PATCHHASH_CACHE_BYTES`` (e.g. ``2GiB``), else
-    40% of the worker's memory limit, else 2 GiB; the most recent entry is always kept, even
-    alone over the budget. Loading runs outside the lock (two threads may both load a key).
-    """
-
-    def __init__(self) -> None:
-        self._entries: OrderedDict[tuple, object] = OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0
-
-    def get(self, key: tuple, load):
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-        value = load()
-        with self._lock:
-            self.loads += 1
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-        self.trim()
-        return value
-
-    def trim(self) -> None:
-        """Evict least recently used entries until the cache fits its budget (sizes are taken
-        now: a bucket map grows when its multi-index tables are built)."""
-        budget = cache_budget()
-        with self._lock:
-            sizes = {key: _nbytes(value) for key, value in self._entries.items()}
-            total = sum(sizes.values())
-            while total > budget and len(self._entries) > 1:
-                key, _ = self._entries.popitem(last=False)
-                total -= sizes[key]
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(_nbytes(v) for v in self._entries.values())
-
-
-def cache_budget() -> int:
-    """Bytes a worker's :class:`WorkerCache` may hold (see there)."""
-    from dask.utils import parse_bytes
-
-    if value := os.environ.get("PATCHHASH_CACHE_BYTES"):
-        try:
-            return parse_bytes(value)
-        except (ValueError, TypeError):
-            raise ConfigError(f"PATCHHASH_CACHE_BYTES={value!r} is not a size; set it to e.g. 2GiB or 2000000000") from None
-    try:
-        from distributed import get_worker
-
-        limit = get_worker().memory_manager.memory_limit
-    except (ImportError, ValueError, AttributeError):
-        limit = None
-    return int(0.4 * limit) if limit else 2 * 2**30
-
-
-def _nbytes(value) -> int:
-    from pipeline.buckets import BucketMap
-    from pipeline.mih import index_nbytes
-
-    if isinstance(value, BucketMap):
-        return value.keys.nbytes + value.offsets.nbytes + value.ids.nbytes + value.key_bounds.nbytes + index_nbytes(value)
-    return value.nbytes
-
-
-_cache = WorkerCache()
-
-
-def load_partition(index_url: str, partition, storage_options=None):
-    """The live bucket map of a :class:`~storage.manifest.SearchPartition`: its base map merged
-    with its deltas, tombstoned ids dropped. Every object it is made of is immutable once
-    committed, so the result is cached per worker process under the partition's key."""
-    from pipeline.buckets import BucketMap, drop_ids, merge_bucket_maps
-    from storage.arrays import read_array_group
-    from storage.tables import read_parquet
-
-    def read_map(path: str) -> BucketMap:
-        arrays, _ = read_array_group(resolve(index_url, path), storage_options)
-        return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
-
-    def load():
-        maps = [read_map(path) for path in partition.maps]
-        bmap = maps[0] if len(maps) == 1 else merge_bucket_maps(maps)
-        if partition.tombstones:
-            dead = read_parquet(resolve(index_url, partition.tombstones), storage_options, ["image_id"]).column("image_id")
-            bmap = drop_ids(bmap, dead.to_numpy())
-        return bmap
-
-    return _cache.get(("partition", index_url, partition.key), load)
-
-
-def load_codes(index_url: str, codes: str, start: int, stop: int, storage_options=None) -> np.ndarray:
-    """Flattened ``[stop - start, G]`` codes of images ``start..stop`` from the codes array
-    ``codes`` (committed rows never change), cached per worker process like the bucket maps."""
-    from storage.arrays import read_rows
-
-    def load():
-        return read_rows(resolve(index_url, codes), start, stop, storage_options).reshape(stop - start, -1)
-
-    return _cache.get(("codes", index_url, codes, start, stop), load)
-
-
-def encode_block_task(index_url: str, shard, storage_options, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
+def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
     from pipeline.encode import load_encoder
     from pipeline.shifts import shifted_copies
     from storage import ImageSpec
 
-    encoder = load_encoder(join_url(index_url, MODEL_DIR), storage_options)
+    encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
     gh, gw = encoder.card.grid
     pixels = shifted_copies(data.pixels, shift_radius, shift_step) if shift_radius else data.pixels
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
-    return QueryBlock(data.ids, data.uris, codes, [(e.image_id, e.uri, e.reason) for e in data.errors])
+    return QueryBlock(data.ids, data.uris, codes, list(data.errors))
 
 
-def search_task(index_url: str, partition, block: QueryBlock, settings: QuerySettings, bits: int, storage_options):
+def search_task(index: IndexLocation, partition, block: QueryBlock, settings: QuerySettings, bits: int):
     from pipeline.rerank import rerank_search
     from pipeline.seed import seed_search
 
-    bmap = load_partition(index_url, partition, storage_options)
+    bmap = load_partition(index, partition)  # looked up here, in this module, at each call
     start, stop = partition.start, partition.stop
     if settings.mode == "seed":
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
-        codes = load_codes(index_url, partition.codes, start, stop, storage_options)
+        codes = load_codes(index, partition.codes, start, stop)
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
@@ -291,7 +191,7 @@ def search_task(index_url: str, partition, block: QueryBlock, settings: QuerySet
             from pipeline.shifts import best_of_copies
 
             found = best_of_copies(found, len(settings.shift_offsets()), settings.k)
-    _cache.trim()  # the search may have built multi-index tables on the map
+    trim_worker_cache()  # the search may have built multi-index tables on the map
     return found
 
 
@@ -326,7 +226,7 @@ def merge_task(parts: list, k: int):
 # --------------------------------------------------------------------------- client side
 
 
-def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) -> pa.LargeStringArray:
+def image_uri_array(index: "IndexLocation | str", manifest: Manifest) -> pa.LargeStringArray:
     """Uri of every image id of ``manifest`` as one Arrow array (null for unreadable rows).
 
     About the uri's length in bytes per image, with no Python object per uri: the query client
@@ -334,9 +234,10 @@ def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) ->
     """
     from storage.tables import read_parquet
 
+    index = IndexLocation.of(index)
     ids, uris = [], []
     for shard in manifest.shards:
-        table = read_parquet(resolve(index_url, shard.images), storage_options)
+        table = read_parquet(index.resolve(shard.images), index.storage_options)
         ids.append(table.column("image_id").to_numpy())
         uris.extend(table.column("uri").cast(pa.large_string()).chunks)
     ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
@@ -348,12 +249,12 @@ def image_uri_array(index_url: str, manifest: Manifest, storage_options=None) ->
     return values.take(pa.array(position, mask=position < 0))
 
 
-def image_uris(index_url: str, manifest: Manifest, storage_options=None) -> np.ndarray:
+def image_uris(index: "IndexLocation | str", manifest: Manifest) -> np.ndarray:
     """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
-    return image_uri_array(index_url, manifest, storage_options).to_numpy(zero_copy_only=False)
+    return image_uri_array(index, manifest).to_numpy(zero_copy_only=False)
 
 
-def _block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
+def block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
     """Result rows of one block, ordered by query row then rank; unreadable queries get one error row."""
     q_idx, ranks = np.nonzero(topk.ids >= 0)
     hit_ids = topk.ids[q_idx, ranks]
@@ -371,25 +272,171 @@ def _block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table
     )
     if not block.errors:
         return hits
-    rows, failed_uris, reasons = zip(*block.errors)
-    n = len(rows)
+    n = len(block.errors)
     errors = pa.table(
         {
-            "query_id": pa.array(rows, pa.int64()),
-            "query_uri": list(failed_uris),
+            "query_id": pa.array([e.image_id for e in block.errors], pa.int64()),
+            "query_uri": [e.uri for e in block.errors],
             "rank": pa.nulls(n, pa.int32()),
             "image_id": pa.nulls(n, pa.int64()),
             "image_uri": pa.nulls(n, pa.string()),
             "score": pa.nulls(n, pa.float64()),
-            "error": list(reasons),
+            "error": [e.reason for e in block.errors],
         },
         schema=RESULTS_SCHEMA,
     )
     return pa.concat_tables([hits, errors]).sort_by([("query_id", "ascending"), ("rank", "ascending")])
 
 
+def in_order(dask, shards: Iterable, submit: Callable[[object], list], limit: int) -> Iterator[tuple[object, list]]:
+    """``(shard, results)`` of each of ``shards`` in their order, ``results`` those of the futures
+    ``submit(shard)`` gives; at most ``limit`` shards in the cluster at once (later blocks keep it
+    busy while the first is collected). Closing the generator early cancels what is still in flight."""
+    pending = iter(shards)
+    window: deque = deque()
+
+    def refill() -> None:
+        for shard in pending:
+            window.append((shard, submit(shard)))
+            if len(window) >= limit:
+                return
+
+    try:
+        refill()
+        while window:
+            shard, futures = window.popleft()
+            results = [future.result() for future in futures]
+            refill()
+            yield shard, results
+    finally:
+        rest = [future for _, futures in window for future in futures]
+        if rest:
+            dask.cancel(rest)
+
+
+_MAX_ERRORS = 20  # unreadable queries a QueryReport lists
+
+
+class QueryJob:
+    """The client side of one query job, once its manifest is read and its queries opened.
+
+    It submits the tasks of a block, and owns what the answered blocks add up to: a block's
+    counts go through :meth:`count` once, whether the block was just answered or read back
+    from an earlier run's done-marker (``failed``, ``without_hits``, ``candidates``, ``rows``).
+    It keeps the first unreadable queries and the blocks the HTML report shows.
+    """
+
+    def __init__(self, index: IndexLocation, queries: "str | Corpus", out: str, settings: QuerySettings,
+                 on_block=None, report_limit: int = 0):
+        self.index, self.out, self.settings = index, out, settings
+        self.manifest = read_manifest(index, version=_resumed_version(out, settings.format, index.storage_options))
+        if settings.threshold > self.manifest.bits:
+            raise ConfigError(f"--threshold must be between 0 and the code length {self.manifest.bits}, got {settings.threshold}")
+        self.source = queries if isinstance(queries, Corpus) else open_corpus(queries, index.storage_options)
+        self.partitions = self.manifest.search_partitions(MAP_LAYOUT[settings.mode])
+        self.uris = image_uri_array(index, self.manifest)
+        self.shards = self.source.shards(settings.block_size)
+        self.on_block, self.report_limit = on_block, report_limit
+        self.counts = {"failed": 0, "without_hits": 0, "candidates": 0, "rows": 0}
+        self.blocks_skipped = 0
+        self.errors: list[ReadError] = []
+        self.shown: list[tuple[QueryBlock, object]] = []
+
+    def spec(self) -> dict:
+        """What identifies the job in a results dataset (``_job.json``), for resuming."""
+        settings = {k: v for k, v in asdict(self.settings).items() if k not in ("format", "max_blocks_in_flight")}
+        return {"index": self.index.url, "version": self.manifest.version, "queries": self.source.url,
+                "n_queries": len(self.source), "settings": settings}
+
+    def count(self, stats: dict) -> None:
+        """Add one block's counts to the job's."""
+        for key in self.counts:
+            self.counts[key] += stats[key]
+
+    def resume(self, done: dict[int, dict]) -> list:
+        """The shards still to answer; counts the blocks ``done`` (start -> done-marker) holds already."""
+        todo = [s for s in self.shards if s.start not in done]
+        self.blocks_skipped = len(self.shards) - len(todo)
+        if self.blocks_skipped:
+            log.info("resuming: %d of %d blocks already answered in %s, skipped", self.blocks_skipped, len(self.shards), self.out)
+            for marker in done.values():
+                self.count(marker)
+        return todo
+
+    def submitter(self, dask) -> Callable[[object], list]:
+        """``submit(shard)``: the futures of a block's encoded queries and of its merged top-k (its
+        partitions' search tasks pinned to workers when that keeps the load balanced)."""
+        settings, bits = self.settings, self.manifest.bits
+        pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in self.partitions], list(dask.nthreads()))
+
+        def submit(shard) -> list:
+            block = dask.submit(encode_block_task, self.index, shard, settings.shift_radius, settings.shift_step, pure=False)
+            parts = [dask.submit(search_task, self.index, p, block, settings, bits, pure=False,
+                                 **({} if w is None else {"workers": [w], "allow_other_workers": True}))
+                     for p, w in zip(self.partitions, pinned_to)]
+            return [block, dask.submit(merge_task, parts, settings.k, pure=False)]
+
+        return submit
+
+    def answered(self, shard, block: QueryBlock, topk, writer) -> None:
+        """Write and count one answered block; keep its unreadable queries and what the report shows."""
+        table = block_table(block, topk, self.uris)
+        stats = {"failed": len(block.errors), "without_hits": int(np.sum(topk.ids[:, 0] < 0)),
+                 "candidates": int(topk.n_candidates.sum())}
+        writer.write_block(shard.start, shard.stop, table, stats)
+        self.count({**stats, "rows": table.num_rows})
+        self.errors += block.errors[: max(0, _MAX_ERRORS - len(self.errors))]
+        if self.on_block is not None:
+            self.on_block(block, topk)
+        if sum(len(b.rows) + len(b.errors) for b, _ in self.shown) < self.report_limit:
+            self.shown.append((block, topk))
+
+    def report(self, seconds: float) -> QueryReport:
+        """The job's :class:`QueryReport`; raises if no query could be read, or any with ``strict``."""
+        n_queries, failed = len(self.source), self.counts["failed"]
+        answered = n_queries - failed
+        result = QueryReport(self.index.url, self.manifest.version, self.out, n_queries=n_queries, n_failed=failed,
+                             n_without_hits=self.counts["without_hits"], rows=self.counts["rows"], seconds=seconds,
+                             mean_candidates=self.counts["candidates"] / answered if answered else 0.0,
+                             blocks_skipped=self.blocks_skipped, errors=self.errors)
+        for err in result.errors[:5]:
+            log.warning("query %d (%s) could not be read: %s", err.image_id, err.uri, err.reason)
+        queries = self.source.url
+        if failed == n_queries:
+            raise CorpusError(f"{queries}: none of the {n_queries} queries could be read (see the errors above); nothing to answer")
+        if self.settings.strict and failed:
+            raise CorpusError(
+                f"{queries}: {failed} query row(s) could not be read and --strict is set "
+                f"(the results, with an error row for each, are in {self.out})"
+            )
+        log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
+                 answered, result.seconds, result.ms_per_query, result.rows, self.out, failed, result.n_without_hits)
+        return result
+
+    def write_report(self, url: str, labels, result: QueryReport) -> None:
+        """HTML report of the blocks kept: query images beside their hits (:mod:`workflows.report`)."""
+        from pipeline.modelcard import read_card
+        from storage import ImageSpec
+        from workflows.report import query_report_rows, write_report
+
+        if result.blocks_skipped:
+            log.warning("the report shows queries answered in this run only (%d blocks were answered before)", result.blocks_skipped)
+        card = read_card(self.index.join(MODEL_DIR), self.index.storage_options)
+        rows = query_report_rows(self.shown, self.report_limit, self.uris, self.source, ImageSpec(*card.config.input_shape),
+                                 labels, self.index.storage_options)
+        settings = self.settings
+        summary = {
+            "index": result.index, "version": str(result.version), "mode": settings.mode, "k": str(settings.k),
+            "threshold": str(settings.threshold), "queries": str(result.n_queries), "unreadable": str(result.n_failed),
+            "time": f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query)",
+        }
+        write_report(url, rows, title=f"patchhash results: {self.source.url}", summary=summary,
+                     storage_options=self.index.storage_options)
+        log.info("report of %d queries written to %s", len(rows), url)
+
+
 def query(
-    index_url: str,
+    index_url: "str | IndexLocation",
     queries: "str | Corpus",
     out: str,
     settings: QuerySettings = QuerySettings(),
@@ -404,7 +451,9 @@ def query(
     """Answer every image of ``queries`` against ``index_url``; write results to ``out``.
 
     ``queries`` is a corpus URL (folder, glob, IDX, npy, Zarr, uri list) or an opened
-    :class:`storage.Corpus`.
+    :class:`storage.Corpus`. ``storage_options`` reach ``index_url``, ``queries``, ``out`` and
+    ``report`` (or pass an :class:`~storage.location.IndexLocation`, whose options then serve
+    them all).
 
     ``on_block(block, topk)`` (optional) sees each answered block in order, e.g. to collect
     results for an evaluation. ``report`` names an HTML report of the first
@@ -414,98 +463,25 @@ def query(
     if report is not None and report_limit < 1:
         raise ConfigError(f"--report-limit must be >= 1, got {report_limit}")
     cache_budget()  # a bad PATCHHASH_CACHE_BYTES fails here, not in every worker task
-    shown: list[tuple[QueryBlock, object]] = []
-
-    def collect(block: QueryBlock, topk) -> None:
-        if on_block is not None:
-            on_block(block, topk)
-        if report is not None and sum(len(b.rows) + len(b.errors) for b, _ in shown) < report_limit:
-            shown.append((block, topk))
-
     started = time.perf_counter()
-    pinned = _resumed_version(out, settings.format, storage_options)
-    manifest = read_manifest(index_url, storage_options, pinned)
-    if settings.threshold > manifest.bits:
-        raise ConfigError(f"--threshold must be between 0 and the code length {manifest.bits}, got {settings.threshold}")
-    source = queries if isinstance(queries, Corpus) else open_corpus(queries, storage_options)
-    queries = source.url
-    partitions = manifest.search_partitions(MAP_LAYOUT[settings.mode])
-    uris = image_uri_array(index_url, manifest, storage_options)
-    shards = source.shards(settings.block_size)
-    result = QueryReport(index_url, manifest.version, out, n_queries=len(source))
+    index = IndexLocation.of(index_url, storage_options)
+    job = QueryJob(index, queries, out, settings, on_block, report_limit if report is not None else 0)
     log.info("answering %d queries from %s against %s (version %d, %d partitions, mode %s)",
-             len(source), queries, index_url, manifest.version, len(partitions), settings.mode)
-    job = {"index": index_url, "version": manifest.version, "queries": queries, "n_queries": len(source),
-           "settings": {k: v for k, v in asdict(settings).items() if k not in ("format", "max_blocks_in_flight")}}
-    candidates = 0
-    window: deque = deque()
+             len(job.source), job.source.url, index.url, job.manifest.version, len(job.partitions), settings.mode)
     with (
-        open_results(out, settings.format, job, storage_options) as writer,
+        open_results(out, settings.format, job.spec(), index.storage_options) as writer,
         dask_client(cluster) if client is None else nullcontext(client) as dask,
-        tqdm(total=len(shards), desc="query", unit="block", dynamic_ncols=True) as bar,
+        tqdm(total=len(job.shards), desc="query", unit="block", dynamic_ncols=True) as bar,
     ):
-        todo = [s for s in shards if s.start not in writer.done]
-        if len(todo) < len(shards):
-            result.blocks_skipped = len(shards) - len(todo)
-            log.info("resuming: %d of %d blocks already answered in %s, skipped", result.blocks_skipped, len(shards), out)
-            for marker in writer.done.values():
-                result.n_failed += marker["failed"]
-                result.n_without_hits += marker["without_hits"]
-                candidates += marker["candidates"]
-                result.rows += marker["rows"]
-            bar.update(result.blocks_skipped)
-        next_shards = iter(todo)
-        pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in partitions], list(dask.nthreads()))
-
-        def refill() -> None:
-            for shard in next_shards:
-                block = dask.submit(encode_block_task, index_url, shard, storage_options, settings.shift_radius,
-                                     settings.shift_step, pure=False)
-                parts = [dask.submit(search_task, index_url, p, block, settings, manifest.bits, storage_options, pure=False,
-                                     **({} if w is None else {"workers": [w], "allow_other_workers": True}))
-                         for p, w in zip(partitions, pinned_to)]
-                window.append((shard, block, dask.submit(merge_task, parts, settings.k, pure=False)))
-                if len(window) >= settings.max_blocks_in_flight:
-                    return
-
-        try:
-            refill()
-            while window:  # answer blocks in file order; later blocks keep the cluster busy
-                shard, block_future, merged_future = window.popleft()
-                block, topk = block_future.result(), merged_future.result()
-                refill()
-                stats = {"failed": len(block.errors), "without_hits": int(np.sum(topk.ids[:, 0] < 0)),
-                         "candidates": int(topk.n_candidates.sum())}
-                writer.write_block(shard.start, shard.stop, _block_table(block, topk, uris), stats)
-                result.n_failed += stats["failed"]
-                result.n_without_hits += stats["without_hits"]
-                candidates += stats["candidates"]
-                result.errors.extend({"query_id": int(r), "uri": u, "reason": why} for r, u, why in block.errors[: max(0, 20 - len(result.errors))])
-                collect(block, topk)
+        todo = job.resume(writer.done)
+        bar.update(job.blocks_skipped)
+        with closing(in_order(dask, todo, job.submitter(dask), settings.max_blocks_in_flight)) as answers:
+            for shard, (block, topk) in answers:  # in file order
+                job.answered(shard, block, topk, writer)
                 bar.update(1)
-        finally:
-            pending = [f for _, *futures in window for f in futures]
-            if pending:
-                dask.cancel(pending)
-    result.rows += writer.rows
-    answered = result.n_queries - result.n_failed
-    result.mean_candidates = candidates / answered if answered else 0.0
-    result.seconds = time.perf_counter() - started
-    for err in result.errors[:5]:
-        log.warning("query %d (%s) could not be read: %s", err["query_id"], err["uri"], err["reason"])
-    if result.n_failed == result.n_queries:
-        raise CorpusError(f"{queries}: none of the {result.n_queries} queries could be read (see the errors above); nothing to answer")
-    if settings.strict and result.n_failed:
-        raise CorpusError(
-            f"{queries}: {result.n_failed} query row(s) could not be read and --strict is set "
-            f"(the results, with an error row for each, are in {out})"
-        )
-    log.info("answered %d queries in %.1f s (%.2f ms/query): %d result rows in %s, %d unreadable, %d without hits",
-             answered, result.seconds, result.ms_per_query, result.rows, out, result.n_failed, result.n_without_hits)
+    result = job.report(time.perf_counter() - started)
     if report is not None:
-        if result.blocks_skipped:
-            log.warning("the report shows queries answered in this run only (%d blocks were answered before)", result.blocks_skipped)
-        _write_report(report, shown, report_limit, report_labels, uris, source, settings, result, storage_options)
+        job.write_report(report, report_labels, result)
     return result
 
 
@@ -520,45 +496,3 @@ def _resumed_version(out: str, fmt: str | None, storage_options) -> int | None:
         return int(read_json(join_url(out.rstrip("/"), "_job.json"), storage_options)["version"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-
-
-def _write_report(url: str, shown, limit: int, labels, uris, source, settings: QuerySettings, result: QueryReport, storage_options) -> None:
-    """HTML report of the collected blocks: query images beside their hits."""
-    from storage import ImageSpec
-    from storage.corpus import UriListCorpus
-    from workflows.report import ReportHit, ReportQuery, write_report
-
-    from pipeline.modelcard import read_card
-
-    card = read_card(join_url(result.index, MODEL_DIR), storage_options)
-    spec = ImageSpec(*card.config.input_shape)
-    rows = []
-    for block, topk in shown:
-        for i, row in enumerate(block.rows):
-            rows.append((int(row), block.uris[i], topk.ids[i], topk.scores[i], None))
-        rows.extend((int(r), u, None, None, why) for r, u, why in block.errors)
-    rows = sorted(rows, key=lambda r: r[0])[:limit]
-    hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
-    hit_pixels = {}
-    if hit_ids:
-        data = UriListCorpus("report hits", storage_options, uris.take(hit_ids).to_pylist()).read(spec)
-        hit_pixels = {hit_ids[int(j)]: px for j, px in zip(data.ids, data.pixels)}
-    first = min(len(source), max((r[0] for r in rows), default=-1) + 1)
-    query_data = source.read(spec, 0, first)
-    query_pixels = dict(zip(query_data.ids.tolist(), query_data.pixels))
-    queries = []
-    for row, uri, ids, scores, error in rows:
-        hits = () if ids is None else tuple(
-            ReportHit(rank=r + 1, image_id=int(i), uri=uris[int(i)].as_py(), score=float(s), pixels=hit_pixels.get(int(i)),
-                      label=None if labels is None else str(labels[0][i]))
-            for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
-        )
-        queries.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error,
-                                   label=None if labels is None else str(labels[1][row])))
-    summary = {
-        "index": result.index, "version": str(result.version), "mode": settings.mode, "k": str(settings.k),
-        "threshold": str(settings.threshold), "queries": str(result.n_queries), "unreadable": str(result.n_failed),
-        "time": f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query)",
-    }
-    write_report(url, queries, title=f"patchhash results: {source.url}", summary=summary, storage_options=storage_options)
-    log.info("report of %d queries written to %s", len(queries), url)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from storage.atomic import write_bytes_atomic
 
-__all__ = ["ReportHit", "ReportQuery", "render_report", "write_report"]
+__all__ = ["ReportHit", "ReportQuery", "render_report", "write_report", "query_report_rows"]
 
 #: The query image is this much larger than the hit thumbnails (84 px -> 112 px: 4x of 28).
 QUERY_SCALE = 4 / 3
@@ -197,6 +197,56 @@ def write_report(
     """
     html_text = render_report(queries, title=title, summary=summary, thumb_px=thumb_px)
     write_bytes_atomic(url, html_text.encode("utf-8"), dict(storage_options or {}))
+
+
+def query_report_rows(answered: Iterable[tuple], limit: int, uris, queries, spec, labels=None,
+                      storage_options: Mapping | None = None) -> list[ReportQuery]:
+    """The rows of a report of a query job: its first ``limit`` queries, by query row.
+
+    Parameters
+    ----------
+    answered : iterable of (QueryBlock, TopK)
+        Blocks of the job and their merged top-k (:mod:`workflows.query`); a block's
+        unreadable queries (:class:`storage.ReadError`, ``image_id`` the query row) are shown
+        with their reason.
+    limit : int
+        Queries shown.
+    uris : pyarrow.Array
+        Uri of each image id of the index (the hits' pixels are read from them).
+    queries : storage.Corpus
+        The query corpus (the queries' pixels are read from it).
+    spec : storage.ImageSpec
+        What the pixels are converted to (the model's input).
+    labels : (numpy.ndarray, numpy.ndarray), optional
+        Label of each image id, label of each query row.
+    storage_options : mapping, optional
+        Options of the filesystems of ``uris``.
+    """
+    from storage.corpus import UriListCorpus
+
+    rows = []
+    for block, topk in answered:
+        rows += [(int(row), block.uris[i], topk.ids[i], topk.scores[i], None) for i, row in enumerate(block.rows)]
+        rows += [(int(e.image_id), e.uri, None, None, e.reason) for e in block.errors]
+    rows = sorted(rows, key=lambda r: r[0])[:limit]
+    hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
+    hit_pixels = {}
+    if hit_ids:
+        data = UriListCorpus("report hits", storage_options, uris.take(hit_ids).to_pylist()).read(spec)
+        hit_pixels = {hit_ids[int(j)]: px for j, px in zip(data.ids, data.pixels)}
+    first = min(len(queries), max((r[0] for r in rows), default=-1) + 1)
+    query_data = queries.read(spec, 0, first)
+    query_pixels = dict(zip(query_data.ids.tolist(), query_data.pixels))
+    out = []
+    for row, uri, ids, scores, error in rows:
+        hits = () if ids is None else tuple(
+            ReportHit(rank=r + 1, image_id=int(i), uri=uris[int(i)].as_py(), score=float(s), pixels=hit_pixels.get(int(i)),
+                      label=None if labels is None else str(labels[0][i]))
+            for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
+        )
+        out.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error,
+                               label=None if labels is None else str(labels[1][row])))
+    return out
 
 
 def format_score(score: float) -> str:
