@@ -31,6 +31,7 @@ from storage.staging import cleanup_staging, read_done_marker, staging_plan, wri
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, compact_job, plan_compaction
 from workflows.index_tasks import build_map_task, encode_shard_task
+from workflows.placement import IdRange, encode_cuts, place_ids
 from workflows.options import check_options, option
 from workflows.progress import track
 from workflows.runtime import failpoint
@@ -156,43 +157,6 @@ def _sha(values) -> str:
 # --------------------------------------------------------------------------- placing new ids
 
 
-@dataclass(frozen=True)
-class _Range:
-    """New ids ``[start, stop)`` in partition ``partition`` (an index into the new list), which is new or grows."""
-
-    start: int
-    stop: int
-    partition: int
-    new: bool
-
-
-def _place(partitions: tuple[PartitionEntry, ...], n_old: int, n_new: int, partition_size: int, room: int = 0) -> list[_Range]:
-    """Where ids ``[n_old, n_new)`` go: ``room`` of them to the last partition (what it lacks
-    of ``partition_size`` live images), then new partitions of ``partition_size`` ids."""
-    ranges: list[_Range] = []
-    cur = n_old
-    if partitions and room > 0 and n_new > cur:
-        stop = min(n_new, cur + room)
-        ranges.append(_Range(cur, stop, len(partitions) - 1, False))
-        cur = stop
-    index = len(partitions)
-    while cur < n_new:
-        stop = min(n_new, cur + partition_size)
-        ranges.append(_Range(cur, stop, index, True))
-        cur, index = stop, index + 1
-    return ranges
-
-
-def _shard_cuts(ranges: list[_Range], shard_size: int) -> list[tuple[int, int, int]]:
-    """Encode tasks' ``(start, stop, partition)``: within one partition, cut at multiples of
-    ``shard_size``, so that no two tasks write one chunk of one codes array."""
-    cuts = []
-    for r in ranges:
-        bounds = [r.start, *range((r.start // shard_size + 1) * shard_size, r.stop, shard_size), r.stop]
-        cuts += [(a, b, r.partition) for a, b in zip(bounds[:-1], bounds[1:])]
-    return cuts
-
-
 def _encode_jobs(corpus, plan: SyncPlan, cuts, codes_of: dict[int, str], n_old: int) -> list[tuple]:
     """``(corpus shard, first id, fingerprints or None, codes array)`` of each cut."""
     from storage.corpus import UriListCorpus
@@ -218,7 +182,7 @@ def build_partitions(dask, index: "IndexLocation | str", shards: tuple[ShardEntr
     other means (``benchmarks/bench_scale.py`` writes synthetic codes): base bucket maps of
     ``partition_size`` ids each, built by the index job's own tasks."""
     index = IndexLocation.of(index)
-    ranges = _place((), 0, n_images, partition_size)
+    ranges = place_ids(0, 0, n_images, partition_size)
     report = IndexReport(index.url, None, 0, 0, 0)
     maps = _map_phase(dask, index, ranges, {r.partition: CODES for r in ranges}, shards, 1, set(), report)
     cleanup_staging(index, 1)
@@ -341,8 +305,8 @@ def _apply(dask, source, corpus: str, index: IndexLocation, manifest: Manifest |
         partition_size = shard_size * max(1, math.ceil(n_new / n_parts / shard_size))
     old_partitions = manifest.partitions if manifest else ()
     room = partition_size - (manifest.live_in(old_partitions[-1]) if old_partitions else 0)
-    ranges = _place(old_partitions, n_old, n_new, partition_size, room)
-    cuts = _shard_cuts(ranges, shard_size)
+    ranges = place_ids(len(old_partitions), n_old, n_new, partition_size, room, chunk=shard_size)
+    cuts = encode_cuts(ranges, shard_size)
     uris = plan.listing
     plan_doc = {
         "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
@@ -398,7 +362,7 @@ def _apply(dask, source, corpus: str, index: IndexLocation, manifest: Manifest |
     return new_manifest
 
 
-def _prepare_codes(index: IndexLocation, partitions, ranges: list[_Range], card, shard_size: int, create: bool) -> dict[int, str]:
+def _prepare_codes(index: IndexLocation, partitions, ranges: list[IdRange], card, shard_size: int, create: bool) -> dict[int, str]:
     """The codes array of each partition receiving new ids, grown to hold them: a partition's
     own, or for new partitions the index's ``codes/`` array (created with the index, or again
     after compaction moved every partition out of it and gc deleted it). ``create`` replaces
@@ -446,7 +410,7 @@ def _encode_phase(dask, index: IndexLocation, jobs, source: int, version: int, d
     return [entries[k] for k in sorted(entries)]
 
 
-def _map_phase(dask, index: IndexLocation, ranges: list[_Range], codes_of: dict[int, str], shards, version: int, done: set[str],
+def _map_phase(dask, index: IndexLocation, ranges: list[IdRange], codes_of: dict[int, str], shards, version: int, done: set[str],
                report: IndexReport) -> dict[int, dict[str, MapEntry]]:
     """Both bucket maps of each range of new ids (built, or taken from done-markers), by range start."""
     futures = []
