@@ -9,17 +9,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_TRAIN = f"{FMNIST_DIR}/train-images-idx3-ubyte.gz"
-FMNIST_TEST = f"{FMNIST_DIR}/t10k-images-idx3-ubyte.gz"
-FMNIST_TRAIN_LABELS = f"{FMNIST_DIR}/train-labels-idx1-ubyte.gz"
+from corpus_helpers import FASHION_TRAIN
 
 
 def _require_fmnist() -> None:
-    if not os.path.exists(FMNIST_TRAIN):
+    if not FASHION_TRAIN.exists():
         pytest.fail(
-            f"{FMNIST_TRAIN} is missing: install Debian's dataset-fashion-mnist "
+            f"{FASHION_TRAIN} is missing: install Debian's dataset-fashion-mnist "
             "(apt-get install dataset-fashion-mnist); .ci/run does this."
         )
 
@@ -28,7 +24,7 @@ def _require_fmnist() -> None:
 def fmnist_train() -> np.ndarray:
     """The 60k real Fashion-MNIST training images, uint8 [60000, 28, 28, 1]."""
     _require_fmnist()
-    with gzip.open(FMNIST_TRAIN) as f:
+    with gzip.open(FASHION_TRAIN) as f:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import FMNIST_TRAIN_LABELS
+from corpus_helpers import FASHION_TRAIN_LABELS
 
 from pipeline.baselines import pixel_knn
 from pipeline.metrics import average_precision_at_k, precision_at_k
@@ -27,7 +27,7 @@ N_INDEX, N_QUERIES = 400, 60
 def labelled(tmp_path_factory, client, tiny_model, fmnist_train):
     """An index of 400 real images (2 partitions), 60 other labelled queries, labels as npy."""
     root = tmp_path_factory.mktemp("eval")
-    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+    with gzip.open(FASHION_TRAIN_LABELS) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     np.save(root / "corpus.npy", fmnist_train[:N_INDEX, :, :, 0])
     np.save(root / "labels.npy", labels[:N_INDEX])
