@@ -1,8 +1,10 @@
-"""Shared fixtures: real Fashion-MNIST files, a tiny trained model, quiet TensorFlow."""
+"""Shared fixtures: real Fashion-MNIST files, a tiny trained model, one Dask cluster, indexes
+built once, quiet TensorFlow."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,10 +43,56 @@ def tiny_model(tmp_path_factory, fmnist_train) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
-    """One in-process cluster (2 workers x 1 thread) shared by the tests of a module."""
+    """One in-process cluster (2 workers x 1 thread) shared by every test that only needs one.
+
+    Tests that kill, restart or reconfigure workers start their own cluster instead."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def make_index(tmp_path_factory, tiny_model, client):
+    """Save images as a corpus and index them: ``make_index(images, *, shard_size=100,
+    partitions=2, fmt="npy", model=None) -> (corpus_url, index_url)``.
+
+    ``images``: uint8 [n, h, w] (or [n, h, w, 1]); ``fmt``: ``"npy"`` (one ``corpus.npy``) or
+    ``"png"`` (a folder of ``00000.png``...); ``model``: the tiny model unless given. The index is
+    built with :func:`workflows.index.index` on the shared in-process cluster (its content does
+    not depend on the cluster: tests/test_index.py checks).
+
+    Builds are cached for the session by their arguments (the images by content), so tests
+    that ask for the same index share one build: treat it as read-only, and ``shutil.copytree``
+    it first to append to it, break it or otherwise write to it.
+    """
+    from PIL import Image
+
+    from workflows.index import IndexSettings, index
+
+    built: dict[tuple, tuple[str, str]] = {}
+
+    def make(images: np.ndarray, *, shard_size: int = 100, partitions: int = 2, fmt: str = "npy",
+             model: str | None = None) -> tuple[str, str]:
+        images = np.ascontiguousarray(images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images)
+        key = (hashlib.sha256(images.data).hexdigest(), images.shape, images.dtype.str, shard_size, partitions, fmt, model)
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"index-{len(images)}-{fmt}")
+            if fmt == "npy":
+                corpus = root / "corpus.npy"
+                np.save(corpus, images)
+            elif fmt == "png":
+                corpus = root / "corpus"
+                corpus.mkdir()
+                for i, image in enumerate(images):
+                    Image.fromarray(image).save(corpus / f"{i:05d}.png")
+            else:
+                raise ValueError(f"fmt must be 'npy' or 'png', got {fmt!r}")
+            url = str(root / "index")
+            index(str(corpus), url, model or tiny_model, IndexSettings(shard_size=shard_size, partitions=partitions), client=client)
+            built[key] = (str(corpus), url)
+        return built[key]
+
+    return make

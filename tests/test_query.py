@@ -15,19 +15,13 @@ from PIL import Image
 from reference import reference_rerank_search, reference_seed_search
 
 from storage import ConfigError, CorpusError
-from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 
 @pytest.fixture(scope="module")
-def small_index(tmp_path_factory, client, tiny_model, fmnist_train):
+def small_index(make_index, fmnist_train):
     """An index of 500 real images cut into 4 partitions."""
-    root = tmp_path_factory.mktemp("q")
-    corpus = root / "corpus.npy"
-    np.save(corpus, fmnist_train[:500, :, :, 0])
-    url = str(root / "idx")
-    index(str(corpus), url, tiny_model, IndexSettings(shard_size=64, partitions=4), client=client)
-    return url
+    return make_index(fmnist_train[:500], shard_size=64, partitions=4)[1]
 
 
 @pytest.fixture(scope="module")

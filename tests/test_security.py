@@ -66,15 +66,14 @@ def looks_like_pickle(data: bytes) -> bool:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model, fmnist_train, client):
+def built(tmp_path_factory, make_index, fmnist_train, client):
     """An index with two versions (one with unreadable images), results in every format, a report."""
-    from workflows.index import IndexSettings, index
+    from workflows.index import index
     from workflows.query import QuerySettings, query
 
     root = tmp_path_factory.mktemp("secure")
-    np.save(root / "corpus.npy", fmnist_train[:250, :, :, 0])
     url = str(root / "index")
-    index(str(root / "corpus.npy"), url, tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
+    shutil.copytree(make_index(fmnist_train[:250], shard_size=100, partitions=2)[1], url)  # version 1, appended to below
     folder = root / "more"
     folder.mkdir()
     for i in range(3):
