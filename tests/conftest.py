@@ -55,6 +55,18 @@ def client():
 
 
 @pytest.fixture(scope="session")
+def tcp_scheduler() -> str:
+    """The address of a scheduler that CLI subprocesses join (``--scheduler``), with one
+    in-process worker (1 thread): their tasks run in this process, where the model is loaded
+    once, instead of in worker processes each command would start (and import TensorFlow in)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
 def make_index(tmp_path_factory, tiny_model, client):
     """Save images as a corpus and index them: ``make_index(images, *, shard_size=100,
     partitions=2, fmt="npy", model=None) -> (corpus_url, index_url)``.

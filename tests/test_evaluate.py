@@ -125,13 +125,13 @@ def test_settings_are_validated(kwargs, match):
         EvaluateSettings(**kwargs)
 
 
-def test_evaluate_cli_smoke(labelled, tmp_path):
+def test_evaluate_cli_smoke(labelled, tcp_scheduler, tmp_path):
     idx, queries, labels, query_labels = _args(labelled)
     out, plot = tmp_path / "e.json", tmp_path / "e.png"
     result = subprocess.run(
         [sys.executable, "-m", "workflows.cli", "evaluate", "--index", idx, "--queries", queries, "--labels", labels,
          "--query-labels", query_labels, "--k", "1,10", "--baselines", "pixel-knn,lsh-64", "--limit", "30",
-         "--out", str(out), "--plot", str(plot), "--workers", "1"],
+         "--out", str(out), "--plot", str(plot), "--scheduler", tcp_scheduler],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

@@ -173,12 +173,13 @@ def test_query_cli_end_to_end(small_index, query_npy, tmp_path):
     assert pacsv.read_csv(out).num_rows == 50 * 4
 
 
-def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tmp_path):
+def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tcp_scheduler, tmp_path):
     folder = tmp_path / "queries"
     folder.mkdir()
     Image.fromarray(fmnist_train[5, :, :, 0]).save(folder / "good.png")
     (folder / "bad.png").write_bytes(b"")
-    base = [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", str(folder), "--workers", "1"]
+    base = [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", str(folder),
+            "--scheduler", tcp_scheduler]
     lenient = subprocess.run([*base, "--out", str(tmp_path / "a.parquet")], capture_output=True, text=True, timeout=600)
     assert lenient.returncode == 0, lenient.stderr
     assert "1 query row(s) could not be read" in lenient.stderr
