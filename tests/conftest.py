@@ -67,43 +67,31 @@ def tcp_scheduler() -> str:
 
 
 @pytest.fixture(scope="session")
-def make_index(tmp_path_factory, tiny_model, client):
+def make_index(request, tmp_path_factory, client):
     """Save images as a corpus and index them: ``make_index(images, *, shard_size=100,
-    partitions=2, fmt="npy", model=None) -> (corpus_url, index_url)``.
+    partitions=2, model=None) -> (corpus_url, index_url)``.
 
-    ``images``: uint8 [n, h, w] (or [n, h, w, 1]); ``fmt``: ``"npy"`` (one ``corpus.npy``) or
-    ``"png"`` (a folder of ``00000.png``...); ``model``: the tiny model unless given. The index is
-    built with :func:`workflows.index.index` on the shared in-process cluster (its content does
-    not depend on the cluster: tests/test_index.py checks).
+    ``images``: uint8 [n, h, w] (or [n, h, w, 1]), saved as ``corpus.npy``; ``model``: the tiny
+    model (trained only if needed) unless given. The index is built with :func:`workflows.index.index` on the shared
+    in-process cluster (its content does not depend on the cluster: tests/test_index.py checks).
 
     Builds are cached for the session by their arguments (the images by content), so tests
     that ask for the same index share one build: treat it as read-only, and ``shutil.copytree``
     it first to append to it, break it or otherwise write to it.
     """
-    from PIL import Image
-
     from workflows.index import IndexSettings, index
 
     built: dict[tuple, tuple[str, str]] = {}
 
-    def make(images: np.ndarray, *, shard_size: int = 100, partitions: int = 2, fmt: str = "npy",
-             model: str | None = None) -> tuple[str, str]:
+    def make(images: np.ndarray, *, shard_size: int = 100, partitions: int = 2, model: str | None = None) -> tuple[str, str]:
         images = np.ascontiguousarray(images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images)
-        key = (hashlib.sha256(images.data).hexdigest(), images.shape, images.dtype.str, shard_size, partitions, fmt, model)
+        key = (hashlib.sha256(images.data).hexdigest(), images.shape, images.dtype.str, shard_size, partitions, model)
         if key not in built:
-            root = tmp_path_factory.mktemp(f"index-{len(images)}-{fmt}")
-            if fmt == "npy":
-                corpus = root / "corpus.npy"
-                np.save(corpus, images)
-            elif fmt == "png":
-                corpus = root / "corpus"
-                corpus.mkdir()
-                for i, image in enumerate(images):
-                    Image.fromarray(image).save(corpus / f"{i:05d}.png")
-            else:
-                raise ValueError(f"fmt must be 'npy' or 'png', got {fmt!r}")
-            url = str(root / "index")
-            index(str(corpus), url, model or tiny_model, IndexSettings(shard_size=shard_size, partitions=partitions), client=client)
+            root = tmp_path_factory.mktemp(f"index-{len(images)}")
+            corpus, url = root / "corpus.npy", str(root / "index")
+            np.save(corpus, images)
+            model_url = model or request.getfixturevalue("tiny_model")
+            index(str(corpus), url, model_url, IndexSettings(shard_size=shard_size, partitions=partitions), client=client)
             built[key] = (str(corpus), url)
         return built[key]
 
