@@ -3,7 +3,8 @@
 Each smoke test reads the run of the script named by its ``@smoke_run`` mark. The runs of the
 tests selected start together with the first of them, two at a time, in the tests' order:
 most of a run is one process importing TensorFlow, or a Dask cluster starting and stopping,
-so two overlap well on 2 cores (about a third less time than one after the other).
+so two overlap well on 2 cores (a fifth to a third less time than one after the other, measured
+on pairs of these scripts).
 """
 
 import json
