@@ -14,19 +14,15 @@ the ratio, and how many code bits the two settings disagree on::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+from _common import ROOT, TEST_IMAGES, add_smoke_and_out_json, parser, write_json
 
 CHILD = """
 import json, sys, time
@@ -58,13 +54,12 @@ def encode_once(onednn: str, model: str, images: int, corpus: str, codes_path: s
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="fashion-mnist", help="model directory or built-in name")
-    ap.add_argument("--corpus", default=FMNIST)
-    ap.add_argument("--smoke", action="store_true", help="300 images, 1 repeat (CI)")
-    ap.add_argument("--out-json")
+    ap.add_argument("--corpus", default=TEST_IMAGES)
+    add_smoke_and_out_json(ap, "300 images, 1 repeat (CI)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.repeats = 300, 1
@@ -89,8 +84,7 @@ def main(argv=None) -> dict:
     print(f"  Eigen             {ms['eigen']:.3f}")
     print(f"  oneDNN / Eigen speed: {result['ratio']:.2f}x; codes differing: {result['codes_differing']} of {a.size:,} "
           f"({result['bits_differing']} of {result['code_bits']:,} bits)")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

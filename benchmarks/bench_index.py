@@ -11,9 +11,7 @@ and normalised in memory, with TensorFlow free to use every core. Prints medians
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
 import os
 import shutil
 import statistics
@@ -23,15 +21,14 @@ import tempfile
 import time
 
 import numpy as np
-
-FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+from _common import TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
 
 def reference_predict(n: int, repeats: int, model: str) -> float:
     """Images/s of ``encoder.predict`` over ``n`` in-memory images (median of ``repeats``)."""
     from pipeline.encode import load_encoder
 
-    with gzip.open(FMNIST) as f:
+    with gzip.open(TRAIN_IMAGES) as f:
         pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:n]
     enc = load_encoder(model)
     x = enc.card.normalization.apply(pixels)
@@ -48,9 +45,9 @@ def patchhash_index(n: int, workers: int, repeats: int, model: str) -> float:
     """Images/s of the whole ``patchhash index`` command (median of ``repeats``)."""
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = FMNIST
+        corpus = TRAIN_IMAGES
         if n < 60000:
-            with gzip.open(FMNIST) as f:
+            with gzip.open(TRAIN_IMAGES) as f:
                 np.save(os.path.join(tmp, "corpus.npy"), np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n])
             corpus = os.path.join(tmp, "corpus.npy")
         for i in range(repeats):
@@ -65,13 +62,12 @@ def patchhash_index(n: int, workers: int, repeats: int, model: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=60000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="fashion-mnist", help="model directory or built-in name")
-    ap.add_argument("--smoke", action="store_true", help="2k images, 1 repeat (CI)")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "2k images, 1 repeat (CI)")
     args = ap.parse_args()
     if args.smoke:
         args.images, args.repeats = 2000, 1
@@ -83,9 +79,7 @@ def main() -> None:
     print(f"patchhash index ({args.workers} workers, whole command): {ours:9.0f} images/s")
     print(f"model.predict (in memory, reference):      {reference:9.0f} images/s")
     print(f"ratio: {ours / reference:.2f} (overhead {100 * (1 - ours / reference):.0f}%)")
-    if args.out_json:
-        with open(args.out_json, "w") as f:
-            json.dump(row, f, indent=1)
+    write_json(args.out_json, row)
 
 
 if __name__ == "__main__":

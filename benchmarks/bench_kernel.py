@@ -18,23 +18,15 @@ came from memory, against a single-thread streaming read measured in the same ru
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 from numba import njit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from pipeline.hamming import scan_within  # noqa: E402
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from pipeline.hamming import scan_within
 
 
 @njit(nogil=True, cache=True)
@@ -114,17 +106,16 @@ def time_faiss(queries, keys, bits, t, repeats):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--corpus", default=f"{FMNIST}/train-images-idx3-ubyte.gz")
-    ap.add_argument("--query-images", default=f"{FMNIST}/t10k-images-idx3-ubyte.gz")
+    ap.add_argument("--corpus", default=TRAIN_IMAGES)
+    ap.add_argument("--query-images", default=TEST_IMAGES)
     ap.add_argument("--images", type=int, default=60000, help="corpus images whose distinct codes are the keys")
     ap.add_argument("--queries", type=int, default=200, help="query images (each gives grid-size query codes)")
     ap.add_argument("--threshold", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bandwidth-mb", type=int, default=1024)
-    ap.add_argument("--smoke", action="store_true", help="2k images, 10 queries, 1 repeat")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "2k images, 10 queries, 1 repeat")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.queries, args.repeats, args.bandwidth_mb = 2000, 10, 1, 16
@@ -161,8 +152,7 @@ def main(argv=None) -> dict:
         "ratio": ratio, "read_bandwidth_bytes_per_s": bandwidth, "key_bytes": key_bytes,
         "ours_s": ours_s, "faiss_s": faiss_s,
     }
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

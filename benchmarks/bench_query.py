@@ -14,20 +14,12 @@ of repeats) per mode and cluster size, and the 2-worker / 1-worker ratio::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
 
 def subset(url: str, n: int, path: str) -> str:
@@ -52,18 +44,17 @@ def throughput(index_url: str, queries: str, workers: int, modes: list[str], rep
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--index", help="index directory: reused if it exists, built there otherwise (default: temporary)")
-    ap.add_argument("--corpus", default=f"{FMNIST}/train-images-idx3-ubyte.gz")
-    ap.add_argument("--query-images", default=f"{FMNIST}/t10k-images-idx3-ubyte.gz")
+    ap.add_argument("--corpus", default=TRAIN_IMAGES)
+    ap.add_argument("--query-images", default=TEST_IMAGES)
     ap.add_argument("--images", type=int, default=60000, help="corpus images to index")
     ap.add_argument("--queries", type=int, default=10000)
     ap.add_argument("--modes", default="default,seed")
     ap.add_argument("--workers", default="1,2", help="cluster sizes to compare")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--smoke", action="store_true", help="2k images, 300 queries, 1 repeat")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "2k images, 300 queries, 1 repeat")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.queries, args.repeats = 2000, 300, 1
@@ -89,8 +80,7 @@ def main(argv=None) -> dict:
             line += f"{med[sizes[-1]] / med[sizes[0]]:7.2f}x"
         print(line)
         result["modes"][mode] = {"queries_per_s": {str(w): med[w] for w in sizes}, "runs": {str(w): rates[w][mode] for w in sizes}}
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
 
 def write_queries(path: str, rows: int, source: str) -> str:
@@ -64,17 +59,16 @@ def answer(index_url: str, queries: str, out: str, mode: str, block_size: int) -
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--index", help="index directory: reused if it exists, built there otherwise (default: temporary)")
-    ap.add_argument("--corpus", default=f"{FMNIST}/train-images-idx3-ubyte.gz")
-    ap.add_argument("--query-images", default=f"{FMNIST}/t10k-images-idx3-ubyte.gz")
+    ap.add_argument("--corpus", default=TRAIN_IMAGES)
+    ap.add_argument("--query-images", default=TEST_IMAGES)
     ap.add_argument("--images", type=int, default=10000, help="corpus images to index")
     ap.add_argument("--rows", default="20000,200000", help="query file sizes, comma-separated")
     ap.add_argument("--mode", default="default")
     ap.add_argument("--block-size", type=int, default=1000)
     ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, to keep the script working (CI)")
-    ap.add_argument("--out-json", help="write the figures as JSON here")
+    add_smoke_and_out_json(ap, "tiny sizes, to keep the script working (CI)", "write the figures as JSON here")
     ap.add_argument("--one", nargs=3, metavar=("INDEX", "QUERIES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -112,8 +106,7 @@ def main(argv=None) -> dict:
     }
     print(f"{summary['rows_ratio']:.0f}x the queries: client peak RSS x{summary['client_rss_ratio']:.2f}, "
           f"worker peak RSS x{summary['worker_rss_ratio']:.2f}")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(summary, indent=1))
+    write_json(args.out_json, summary)
     return summary
 
 

@@ -22,7 +22,6 @@ disagreement, after writing its figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -34,12 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
+from _common import TEST_IMAGES, TRAIN_IMAGES, parser, write_json
 from seed_reference import SemanticHashTable, populate_table, search
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
-TRAIN_IMAGES = f"{FMNIST}/train-images-idx3-ubyte.gz"
-TEST_IMAGES = f"{FMNIST}/t10k-images-idx3-ubyte.gz"
 SMOKE_CORPUS = 300
 SMOKE_QUERIES = 50
 PATCHHASH = str(Path(sys.executable).with_name("patchhash"))
@@ -47,7 +43,7 @@ PATCHHASH = str(Path(sys.executable).with_name("patchhash"))
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options (``argv`` defaults to ``sys.argv[1:]``)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--corpus", default=TRAIN_IMAGES, help="images to index (default: %(default)s)")
     ap.add_argument("--queries", default=TEST_IMAGES, help="query images (default: %(default)s)")
     ap.add_argument("--index", help="index directory: reused if it exists, built there otherwise "
@@ -266,8 +262,7 @@ def main(argv=None) -> None:
             machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                          python=platform.python_version()),
         )
-        if args.out_json:
-            Path(args.out_json).write_text(json.dumps(figures, indent=1) + "\n")
+        write_json(args.out_json, figures, newline=True)
 
         print()
         print(f"{'':58s}{'ms/query':>12s}")

@@ -20,22 +20,15 @@ codes is bounded (``--cache-bytes``); each partition's search tasks are pinned t
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
 
 def synthetic_shard_task(index_url: str, base_url: str, start: int, stop: int, flip: float) -> dict:
@@ -93,7 +86,7 @@ def disk_bytes(path: str) -> int:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="100000,1000000", help="index sizes in images, comma-separated")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--modes", default="default,seed")
@@ -107,8 +100,7 @@ def main(argv=None) -> dict:
                     help="each worker's cache of bucket maps and codes (PATCHHASH_CACHE_BYTES): keeps a worker under 4 GB at 10M images")
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--workdir", help="where the indexes go (default: a temporary directory; each index is removed after use)")
-    ap.add_argument("--smoke", action="store_true", help="one index of 4000 images, 50 queries")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "one index of 4000 images, 50 queries")
     args = ap.parse_args(argv)
     if args.smoke:
         args.sizes, args.queries, args.shard_size, args.partition_size = "4000", 50, 1000, 2000
@@ -123,7 +115,7 @@ def main(argv=None) -> dict:
 
     encoder = load_encoder(args.model)
     base_images = 60000 if not args.smoke else 3000
-    pixels = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, base_images).pixels
+    pixels = open_corpus(TRAIN_IMAGES).read(ImageSpec(*encoder.input_shape), 0, base_images).pixels
     results = []
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -131,7 +123,7 @@ def main(argv=None) -> dict:
         base_url = f"{tmp}/base_codes.npy"
         np.save(base_url, encoder.encode(pixels))
         queries = f"{tmp}/queries.npy"
-        np.save(queries, open_corpus(f"{FMNIST}/t10k-images-idx3-ubyte.gz").read(ImageSpec(28, 28, 1), 0, args.queries).pixels[..., 0])
+        np.save(queries, open_corpus(TEST_IMAGES).read(ImageSpec(28, 28, 1), 0, args.queries).pixels[..., 0])
         for n in sizes:
             index_url = f"{tmp}/index-{n}"
             # a fresh cluster per size, so that each worker's peak RSS belongs to this size
@@ -149,8 +141,7 @@ def main(argv=None) -> dict:
                   f"{row['bytes_per_image']:6.0f} B/image, worker peak RSS build {max(build_rss):,.0f} MB / "
                   f"query {max(row['query_peak_rss_mb']):,.0f} MB, ms/query: "
                   + ", ".join(f"{m} {v:.2f}" for m, v in row["ms_per_query"].items()), flush=True)
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    write_json(args.out_json, {"args": vars(args), "results": results})
     return {"results": results}
 
 

@@ -20,25 +20,16 @@ of substrings, alternating, and prints the medians beside the cost model's choic
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=1_000_000, help="synthetic index size (one partition)")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--thresholds", default="3,2,1,0")
@@ -48,8 +39,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--substrings", default="", help="multi-index substrings to time with the default settings, e.g. 2,3,4")
     ap.add_argument("--repeats", type=int, default=5, help="alternating runs per substring count (medians)")
     ap.add_argument("--workdir", help="keep the synthetic index here and reuse it (default: temporary)")
-    ap.add_argument("--smoke", action="store_true", help="20k images, 10 queries")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "20k images, 10 queries")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.queries, args.thresholds, args.shortlists, args.caps, args.budgets = 20_000, 10, "3,1", "400", "0.1,300", "none,5000"
@@ -70,7 +60,7 @@ def main(argv=None) -> dict:
     encoder = load_encoder("fashion-mnist")
     if not Path(index_url, "manifest.json").exists():
         base = f"{work}/base_codes.npy"
-        pixels = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, min(60000, args.images)).pixels
+        pixels = open_corpus(TRAIN_IMAGES).read(ImageSpec(*encoder.input_shape), 0, min(60000, args.images)).pixels
         np.save(base, encoder.encode(pixels))
         with dask_client(ClusterSettings(workers=2)) as client:
             build(index_url, base, "fashion-mnist", args.images, min(100_000, args.images), args.images, 0.02, client)
@@ -79,7 +69,7 @@ def main(argv=None) -> dict:
     bmap = load_partition(index_url, part)
     codes = load_codes(index_url, part.codes, part.start, part.stop)
     n = part.stop - part.start
-    pixels = open_corpus(f"{FMNIST}/t10k-images-idx3-ubyte.gz").read(ImageSpec(*encoder.input_shape), 0, args.queries).pixels
+    pixels = open_corpus(TEST_IMAGES).read(ImageSpec(*encoder.input_shape), 0, args.queries).pixels
     queries = encoder.encode(pixels).reshape(args.queries, -1).astype(codes.dtype)
     started = time.perf_counter()
     # each patch code widened to one 64-bit word: the summed distance is the whole grid's
@@ -108,8 +98,7 @@ def main(argv=None) -> dict:
     if args.substrings:
         result["substrings"] = _time_substrings(bmap, codes, queries, manifest.bits, (part.start, part.stop),
                                                 [int(v) for v in args.substrings.split(",")], args.repeats)
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

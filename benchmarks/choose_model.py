@@ -10,18 +10,16 @@ a positional shortlist. The test set is never looked at here.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import time
 
 import numpy as np
+from _common import TRAIN_IMAGES, TRAIN_LABELS, parser, write_json
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
 
-
-def _idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(f"{FMNIST}/{name}") as f:
+def _idx(path: str, offset: int) -> np.ndarray:
+    with gzip.open(path) as f:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
@@ -37,7 +35,7 @@ def precision_at_10_hamming(db: np.ndarray, q: np.ndarray, db_labels, q_labels) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--candidates", default="32:8:4,64:8:4,32:8:2,16:4:2")
@@ -48,8 +46,8 @@ def main() -> None:
     from pipeline.train import TrainSettings, train_autoencoder, save_model
     from pipeline.encode import load_encoder
 
-    x = _idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28, 1)
-    y = _idx("train-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    x = _idx(TRAIN_IMAGES, 16).reshape(-1, 28, 28, 1)
+    y = _idx(TRAIN_LABELS, 8).astype(np.int64)
     db, db_y = x[:50000], y[:50000]
     rng = np.random.default_rng(0)
     qi = 50000 + rng.choice(10000, args.queries, replace=False)
@@ -73,9 +71,7 @@ def main() -> None:
                    encode_img_per_s=round(len(db) / enc_s), p10_hamming=round(p10, 4))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,13 @@ job, and prints the share found at rank 1, with default settings and with query 
 
 from __future__ import annotations
 
-import argparse
 import io
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import TRAIN_IMAGES, parser
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 N_INDEX = 3000
 ORIGINALS = np.arange(7, N_INDEX, 75)  # 40 indexed images spread over the index
@@ -92,18 +88,16 @@ def found_first(results: str) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from storage import ImageSpec, open_corpus
     from workflows.cluster import ClusterSettings, dask_client
-    from workflows.demo import FASHION_MNIST_DIR
     from workflows.index import IndexSettings, index
     from workflows.query import QuerySettings, query
 
-    images = open_corpus(f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz").read(ImageSpec(28, 28, 1), 0, N_INDEX).pixels
+    images = open_corpus(TRAIN_IMAGES).read(ImageSpec(28, 28, 1), 0, N_INDEX).pixels
     with tempfile.TemporaryDirectory() as tmp, dask_client(ClusterSettings(workers=args.workers)) as client:
         np.save(f"{tmp}/corpus.npy", images[..., 0])
         index(f"{tmp}/corpus.npy", f"{tmp}/idx", args.model, IndexSettings(shard_size=1000, partitions=2), client=client)

@@ -26,17 +26,12 @@ backend. Training on a GPU is not bit-reproducible: reruns move P@10 by about 0.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from _common import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, parser, write_json
 
 VARIANTS = {
     "ae": dict(),
@@ -162,29 +157,25 @@ def run(name, data, bits=32, patch=8, stem=(), epochs=10, ce=0.0, pair=0.0, cent
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--variants", default="ce3,ce3_s32_64", help=f"comma-separated, or 'all': {', '.join(VARIANTS)}")
     ap.add_argument("--n", type=int, default=60000, help="training images")
     ap.add_argument("--queries", type=int, default=10000, help="test images used as queries")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from storage import ImageSpec, open_corpus, read_labels
-    from workflows.demo import FASHION_MNIST_DIR
 
     spec = ImageSpec(28, 28, 1)
-    d = FASHION_MNIST_DIR
-    data = (open_corpus(f"{d}/train-images-idx3-ubyte.gz").read(spec, 0, args.n).pixels,
-            read_labels(f"{d}/train-labels-idx1-ubyte.gz")[:args.n].astype("int32"),
-            open_corpus(f"{d}/t10k-images-idx3-ubyte.gz").read(spec, 0, args.queries).pixels,
-            read_labels(f"{d}/t10k-labels-idx1-ubyte.gz")[:args.queries].astype("int32"))
+    data = (open_corpus(TRAIN_IMAGES).read(spec, 0, args.n).pixels,
+            read_labels(TRAIN_LABELS)[:args.n].astype("int32"),
+            open_corpus(TEST_IMAGES).read(spec, 0, args.queries).pixels,
+            read_labels(TEST_LABELS)[:args.queries].astype("int32"))
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants: {', '.join(unknown)}")
     rows = [run(name, data, **VARIANTS[name]) for name in names]
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(rows, indent=1))
+    write_json(args.out_json, rows)
 
 
 if __name__ == "__main__":

@@ -12,36 +12,26 @@ table and writes ``benchmarks/results/quality.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import HERE, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, parser
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from pipeline.modelcard import read_card, resolve_model_url  # noqa: E402
-from workflows.cluster import ClusterSettings, dask_client  # noqa: E402
-from workflows.demo import FASHION_MNIST_DIR  # noqa: E402
-from workflows.evaluate import EvaluateSettings, evaluate  # noqa: E402
-from workflows.index import index  # noqa: E402
-from pipeline.rerank import DEFAULT_SHORTLIST  # noqa: E402
-from workflows.query import DEFAULT_MAX_BUCKET_FRACTION  # noqa: E402
+from pipeline.modelcard import read_card, resolve_model_url
+from workflows.cluster import ClusterSettings, dask_client
+from workflows.evaluate import EvaluateSettings, evaluate
+from workflows.index import index
+from pipeline.rerank import DEFAULT_SHORTLIST
+from workflows.query import DEFAULT_MAX_BUCKET_FRACTION
 
 log = logging.getLogger("quality")
 N_TRAIN = 60_000
 UNBOUNDED = 2**62  # a vote budget no query reaches
-
-TRAIN = f"{FASHION_MNIST_DIR}/train-images-idx3-ubyte.gz"
-TRAIN_LABELS = f"{FASHION_MNIST_DIR}/train-labels-idx1-ubyte.gz"
-TEST = f"{FASHION_MNIST_DIR}/t10k-images-idx3-ubyte.gz"
-TEST_LABELS = f"{FASHION_MNIST_DIR}/t10k-labels-idx1-ubyte.gz"
 
 
 def describe(model_url: str) -> dict:
@@ -63,9 +53,9 @@ def smoke_inputs(work: Path) -> tuple[str, str, str, str]:
         spec = (28, 28, 1)
         from storage import ImageSpec
 
-        np.save(paths[0], open_corpus(TRAIN).read(ImageSpec(*spec), 0, 2000).pixels[..., 0])
+        np.save(paths[0], open_corpus(TRAIN_IMAGES).read(ImageSpec(*spec), 0, 2000).pixels[..., 0])
         np.save(paths[1], read_labels(TRAIN_LABELS)[:2000])
-        np.save(paths[2], open_corpus(TEST).read(ImageSpec(*spec), 0, 100).pixels[..., 0])
+        np.save(paths[2], open_corpus(TEST_IMAGES).read(ImageSpec(*spec), 0, 100).pixels[..., 0])
         np.save(paths[3], read_labels(TEST_LABELS)[:100])
     return tuple(str(p) for p in paths)
 
@@ -87,7 +77,7 @@ def table(rows: list[dict], ks: tuple[int, ...]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", default="default=fashion-mnist", help="name=model, comma-separated (a model dir or built-in name)")
     ap.add_argument("--thresholds", default="0,1,2,3", help="t values for both modes")
     ap.add_argument("--shortlists", default="100,400,1000", help="default mode, first model, default t")
@@ -106,7 +96,7 @@ def main() -> None:
         corpus, labels, queries, query_labels = smoke_inputs(work)
         thresholds, shortlists, fractions = (0, 1), (), ()
     else:
-        corpus, labels, queries, query_labels = TRAIN, TRAIN_LABELS, TEST, TEST_LABELS
+        corpus, labels, queries, query_labels = TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS
         thresholds = tuple(int(v) for v in args.thresholds.split(","))
         shortlists = tuple(int(v) for v in args.shortlists.split(",") if v)
         fractions = tuple(float(v) for v in args.max_bucket_fractions.split(",") if v)

@@ -14,18 +14,9 @@ computes, without its shortlist, so this isolates what the shifted copies do::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
+from _common import TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
 N_INDEX = 3000
 COPIES = ((112, 1), (112, 2), (112, 3), (56, 1), (84, 2), (224, 3))  # (size, shift in pixels at that size)
 SETTINGS = ((0, 1), (1, 1), (0.5, 0.5), (1, 0.5))  # (--shift-radius, --shift-step)
@@ -39,11 +30,10 @@ def moved_copy(img: np.ndarray, size: int, shift: int, rng) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--originals", type=int, default=60)
     ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--smoke", action="store_true", help="300 indexed images, 5 originals, two copy kinds")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "300 indexed images, 5 originals, two copy kinds")
     args = ap.parse_args(argv)
 
     from pipeline.encode import load_encoder
@@ -55,7 +45,7 @@ def main(argv=None) -> dict:
     n_originals = 5 if args.smoke else args.originals
     encoder = load_encoder(args.model)
     spec = ImageSpec(*encoder.input_shape)
-    images = open_corpus(f"{FMNIST}/train-images-idx3-ubyte.gz").read(spec, 0, n_index).pixels
+    images = open_corpus(TRAIN_IMAGES).read(spec, 0, n_index).pixels
     indexed = encoder.encode(images).reshape(n_index, -1).astype(np.uint64)
     originals = np.linspace(30, n_index - 1, n_originals).astype(np.int64)
     rows = []
@@ -77,8 +67,7 @@ def main(argv=None) -> dict:
         rows.append({"size": size, "shift": shift, "found": found, "originals": n_originals})
         print(f"| {size}x{size} moved {shift} px | " + " | ".join(f"{v}/{n_originals}" for v in found.values()) + " |", flush=True)
     result = {"indexed": n_index, "rows": rows}
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

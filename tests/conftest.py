@@ -1,25 +1,23 @@
-"""Shared fixtures: real Fashion-MNIST files, a tiny trained model, quiet TensorFlow."""
+"""Shared fixtures: real Fashion-MNIST files, a tiny trained model, one Dask cluster, indexes
+built once, quiet TensorFlow."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_TRAIN = f"{FMNIST_DIR}/train-images-idx3-ubyte.gz"
-FMNIST_TEST = f"{FMNIST_DIR}/t10k-images-idx3-ubyte.gz"
-FMNIST_TRAIN_LABELS = f"{FMNIST_DIR}/train-labels-idx1-ubyte.gz"
+from corpus_helpers import FASHION_TRAIN
 
 
 def _require_fmnist() -> None:
-    if not os.path.exists(FMNIST_TRAIN):
+    if not FASHION_TRAIN.exists():
         pytest.fail(
-            f"{FMNIST_TRAIN} is missing: install Debian's dataset-fashion-mnist "
+            f"{FASHION_TRAIN} is missing: install Debian's dataset-fashion-mnist "
             "(apt-get install dataset-fashion-mnist); .ci/run does this."
         )
 
@@ -28,7 +26,7 @@ def _require_fmnist() -> None:
 def fmnist_train() -> np.ndarray:
     """The 60k real Fashion-MNIST training images, uint8 [60000, 28, 28, 1]."""
     _require_fmnist()
-    with gzip.open(FMNIST_TRAIN) as f:
+    with gzip.open(FASHION_TRAIN) as f:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
 
 
@@ -45,10 +43,56 @@ def tiny_model(tmp_path_factory, fmnist_train) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
-    """One in-process cluster (2 workers x 1 thread) shared by the tests of a module."""
+    """One in-process cluster (2 workers x 1 thread) shared by every test that only needs one.
+
+    Tests that kill, restart or reconfigure workers start their own cluster instead."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def tcp_scheduler() -> str:
+    """The address of a scheduler that CLI subprocesses join (``--scheduler``), with one
+    in-process worker (1 thread): their tasks run in this process, where the model is loaded
+    once, instead of in worker processes each command would start (and import TensorFlow in)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def make_index(request, tmp_path_factory, client):
+    """Save images as a corpus and index them: ``make_index(images, *, shard_size=100,
+    partitions=2, model=None) -> (corpus_url, index_url)``.
+
+    ``images``: uint8 [n, h, w] (or [n, h, w, 1]), saved as ``corpus.npy``; ``model``: the tiny
+    model (trained only if needed) unless given. The index is built with :func:`workflows.index.index` on the shared
+    in-process cluster (its content does not depend on the cluster: tests/test_index.py checks).
+
+    Builds are cached for the session by their arguments (the images by content), so tests
+    that ask for the same index share one build: treat it as read-only, and ``shutil.copytree``
+    it first to append to it, break it or otherwise write to it.
+    """
+    from workflows.index import IndexSettings, index
+
+    built: dict[tuple, tuple[str, str]] = {}
+
+    def make(images: np.ndarray, *, shard_size: int = 100, partitions: int = 2, model: str | None = None) -> tuple[str, str]:
+        images = np.ascontiguousarray(images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images)
+        key = (hashlib.sha256(images.data).hexdigest(), images.shape, images.dtype.str, shard_size, partitions, model)
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"index-{len(images)}")
+            corpus, url = root / "corpus.npy", str(root / "index")
+            np.save(corpus, images)
+            model_url = model or request.getfixturevalue("tiny_model")
+            index(str(corpus), url, model_url, IndexSettings(shard_size=shard_size, partitions=partitions), client=client)
+            built[key] = (str(corpus), url)
+        return built[key]
+
+    return make

@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+from workflows.demo import FASHION_MNIST_DIR
+
+FASHION_DIR = Path(FASHION_MNIST_DIR)
 FASHION_TRAIN = FASHION_DIR / "train-images-idx3-ubyte.gz"
 FASHION_TEST = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
 FASHION_TRAIN_LABELS = FASHION_DIR / "train-labels-idx1-ubyte.gz"

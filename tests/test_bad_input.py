@@ -10,8 +10,8 @@ error row in the results), and ``--strict`` turns them into a failure before any
 committed. Whatever fails, a committed index keeps its version byte for byte and answers
 queries as before.
 
-Tasks run on one in-process Dask worker reached over TCP (``--scheduler``), so the model is
-loaded once for the whole module; every CLI call is a real subprocess.
+Tasks run on one in-process Dask worker reached over TCP (``--scheduler``: conftest's
+``tcp_scheduler``), so the model is loaded once; every CLI call is a real subprocess.
 """
 
 from __future__ import annotations
@@ -65,17 +65,6 @@ def error_line(result: subprocess.CompletedProcess, early: bool = True) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    """One in-process worker (1 thread) behind a TCP scheduler that the CLI subprocesses join."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
-    ) as cluster:
-        yield cluster.scheduler_address
-
-
 def snapshot(root: str | Path) -> dict[str, bytes]:
     """Every file below ``root``: relative path -> bytes, except the run records (``runs/``),
     which every run adds, failed or not (checked by :func:`new_run_records`)."""
@@ -95,22 +84,21 @@ def read_results(path: str | Path) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, tiny_model, fmnist_train, scheduler):
-    """A committed index of 300 real images (3 shards, 3 partitions) and its answers to 20 queries."""
+def shared(tmp_path_factory, make_index, tiny_model, fmnist_train, tcp_scheduler):
+    """A committed index of 300 real images (3 shards, 3 partitions; this module's own copy: failed
+    runs add their records to it) and its answers to 20 queries."""
     root = tmp_path_factory.mktemp("shared")
-    corpus, queries = root / "corpus.npy", root / "queries.npy"
-    np.save(corpus, fmnist_train[:300, :, :, 0])
+    queries = root / "queries.npy"
     np.save(queries, np.concatenate([fmnist_train[1000:1015, :, :, 0], fmnist_train[10:15, :, :, 0]]))
+    corpus, built = make_index(fmnist_train[:300], shard_size=100, partitions=3)
     index = root / "index"
-    built = run_cli("index", "--corpus", corpus, "--index", index, "--model", tiny_model, "--shard-size", 100,
-                    "--partitions", 3, "--scheduler", scheduler)
-    assert built.returncode == 0, built.stderr
+    shutil.copytree(built, index)
     answered = run_cli("query", "--index", index, "--queries", queries, "--out", root / "baseline.parquet", "--k", 5,
-                       "--scheduler", scheduler)
+                       "--scheduler", tcp_scheduler)
     assert answered.returncode == 0, answered.stderr
     return SimpleNamespace(
         root=root, index=str(index), corpus=str(corpus), queries=str(queries), model=tiny_model,
-        scheduler=scheduler, baseline=read_results(root / "baseline.parquet"),
+        scheduler=tcp_scheduler, baseline=read_results(root / "baseline.parquet"),
     )
 
 

@@ -1,74 +1,115 @@
-"""Benchmarks run in their smoke size, only to keep them working (no timing is asserted)."""
+"""Benchmarks run in their smoke size, only to keep them working (no timing is asserted).
+
+Each smoke test reads the run of the script named by its ``@smoke_run`` mark. The runs of the
+tests selected start together with the first of them, two at a time, in the tests' order:
+most of a run is one process importing TensorFlow, or a Dask cluster starting and stopping,
+so two overlap well on 2 cores (a fifth to a third less time than one after the other, measured
+on pairs of these scripts).
+"""
 
 import json
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = "{run_dir}"  # in a script's arguments: a folder of its own run
+AT_ONCE = 2
 
 
-def test_bench_index_smoke(tmp_path):
-    out = tmp_path / "figures.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_index.py"), "--smoke", "--out-json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+def smoke_run(script: str, *args: str) -> pytest.MarkDecorator:
+    """Marks a test that reads ``benchmarks/<script> --smoke --out-json ... <args>`` (the ``smoke`` fixture)."""
+    return pytest.mark.benchmark_smoke(script, *args)
+
+
+def _run(script: str, args: tuple[str, ...], run_dir: Path) -> subprocess.CompletedProcess:
+    out = run_dir / f"{script}.json"
+    args = tuple(arg.format(run_dir=run_dir) for arg in args)
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out-json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """The smoke runs of the tests of this module that were selected, started in their order,
+    ``AT_ONCE`` at a time; test name -> (future of the finished process, its run folder)."""
+    runs: dict[str, tuple[Future, Path]] = {}
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        for item in request.session.items:
+            mark = item.get_closest_marker("benchmark_smoke")
+            if item.module is request.module and mark and item.name not in runs:
+                script, *args = mark.args
+                run_dir = tmp_path_factory.mktemp(Path(script).stem)
+                runs[item.name] = pool.submit(_run, script, tuple(args), run_dir), run_dir
+        yield runs
+        pool.shutdown(cancel_futures=True)  # after a failure with -x: no more starts
+
+
+@pytest.fixture
+def smoke(request, smoke_runs) -> tuple[dict, str]:
+    """This test's smoke run, once it has succeeded: the figures it wrote (``--out-json``) and its stdout."""
+    mark = request.node.get_closest_marker("benchmark_smoke")
+    future, run_dir = smoke_runs[request.node.name]
+    result = future.result()
     assert result.returncode == 0, result.stderr
-    figures = json.loads(out.read_text())
+    return json.loads((run_dir / f"{mark.args[0]}.json").read_text()), result.stdout
+
+
+@smoke_run("bench_index.py")
+def test_bench_index_smoke(smoke):
+    figures, stdout = smoke
     assert figures["images"] == 2000 and figures["patchhash_index_images_per_s"] > 0 and figures["model_predict_images_per_s"] > 0
-    assert "ratio" in result.stdout
+    assert "ratio" in stdout
 
 
-def test_quality_ablation_smoke(tmp_path):
-    out = tmp_path / "quality.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", "--work", str(tmp_path),
-                             "--workers", "1", "--out-json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    rows = json.loads(out.read_text())["rows"]
+@smoke_run("quality.py", "--work", RUN_DIR, "--workers", "1")
+def test_quality_ablation_smoke(smoke):
+    figures, stdout = smoke
+    rows = figures["rows"]
     methods = {(r["method"], r["threshold"]) for r in rows}
     assert {("seed", 0), ("seed", 1), ("default", 0), ("default", 1), ("pixel-knn", None), ("lsh-64", None), ("lsh-256", None)} <= methods
     assert all(0 <= r["precision"]["10"] <= 1 for r in rows)
-    assert "| default | default | 32 | 1 | auto | 0.1 or 300 | 100,000 |" in result.stdout
+    assert "| default | default | 32 | 1 | auto | 0.1 or 300 | 100,000 |" in stdout
 
 
-def run_smoke(script: str, tmp_path, *args: str) -> tuple[dict, str]:
-    out = tmp_path / f"{script}.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out-json", str(out), *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    return json.loads(out.read_text()), result.stdout
-
-
-def test_bench_kernel_smoke(tmp_path):
-    figures, stdout = run_smoke("bench_kernel.py", tmp_path)
+@smoke_run("bench_kernel.py")
+def test_bench_kernel_smoke(smoke):
+    figures, stdout = smoke
     # the script exits non-zero unless both kernels found the same matches
     assert figures["matches"] > 0 and figures["ours_comparisons_per_s"] > 0 and figures["faiss_comparisons_per_s"] > 0
     assert figures["read_bandwidth_bytes_per_s"] > 0 and "ours / FAISS" in stdout
 
 
-def test_bench_encoder_smoke(tmp_path):
-    figures, stdout = run_smoke("bench_encoder.py", tmp_path)
+@smoke_run("bench_encoder.py")
+def test_bench_encoder_smoke(smoke):
+    figures, stdout = smoke
     assert figures["images"] == 300 and set(figures["ms_per_image"]) == {"onednn", "eigen"}
     assert all(v > 0 for v in figures["ms_per_image"].values()) and figures["code_bits"] == 300 * 49 * 32
     assert figures["bits_differing"] < figures["code_bits"] // 1000 and "oneDNN / Eigen" in stdout
 
 
-def test_bench_query_smoke(tmp_path):
-    figures, stdout = run_smoke("bench_query.py", tmp_path)
+@smoke_run("bench_query.py")
+def test_bench_query_smoke(smoke):
+    figures, stdout = smoke
     for mode in ("default", "seed"):
         assert set(figures["modes"][mode]["queries_per_s"]) == {"1", "2"}
     assert "ratio" in stdout
 
 
-def test_bench_scale_smoke(tmp_path):
-    figures, _ = run_smoke("bench_scale.py", tmp_path)
+@smoke_run("bench_scale.py")
+def test_bench_scale_smoke(smoke):
+    figures, _ = smoke
     (row,) = figures["results"]
     assert row["images"] == 4000 and row["bytes_per_image"] > 0 and set(row["ms_per_query"]) == {"default", "seed"}
     assert len(row["build_peak_rss_mb"]) == 2 and len(row["query_peak_rss_mb"]) == 2
 
 
-def test_bench_query_file_smoke(tmp_path):
-    figures, stdout = run_smoke("bench_query_file.py", tmp_path)
+@smoke_run("bench_query_file.py")
+def test_bench_query_file_smoke(smoke):
+    figures, stdout = smoke
     assert [r["rows"] for r in figures["runs"]] == [200, 600] and figures["rows_ratio"] == 3
     assert figures["client_rss_ratio"] > 0 and figures["worker_rss_ratio"] > 0
     assert "client peak RSS x" in stdout
@@ -93,8 +134,9 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     del ballast
 
 
-def test_candidate_stage_smoke(tmp_path):
-    figures, stdout = run_smoke("candidate_stage.py", tmp_path)
+@smoke_run("candidate_stage.py")
+def test_candidate_stage_smoke(smoke):
+    figures, stdout = smoke
     rows = figures["rows"]
     assert figures["images"] == 20000 and len(rows) == 8
     assert all(0 <= r["recall_at_10"] <= 1 and 0 < r["candidates"] <= 20000 for r in rows)
@@ -107,8 +149,9 @@ def test_candidate_stage_smoke(tmp_path):
     assert "the cost model picks" in stdout
 
 
-def test_shift_sweep_smoke(tmp_path):
-    figures, stdout = run_smoke("shift_sweep.py", tmp_path)
+@smoke_run("shift_sweep.py")
+def test_shift_sweep_smoke(smoke):
+    figures, stdout = smoke
     assert figures["indexed"] == 300 and [(r["size"], r["shift"]) for r in figures["rows"]] == [(112, 1), (112, 2)]
     for row in figures["rows"]:
         assert set(row["found"]) == {"r=0 s=1", "r=1 s=1", "r=0.5 s=0.5", "r=1 s=0.5"}

@@ -46,9 +46,9 @@ def test_train_then_info(tmp_path, fmnist_train):
 def test_train_with_labels_records_them(tmp_path, fmnist_train):
     import gzip
 
-    from conftest import FMNIST_TRAIN_LABELS
+    from corpus_helpers import FASHION_TRAIN_LABELS
 
-    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+    with gzip.open(FASHION_TRAIN_LABELS) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)[:400]
     corpus, label_file = tmp_path / "sample.npy", tmp_path / "labels.npy"
     np.save(corpus, fmnist_train[:400, :, :, 0])

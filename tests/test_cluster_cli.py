@@ -11,7 +11,6 @@ from dask_cli import ENV, dask_cli_cluster
 from snapshots import index_snapshot, results_rows
 
 from workflows.cluster import ClusterSettings, dask_client
-from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 pytestmark = pytest.mark.slow
@@ -30,11 +29,12 @@ def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedP
                           timeout=300, env={**ENV, **(env or {})}, cwd=cwd)
 
 
-def test_index_and_query_on_a_dask_cli_cluster_equal_a_local_cluster_run(scheduler, client, tiny_model, fmnist_train, tmp_path):
+def test_index_and_query_on_a_dask_cli_cluster_equal_a_local_cluster_run(scheduler, client, make_index, tiny_model, fmnist_train,
+                                                                          tmp_path):
     """The scheduler comes from ``PATCHHASH_SCHEDULER`` for the index job and from a job spec for
     the query job; codes, bucket maps, image tables and results equal a LocalCluster run."""
-    corpus, queries = tmp_path / "corpus.npy", tmp_path / "queries.npy"
-    np.save(corpus, fmnist_train[:400, :, :, 0])
+    corpus, local = make_index(fmnist_train[:400], shard_size=100, partitions=2)  # the LocalCluster run's index
+    queries = tmp_path / "queries.npy"
     np.save(queries, fmnist_train[2000:2060, :, :, 0])
     url = tmp_path / "index"
     indexed = _cli("index", "--corpus", str(corpus), "--index", str(url), "--model", tiny_model,
@@ -49,8 +49,6 @@ def test_index_and_query_on_a_dask_cli_cluster_equal_a_local_cluster_run(schedul
     assert answered.returncode == 0, answered.stderr
     assert f"connected to Dask scheduler {scheduler}" in answered.stderr
 
-    local = tmp_path / "local-index"
-    index(str(corpus), str(local), tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
-    query(str(local), str(queries), str(tmp_path / "local.parquet"), QuerySettings(k=5), client=client)
-    assert index_snapshot(str(url)) == index_snapshot(str(local))
+    query(local, str(queries), str(tmp_path / "local.parquet"), QuerySettings(k=5), client=client)
+    assert index_snapshot(str(url)) == index_snapshot(local)
     assert results_rows(str(tmp_path / "results.parquet")) == results_rows(str(tmp_path / "local.parquet"))

@@ -11,30 +11,27 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import FMNIST_TRAIN_LABELS
+from corpus_helpers import FASHION_TRAIN_LABELS
 
 from pipeline.baselines import pixel_knn
 from pipeline.metrics import average_precision_at_k, precision_at_k
 from storage import ConfigError, CorpusError
 from workflows.evaluate import EvaluateSettings, evaluate, render_table
-from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 N_INDEX, N_QUERIES = 400, 60
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory, client, tiny_model, fmnist_train):
+def labelled(tmp_path_factory, make_index, fmnist_train):
     """An index of 400 real images (2 partitions), 60 other labelled queries, labels as npy."""
     root = tmp_path_factory.mktemp("eval")
-    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+    with gzip.open(FASHION_TRAIN_LABELS) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    np.save(root / "corpus.npy", fmnist_train[:N_INDEX, :, :, 0])
     np.save(root / "labels.npy", labels[:N_INDEX])
     np.save(root / "queries.npy", fmnist_train[2000:2000 + N_QUERIES, :, :, 0])
     np.save(root / "query_labels.npy", labels[2000:2000 + N_QUERIES])
-    url = str(root / "idx")
-    index(str(root / "corpus.npy"), url, tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
+    _, url = make_index(fmnist_train[:N_INDEX], shard_size=100, partitions=2)
     return dict(root=root, index=url, labels=labels[:N_INDEX], query_labels=labels[2000:2000 + N_QUERIES],
                 fmnist=fmnist_train)
 
@@ -128,13 +125,13 @@ def test_settings_are_validated(kwargs, match):
         EvaluateSettings(**kwargs)
 
 
-def test_evaluate_cli_smoke(labelled, tmp_path):
+def test_evaluate_cli_smoke(labelled, tcp_scheduler, tmp_path):
     idx, queries, labels, query_labels = _args(labelled)
     out, plot = tmp_path / "e.json", tmp_path / "e.png"
     result = subprocess.run(
         [sys.executable, "-m", "workflows.cli", "evaluate", "--index", idx, "--queries", queries, "--labels", labels,
          "--query-labels", query_labels, "--k", "1,10", "--baselines", "pixel-knn,lsh-64", "--limit", "30",
-         "--out", str(out), "--plot", str(plot), "--workers", "1"],
+         "--out", str(out), "--plot", str(plot), "--scheduler", tcp_scheduler],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

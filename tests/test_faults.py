@@ -39,20 +39,22 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, fmnist_train) -> dict[str, str]:
+def data(tmp_path_factory, make_index, fmnist_train) -> dict[str, str]:
+    """Corpus ``a`` (600 images, the one of ``base_index``), ``b`` (300 more) and 300 queries."""
     root = tmp_path_factory.mktemp("fault-data")
-    files = {"a": fmnist_train[:600], "b": fmnist_train[600:900], "queries": fmnist_train[5000:5300]}
+    files = {"b": fmnist_train[600:900], "queries": fmnist_train[5000:5300]}
     for name, images in files.items():
         np.save(root / f"{name}.npy", images[:, :, :, 0])
-    return {name: str(root / f"{name}.npy") for name in files}
+    corpus_a, _ = make_index(fmnist_train[:600], shard_size=SETTINGS.shard_size, partitions=SETTINGS.partitions)
+    return {"a": corpus_a} | {name: str(root / f"{name}.npy") for name in files}
 
 
 @pytest.fixture(scope="module")
-def base_index(cluster, tiny_model, data, tmp_path_factory) -> tuple[str, list[dict]]:
-    """Version 1 over corpus ``a``, and its results for the ``queries`` file."""
+def base_index(cluster, make_index, fmnist_train, data, tmp_path_factory) -> tuple[str, list[dict]]:
+    """Version 1 over corpus ``a`` (read only: the tests copy it to change it), and its results
+    for the ``queries`` file on the worker processes."""
     root = tmp_path_factory.mktemp("base")
-    url = str(root / "idx")
-    index(data["a"], url, tiny_model, SETTINGS, client=cluster)
+    _, url = make_index(fmnist_train[:600], shard_size=SETTINGS.shard_size, partitions=SETTINGS.partitions)
     out = str(root / "results.parquet")
     query(url, data["queries"], out, QUERY, client=cluster)
     return url, _rows(out)

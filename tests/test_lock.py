@@ -219,16 +219,14 @@ def test_index_runs_are_locked_logged_and_a_nightly_rerun_is_a_quick_no_op(tmp_p
     assert "status: no-op" in text.stdout and "status: ok" not in text.stdout
 
 
-def test_two_overlapping_index_jobs_one_waits_and_the_index_ends_as_after_one_run(tmp_path, tiny_model, fmnist_train):
+def test_two_overlapping_index_jobs_one_waits_and_the_index_ends_as_after_one_run(tmp_path, make_index, tiny_model, fmnist_train):
     """Two real ``patchhash index`` runs started together on one new index: one builds it while
     the other waits for the lock, then finds nothing new; the result equals a single run's."""
     from snapshots import index_snapshot
 
-    np.save(tmp_path / "corpus.npy", fmnist_train[:300, :, :, 0])
-    args = [*CLI, "index", "--corpus", str(tmp_path / "corpus.npy"), "--model", tiny_model,
+    corpus, single = make_index(fmnist_train[:300], shard_size=100, partitions=2)  # the single run
+    args = [*CLI, "index", "--corpus", corpus, "--model", tiny_model,
             "--shard-size", "100", "--partitions", "2", "--workers", "1"]
-    single = subprocess.run([*args, "--index", str(tmp_path / "single")], capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
     url = str(tmp_path / "idx")
     procs = [subprocess.Popen([*args, "--index", url, "--wait-for-lock", "240"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -237,5 +235,5 @@ def test_two_overlapping_index_jobs_one_waits_and_the_index_ends_as_after_one_ru
     stdout = sorted(out for out, _ in outputs)
     assert stdout[0].startswith("indexed 300 new images") and stdout[1].startswith("nothing new"), stdout
     assert any("waiting up to 240 s" in err for _, err in outputs)
-    assert index_snapshot(url) == index_snapshot(str(tmp_path / "single"))
+    assert index_snapshot(url) == index_snapshot(single)
     assert sorted(r["status"] for r in json.loads(run("info", "--index", url, "--json").stdout)["runs"]) == ["no-op", "ok"]

@@ -215,11 +215,11 @@ def _leave_one_out_precision_at_10(codes: np.ndarray, labels: np.ndarray) -> flo
 def test_label_aware_training_brings_same_class_codes_together(fmnist_train):
     import gzip
 
-    from conftest import FMNIST_TRAIN_LABELS
+    from corpus_helpers import FASHION_TRAIN_LABELS
 
     from pipeline.train import TrainSettings, train_autoencoder
 
-    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+    with gzip.open(FASHION_TRAIN_LABELS) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)[:1280]
     config = ModelConfig((28, 28, 1), bits=8, patch=8, stride=4, filters=16, widths=(16,))
     images = fmnist_train[:1280]

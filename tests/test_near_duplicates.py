@@ -13,24 +13,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from near_duplicates import N_INDEX, found_first, write_copies  # noqa: E402
 
-from workflows.index import IndexSettings, index  # noqa: E402
 from workflows.query import QuerySettings, query  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def shipped_index(tmp_path_factory, client, fmnist_train):
-    root = tmp_path_factory.mktemp("dup")
-    np.save(root / "corpus.npy", fmnist_train[:N_INDEX, :, :, 0])
-    url = str(root / "idx")
-    index(str(root / "corpus.npy"), url, "fashion-mnist", IndexSettings(shard_size=1000, partitions=2), client=client)
-    return url
+def shipped_index(make_index, fmnist_train):
+    return make_index(fmnist_train[:N_INDEX], shard_size=1000, partitions=2, model="fashion-mnist")[1]
 
 
 @pytest.mark.parametrize("name, settings", [

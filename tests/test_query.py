@@ -15,19 +15,13 @@ from PIL import Image
 from reference import reference_rerank_search, reference_seed_search
 
 from storage import ConfigError, CorpusError
-from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 
 @pytest.fixture(scope="module")
-def small_index(tmp_path_factory, client, tiny_model, fmnist_train):
+def small_index(make_index, fmnist_train):
     """An index of 500 real images cut into 4 partitions."""
-    root = tmp_path_factory.mktemp("q")
-    corpus = root / "corpus.npy"
-    np.save(corpus, fmnist_train[:500, :, :, 0])
-    url = str(root / "idx")
-    index(str(corpus), url, tiny_model, IndexSettings(shard_size=64, partitions=4), client=client)
-    return url
+    return make_index(fmnist_train[:500], shard_size=64, partitions=4)[1]
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +173,13 @@ def test_query_cli_end_to_end(small_index, query_npy, tmp_path):
     assert pacsv.read_csv(out).num_rows == 50 * 4
 
 
-def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tmp_path):
+def test_query_cli_failed_rows_exit_codes(small_index, fmnist_train, tcp_scheduler, tmp_path):
     folder = tmp_path / "queries"
     folder.mkdir()
     Image.fromarray(fmnist_train[5, :, :, 0]).save(folder / "good.png")
     (folder / "bad.png").write_bytes(b"")
-    base = [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", str(folder), "--workers", "1"]
+    base = [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", str(folder),
+            "--scheduler", tcp_scheduler]
     lenient = subprocess.run([*base, "--out", str(tmp_path / "a.parquet")], capture_output=True, text=True, timeout=600)
     assert lenient.returncode == 0, lenient.stderr
     assert "1 query row(s) could not be read" in lenient.stderr

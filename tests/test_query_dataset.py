@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import ConfigError
-from workflows.index import IndexSettings, index
+from workflows.index import index
 from workflows.query import QuerySettings, query
 
 pytestmark = pytest.mark.slow
@@ -23,13 +23,12 @@ SETTINGS = QuerySettings(k=5, block_size=40, max_blocks_in_flight=2)
 
 
 @pytest.fixture(scope="module")
-def setup(client, tiny_model, fmnist_train, tmp_path_factory) -> dict:
+def setup(client, make_index, fmnist_train, tmp_path_factory) -> dict:
+    """A shared index of 500 images (copied by the tests that append to it), 200 more images, 400 queries."""
     root = tmp_path_factory.mktemp("dataset")
-    np.save(root / "a.npy", fmnist_train[:500, :, :, 0])
     np.save(root / "b.npy", fmnist_train[500:700, :, :, 0])
     np.save(root / "q.npy", fmnist_train[3000:3400, :, :, 0])
-    url = str(root / "idx")
-    index(str(root / "a.npy"), url, tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
+    _, url = make_index(fmnist_train[:500], shard_size=100, partitions=2)
     single = str(root / "single.parquet")
     query(url, str(root / "q.npy"), single, SETTINGS, client=client)
     return {"root": root, "index": url, "queries": str(root / "q.npy"), "b": str(root / "b.npy"), "expected": pq.read_table(single)}

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -51,6 +52,13 @@ def run_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600, env=env or ENV)
 
 
+def run_cli_at_once(*commands: tuple) -> list[subprocess.CompletedProcess]:
+    """``run_cli`` of independent commands, all started together (several of them mostly wait:
+    on a worker process starting, on retries against an unreachable endpoint); in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_cli(*args), commands))
+
+
 def looks_like_pickle(data: bytes) -> bool:
     """Whether ``data`` is a whole pickle (protocol 2-5): parsed, never executed."""
     if len(data) < 3 or data[0] != 0x80 or not 2 <= data[1] <= 5:
@@ -66,15 +74,14 @@ def looks_like_pickle(data: bytes) -> bool:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model, fmnist_train, client):
+def built(tmp_path_factory, make_index, fmnist_train, client):
     """An index with two versions (one with unreadable images), results in every format, a report."""
-    from workflows.index import IndexSettings, index
+    from workflows.index import index
     from workflows.query import QuerySettings, query
 
     root = tmp_path_factory.mktemp("secure")
-    np.save(root / "corpus.npy", fmnist_train[:250, :, :, 0])
     url = str(root / "index")
-    index(str(root / "corpus.npy"), url, tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
+    shutil.copytree(make_index(fmnist_train[:250], shard_size=100, partitions=2)[1], url)  # version 1, appended to below
     folder = root / "more"
     folder.mkdir()
     for i in range(3):
@@ -543,7 +550,7 @@ def s3_run(tmp_path_factory, fmnist_train):
             so = json.dumps(options)
             dask = ("--scheduler", cluster.scheduler_address)
             query = ("query", "--index", "s3://bkt/idx", "--queries", "s3://bkt/queries.npy", *dask)
-            ok = [
+            ok = [  # one after the other: each needs what the one before wrote
                 run_cli("train", "--corpus", "s3://bkt/corpus.npy", "--out", "s3://bkt/model", "--bits", 8, "--epochs", 1,
                         "--sample", 64, "--batch-size", 32, "--stem", "none", "--storage-options", so, "-v"),
                 run_cli("index", "--corpus", "s3://bkt/corpus.npy", "--index", "s3://bkt/idx", "--model", "s3://bkt/model",
@@ -551,21 +558,30 @@ def s3_run(tmp_path_factory, fmnist_train):
                 run_cli("index", "--corpus", "s3://bkt/broken", "--index", "s3://bkt/idx", *dask, "--storage-options", so, "-v"),
                 run_cli(*query, "--out", "s3://bkt/results.parquet", "--report", "s3://bkt/report.html", "--k", 3,
                         "--storage-options", so, "-v"),
-                run_cli("info", "--index", "s3://bkt/idx", "--json", "--storage-options", so),
-                run_cli("info", "--model", "s3://bkt/model", "--json", "--storage-options", so),
             ]
             unreachable = {**options["client_kwargs"], "endpoint_url": "http://127.0.0.1:9"}
-            failing = [
-                run_cli("index", "--corpus", "s3://bkt/nonexistent.npy", "--index", "s3://bkt/idx", *dask,
-                        "--storage-options", so, "-v"),
-                run_cli("index", "--corpus", "s3://bkt/cut-idx3-ubyte.gz", "--index", "s3://bkt/idx", "--workers", 1,
-                        "--storage-options", so, "-v"),  # fails inside a worker process
-                run_cli(*query, "--out", "s3://bkt/r2.parquet", "--storage-options", json.dumps({**options, "anon": True}), "-v"),
-                run_cli(*query, "--out", "s3://bkt/r3.parquet", "--storage-options", json.dumps({**options, "no_such_option": 1}), "-v"),
-                run_cli(*query, "--out", "s3://bkt/r4.parquet", "--storage-options",
-                        json.dumps({**options, "client_kwargs": unreachable}), "-v"),
-                run_cli(*query, "--out", "s3://bkt/r5.parquet", "--storage-options", so[:-1], "-v"),  # not JSON
-            ]
+            # The rest only read the index or fail: they run at once, except the two index jobs,
+            # one after the other (together, one might find the index locked by the other).
+            with concurrent.futures.ThreadPoolExecutor(1) as background:
+                info_and_queries = background.submit(
+                    run_cli_at_once,
+                    ("info", "--index", "s3://bkt/idx", "--json", "--storage-options", so),
+                    ("info", "--model", "s3://bkt/model", "--json", "--storage-options", so),
+                    (*query, "--out", "s3://bkt/r2.parquet", "--storage-options", json.dumps({**options, "anon": True}), "-v"),
+                    (*query, "--out", "s3://bkt/r3.parquet", "--storage-options", json.dumps({**options, "no_such_option": 1}), "-v"),
+                    (*query, "--out", "s3://bkt/r4.parquet", "--storage-options", json.dumps({**options, "client_kwargs": unreachable}),
+                     "-v"),
+                    (*query, "--out", "s3://bkt/r5.parquet", "--storage-options", so[:-1], "-v"),  # not JSON
+                )
+                failing = [
+                    run_cli("index", "--corpus", "s3://bkt/nonexistent.npy", "--index", "s3://bkt/idx", *dask,
+                            "--storage-options", so, "-v"),
+                    run_cli("index", "--corpus", "s3://bkt/cut-idx3-ubyte.gz", "--index", "s3://bkt/idx", "--workers", 1,
+                            "--storage-options", so, "-v"),  # fails inside a worker process
+                ]
+                info, failed_queries = info_and_queries.result()[:2], info_and_queries.result()[2:]
+            ok += info
+            failing += failed_queries
             stored = {path: fs.cat_file(path) for path in fs.find("bkt")}
             yield {"secrets": secrets, "ok": ok, "failing": failing, "stored": stored, "logs": records.lines}
     finally:

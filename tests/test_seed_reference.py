@@ -15,6 +15,7 @@ from pipeline.buckets import build_bucket_map
 from pipeline.seed import seed_search
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # where a script finds its sibling modules (_common)
 
 
 def _load(name: str):

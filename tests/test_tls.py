@@ -152,12 +152,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=ENV)
 
 
-def test_index_and_query_through_tls_scheduler_match_a_local_run(tls_scheduler, pki, tiny_model, fmnist_train, client, tmp_path):
-    from workflows.index import IndexSettings, index
+def test_index_and_query_through_tls_scheduler_match_a_local_run(tls_scheduler, pki, tiny_model, fmnist_train, client, make_index,
+                                                                  tmp_path):
     from workflows.query import QuerySettings, query
 
-    corpus, queries = tmp_path / "corpus.npy", tmp_path / "queries.npy"
-    np.save(corpus, fmnist_train[:300, :, :, 0])
+    corpus, local_url = make_index(fmnist_train[:300], shard_size=100, partitions=2)  # the local run's index
+    queries = tmp_path / "queries.npy"
     np.save(queries, fmnist_train[1000:1040, :, :, 0])
     tls = ["--scheduler", tls_scheduler, "--tls-ca", pki.ca, "--tls-cert", pki.cert, "--tls-key", pki.key]
     url, out = tmp_path / "tls-index", tmp_path / "tls.parquet"
@@ -172,9 +172,8 @@ def test_index_and_query_through_tls_scheduler_match_a_local_run(tls_scheduler, 
     for text in (indexed.stderr, answered.stderr):  # the key's file name may be logged, never its contents
         assert "PRIVATE KEY" not in text
 
-    local_url, local_out = tmp_path / "local-index", tmp_path / "local.parquet"
-    index(str(corpus), str(local_url), tiny_model, IndexSettings(shard_size=100, partitions=2), client=client)
-    query(str(local_url), str(queries), str(local_out), QuerySettings(k=5), client=client)
+    local_out = tmp_path / "local.parquet"
+    query(local_url, str(queries), str(local_out), QuerySettings(k=5), client=client)
     codes = zarr.open_array(f"{url}/codes", mode="r")[:]
     assert codes.shape == (300, 7, 7)
     np.testing.assert_array_equal(codes, zarr.open_array(f"{local_url}/codes", mode="r")[:])
