@@ -154,7 +154,7 @@ def test_evaluate_an_index_on_s3_that_needs_the_credentials(client, tiny_model, 
     import fsspec
     from corpus_helpers import moto_s3
 
-    with gzip.open(FMNIST_TRAIN_LABELS) as f:
+    with gzip.open(FASHION_TRAIN_LABELS) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     local = {"corpus.npy": fmnist_train[:200, :, :, 0], "labels.npy": labels[:200],
              "queries.npy": fmnist_train[3000:3030, :, :, 0], "query_labels.npy": labels[3000:3030]}
