@@ -31,30 +31,24 @@ it encodes ~50x faster than the shipped one, which keeps a 1M-image run to minut
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-FMNIST = "/usr/share/datasets/fashion-mnist"
 PER_FOLDER = 1000
 DAY = 86_400
 
 
-def fashion_mnist(name: str) -> np.ndarray:
-    with gzip.open(f"{FMNIST}/{name}-images-idx3-ubyte.gz") as f:
+def fashion_mnist(path: str) -> np.ndarray:
+    with gzip.open(path) as f:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
 
 
@@ -62,7 +56,7 @@ class Pool:
     """Distinct images on demand: Fashion-MNIST, then shifted, flipped, noisy copies."""
 
     def __init__(self, seed: int = 0):
-        self.base = np.concatenate([fashion_mnist("train"), fashion_mnist("t10k")])
+        self.base = np.concatenate([fashion_mnist(TRAIN_IMAGES), fashion_mnist(TEST_IMAGES)])
         self.rng = np.random.default_rng(seed)
         self.next = 0
 
@@ -216,14 +210,14 @@ def train_tiny(work: Path) -> str:
     from pipeline.train import TrainSettings, save_model, train_autoencoder
 
     config = ModelConfig((28, 28, 1), bits=16, patch=8, stride=4, filters=16, widths=(16,))
-    result = train_autoencoder(fashion_mnist("train")[:512, :, :, None], config, TrainSettings(epochs=1, batch_size=64, seed=1))
+    result = train_autoencoder(fashion_mnist(TRAIN_IMAGES)[:512, :, :, None], config, TrainSettings(epochs=1, batch_size=64, seed=1))
     out = str(work / "tiny-model")
     save_model(out, "tiny", config, result, {"corpus": "fashion-mnist[:512]"})
     return out
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--nights", type=int, default=30)
     ap.add_argument("--churn", type=float, default=0.02, help="share of the live images changed each night")
@@ -237,8 +231,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", help="where corpus and indexes go (default: a temporary directory, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the corpus and indexes in --workdir (to look at them)")
-    ap.add_argument("--smoke", action="store_true", help="600 images, 3 nights, the tiny model")
-    ap.add_argument("--out-json")
+    add_smoke_and_out_json(ap, "600 images, 3 nights, the tiny model")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.nights, args.churn, args.model = 600, 3, 0.05, "tiny"
@@ -256,7 +249,7 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         model = train_tiny(work) if args.model == "tiny" else args.model
         queries = str(work / "queries.npy")
-        np.save(queries, fashion_mnist("t10k")[: args.queries])
+        np.save(queries, fashion_mnist(TEST_IMAGES)[: args.queries])
         corpus = (FilesCorpus if args.layout == "files" else RowsCorpus)(work / "corpus")
         night0 = time.time() - (args.nights + 2) * DAY
         corpus.add(pool.take(args.images), night0)
@@ -328,8 +321,7 @@ def main(argv=None) -> dict:
           f"median {100 * summary['median_written_share']:.1f}%, max {100 * summary['max_written_share']:.1f}% of the index; "
           f"sync median {summary['median_sync_s']:.1f} s (fresh build {fresh_s:.1f} s)")
     result = {"args": vars(args), "nights": rows, "summary": summary}
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(result, indent=1))
+    write_json(args.out_json, result)
     return result
 
 

@@ -10,6 +10,7 @@ cell therefore gets its own ``bits``-bit code, computed from one ``patch x patch
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 
 from pipeline.packing import MAX_BITS, MIN_BITS
@@ -95,36 +96,61 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def _conv1x1(x, width: int, activation: str = "relu"):
+class KernelSeeds:
+    """The initial weights of each layer built, drawn from ``seed`` (None: Keras's global seed).
+
+    Keras draws the seed of an unseeded initializer from Python's global ``random`` when the
+    layer is built, so any other thread of the process using ``random`` at that moment (a Dask
+    worker loading a model, botocore's retry jitter) would change the initial weights; seeded
+    initializers make a training run depend on its seed alone.
+    """
+
+    def __init__(self, seed: int | None, stream: str = "autoencoder"):
+        self.seed, self.stream, self.count = seed, stream, 0
+
+    def __call__(self):
+        from pipeline.backend import keras
+
+        if self.seed is None:
+            return "glorot_uniform"
+        self.count += 1
+        return keras.initializers.GlorotUniform(seed=zlib.crc32(f"{self.seed}:{self.stream}:{self.count}".encode()))
+
+
+def _conv1x1(x, width: int, kernels: KernelSeeds, activation: str = "relu"):
     from pipeline.backend import keras
 
-    x = keras.layers.Conv2D(width, 1, activation=activation)(x)
+    x = keras.layers.Conv2D(width, 1, activation=activation, kernel_initializer=kernels())(x)
     return keras.layers.BatchNormalization()(x)
 
 
-def build_autoencoder(config: ModelConfig) -> "keras.Model":  # noqa: F821
-    """The trainable autoencoder: image in, reconstructed (normalised) image out."""
+def build_autoencoder(config: ModelConfig, seed: int | None = None) -> "keras.Model":  # noqa: F821
+    """The trainable autoencoder: image in, reconstructed (normalised) image out; its initial
+    weights drawn from ``seed`` (see :class:`KernelSeeds`)."""
     from pipeline.backend import keras  # imported here so that ModelConfig and model cards need no TensorFlow
 
     from pipeline.binarize import Binarize
+
+    kernels = KernelSeeds(seed)
 
     h, w, c = config.input_shape
     inputs = keras.Input(shape=config.input_shape, name="image")
     x = inputs
     for width in config.stem:
-        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=kernels())(x)
         x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Conv2D(config.filters, config.patch, strides=config.stride, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(config.filters, config.patch, strides=config.stride, padding="same", activation="relu",
+                            kernel_initializer=kernels())(x)
     x = keras.layers.BatchNormalization()(x)
     for width in config.widths:
-        x = _conv1x1(x, width)
+        x = _conv1x1(x, width, kernels)
     # No batch norm after the sigmoid: it would move activations away from {0, 1}.
-    x = keras.layers.Conv2D(config.bits, 1, activation="sigmoid")(x)
+    x = keras.layers.Conv2D(config.bits, 1, activation="sigmoid", kernel_initializer=kernels())(x)
     x = Binarize(name=ENCODING_LAYER)(x)
     for width in reversed(config.widths):
-        x = _conv1x1(x, width)
-    x = _conv1x1(x, config.filters)
-    x = keras.layers.Conv2DTranspose(c, config.patch, strides=config.stride, padding="same")(x)
+        x = _conv1x1(x, width, kernels)
+    x = _conv1x1(x, config.filters, kernels)
+    x = keras.layers.Conv2DTranspose(c, config.patch, strides=config.stride, padding="same", kernel_initializer=kernels())(x)
     gh, gw = config.grid
     extra_h, extra_w = gh * config.stride - h, gw * config.stride - w
     if extra_h or extra_w:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.model import ENCODING_LAYER, ModelConfig, build_autoencoder
+from pipeline.model import ENCODING_LAYER, KernelSeeds, ModelConfig, build_autoencoder
 from pipeline.modelcard import CARD_FILE, MODEL_FILE, ModelCard, sha256_bytes
 from pipeline.normalize import Normalization
 from storage import join_url, url_to_fs
@@ -106,10 +106,10 @@ def train_autoencoder(
     tf.config.experimental.enable_op_determinism()
     normalization = Normalization.fit(pixels)
     x = normalization.apply(pixels)
-    autoencoder = build_autoencoder(config)
+    autoencoder = build_autoencoder(config, seed=settings.seed)
     n_classes = 0 if classes is None or settings.label_weight == 0 else len(classes)
     max_shift = settings.max_shift if settings.shift_weight > 0 else 0.0
-    model = training_model(autoencoder, n_classes, max_shift)
+    model = training_model(autoencoder, n_classes, max_shift, seed=settings.seed)
     y = {"reconstruction": x}
     losses = {"reconstruction": "mse"}
     weights = {"reconstruction": 1.0}
@@ -137,7 +137,8 @@ def train_autoencoder(
                        0 if classes is None else len(classes))
 
 
-def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: float = 0.0) -> "keras.Model":  # noqa: F821
+def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: float = 0.0,  # noqa: F821
+                   seed: int | None = None) -> "keras.Model":  # noqa: F821
     """The autoencoder with the training-only outputs of the module docstring.
 
     Shares every layer with ``autoencoder``. Outputs ``"reconstruction"``; with ``n_classes``,
@@ -151,10 +152,11 @@ def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: fl
     outputs = {"reconstruction": autoencoder.output}
     if n_classes:
         signs = keras.layers.Rescaling(2.0, offset=-1.0, name="code_signs")(keras.layers.Flatten(name="code_grid")(codes))
-        outputs["label"] = keras.layers.Dense(n_classes, name="label")(signs)
+        outputs["label"] = keras.layers.Dense(n_classes, name="label", kernel_initializer=KernelSeeds(seed, "label")())(signs)
     if max_shift:
         h, w, _ = autoencoder.input.shape[1:]
-        moved = keras.layers.RandomTranslation(max_shift / h, max_shift / w, fill_mode="nearest", name="moved")(autoencoder.input)
+        moved = keras.layers.RandomTranslation(max_shift / h, max_shift / w, fill_mode="nearest", name="moved",
+                                                 seed=seed)(autoencoder.input)
         encoder = keras.Model(autoencoder.input, codes, name="shared_encoder")
         gap = keras.layers.Subtract(name="shift_gap")([codes, encoder(moved)])  # 0 or +-1 per bit
         changed = keras.layers.Multiply(name="shift_changed")([gap, gap])

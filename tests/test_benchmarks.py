@@ -157,3 +157,15 @@ def test_shift_sweep_smoke(smoke):
         assert set(row["found"]) == {"r=0 s=1", "r=1 s=1", "r=0.5 s=0.5", "r=1 s=0.5"}
         assert all(0 <= v <= row["originals"] for v in row["found"].values())
     assert "| 112x112 moved 2 px |" in stdout
+
+
+@smoke_run("bench_sync.py")
+def test_bench_sync_smoke(smoke):
+    figures, stdout = smoke
+    nights = figures["nights"]
+    assert [n["night"] for n in nights] == [1, 2, 3]
+    assert all(n["added"] > 0 and n["removed"] > 0 and n["changed"] > 0 and n["written_bytes"] > 0 for n in nights)
+    summary = figures["summary"]
+    assert summary["objects_ratio"] > 0 and summary["bytes_ratio"] > 0 and summary["ms_per_query_ratio"] > 0
+    assert 0 < summary["median_written_share"] <= summary["max_written_share"]
+    assert "after 3 nights vs a fresh build of the same" in stdout

@@ -17,6 +17,7 @@ from pipeline.baselines import pixel_knn
 from pipeline.metrics import average_precision_at_k, precision_at_k
 from storage import ConfigError, CorpusError
 from workflows.evaluate import EvaluateSettings, evaluate, render_table
+from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 N_INDEX, N_QUERIES = 400, 60
