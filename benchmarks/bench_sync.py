@@ -3,11 +3,12 @@ as a fresh build of the same files?
 
 Each night ``--churn`` of the live images change (adds, deletes and overwrites in the ratio
 ``--mix``), then the nightly job runs as an operator would run it: ``patchhash index`` on the
-same corpus (the sync, with its automatic compaction), then ``patchhash gc`` (here with
-``--min-age 0``, so that the bytes kept are the steady state, not a day's worth of old
-versions). Per night it records the sync's seconds and bytes written (files created or
-rewritten under the index), the objects and bytes the current version references, gc's
-seconds, and default-mode ms/query (median of ``--repeats`` runs of ``--queries`` Fashion-MNIST
+same corpus (the sync), the automatic compaction that follows it (the same policy and budget
+as ``patchhash index`` applies; run as a step of its own here so that its cost is measured
+apart), then ``patchhash gc`` (here with ``--min-age 0``, so that the bytes kept are the
+steady state, not a day's worth of old versions). Per night it records the seconds and bytes
+written (files created or rewritten under the index) of the sync and of the compaction, the
+objects and bytes the current version references, gc's seconds, and default-mode ms/query (median of ``--repeats`` runs of ``--queries`` Fashion-MNIST
 test images, one block). At the end a fresh index of the same live files is built with the
 index's own partition size, and the two answer the queries alternately (``--repeats + 2``
 runs each, medians): the ratios current / fresh are the point.
@@ -241,7 +242,7 @@ def main(argv=None) -> dict:
 
     from workflows.cluster import ClusterSettings, dask_client
     from workflows.index import IndexSettings, index
-    from workflows.maintenance import GcSettings, run_gc
+    from workflows.maintenance import GcSettings, compact, run_gc
 
     rng = np.random.default_rng(1)
     pool = Pool()
@@ -257,6 +258,7 @@ def main(argv=None) -> dict:
             corpus.save_list()
         url = str(work / "index")
         settings = IndexSettings(shard_size=args.shard_size, partitions=args.partitions)
+        sync_only = IndexSettings(compaction=None)
         rows = []
         with dask_client(ClusterSettings(workers=args.workers)) as client:
             started = time.perf_counter()
@@ -264,8 +266,9 @@ def main(argv=None) -> dict:
             build_s = time.perf_counter() - started
             objects, size = current_size(url)
             print(f"built {args.images:,} images in {build_s:.1f} s: {objects} objects, {size / 1e6:.1f} MB", flush=True)
-            print("| night | added | removed | changed | compacted | sync s | written MB (files) | objects | MB | gc s | ms/query |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            print("| night | added | removed | changed | sync s | sync wrote MB (files) | compacted | compaction s | compaction wrote MB "
+                  "| objects | MB | gc s | ms/query |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for night in range(1, args.nights + 1):
                 when = night0 + night * DAY
                 n = round(args.churn * len(corpus))
@@ -276,20 +279,27 @@ def main(argv=None) -> dict:
                     corpus.save_list()
                 before = files_state(url)
                 started = time.perf_counter()
-                report = index(corpus.url, url, None, settings, client=client)
+                report = index(corpus.url, url, None, sync_only, client=client)
                 sync_s = time.perf_counter() - started
-                written, n_written = written_bytes(before, files_state(url))
+                after_sync = files_state(url)
+                written, n_written = written_bytes(before, after_sync)
+                started = time.perf_counter()
+                compacted = compact(url, settings.compaction, client=client, auto=True)
+                compact_s = time.perf_counter() - started
+                compact_written, _ = written_bytes(after_sync, files_state(url))
                 started = time.perf_counter()
                 run_gc(url, GcSettings(keep_versions=1, min_age=0))
                 gc_s = time.perf_counter() - started
                 objects, size = current_size(url)
-                row = {"night": night, **report.counts(), "compacted": report.compacted, "sync_s": sync_s,
-                       "written_bytes": written, "written_files": n_written, "objects": objects, "bytes": size,
+                row = {"night": night, **report.counts(), "sync_s": sync_s, "written_bytes": written, "written_files": n_written,
+                       "compacted": compacted.partitions if compacted else 0, "compact_s": compact_s,
+                       "compact_written_bytes": compact_written, "objects": objects, "bytes": size,
                        "gc_s": gc_s, "ms_per_query": ms_per_query(url, queries, client, args.repeats), "live": report.n_images,
                        "phases_s": report.phases}
                 rows.append(row)
-                print(f"| {night} | {row['added']} | {row['removed']} | {row['changed']} | {row['compacted']} | {sync_s:.1f} | "
-                      f"{written / 1e6:.2f} ({n_written}) | {objects} | {size / 1e6:.1f} | {gc_s:.1f} | {row['ms_per_query']:.2f} |", flush=True)
+                print(f"| {night} | {row['added']} | {row['removed']} | {row['changed']} | {sync_s:.1f} | {written / 1e6:.2f} ({n_written}) | "
+                      f"{row['compacted']} | {compact_s:.1f} | {compact_written / 1e6:.2f} | {objects} | {size / 1e6:.1f} | {gc_s:.1f} | "
+                      f"{row['ms_per_query']:.2f} |", flush=True)
             fresh_url = str(work / "fresh")
             # the same geometry: partitions of the index's own partition_size (set when it was created)
             from storage.manifest import read_manifest
@@ -311,15 +321,22 @@ def main(argv=None) -> dict:
                 "fresh_ms_per_query": fresh_ms,
                 "objects_ratio": last["objects"] / fresh_objects, "bytes_ratio": last["bytes"] / fresh_size,
                 "ms_per_query_ratio": last["ms_per_query"] / fresh_ms,
-                "median_written_share": statistics.median(r["written_bytes"] for r in rows) / last["bytes"],
-                "max_written_share": max(r["written_bytes"] for r in rows) / last["bytes"],
+                # shares of the index's bytes that night
+                "median_written_share": statistics.median(r["written_bytes"] / r["bytes"] for r in rows),
+                "max_written_share": max(r["written_bytes"] / r["bytes"] for r in rows),
+                "compaction_nights": sum(1 for r in rows if r["compacted"]),
+                "max_compaction_written_share": max(r["compact_written_bytes"] / r["bytes"] for r in rows),
+                "mean_night_written_share": statistics.mean((r["written_bytes"] + r["compact_written_bytes"]) / r["bytes"] for r in rows),
                 "median_sync_s": statistics.median(r["sync_s"] for r in rows),
+                "max_sync_s": max(r["sync_s"] for r in rows),
             }
     print(f"\nafter {args.nights} nights vs a fresh build of the same {last['live']:,} files: objects x{summary['objects_ratio']:.2f} "
           f"({last['objects']} / {fresh_objects}), bytes x{summary['bytes_ratio']:.2f} ({last['bytes'] / 1e6:.1f} / {fresh_size / 1e6:.1f} MB), "
-          f"ms/query x{summary['ms_per_query_ratio']:.2f} ({last['ms_per_query']:.2f} / {fresh_ms:.2f}); bytes written per night: "
-          f"median {100 * summary['median_written_share']:.1f}%, max {100 * summary['max_written_share']:.1f}% of the index; "
-          f"sync median {summary['median_sync_s']:.1f} s (fresh build {fresh_s:.1f} s)")
+          f"ms/query x{summary['ms_per_query_ratio']:.2f} ({last['ms_per_query']:.2f} / {fresh_ms:.2f})\n"
+          f"a sync wrote median {100 * summary['median_written_share']:.1f}%, max {100 * summary['max_written_share']:.1f}% of the index's bytes; "
+          f"compaction ran on {summary['compaction_nights']} of {args.nights} nights and wrote at most "
+          f"{100 * summary['max_compaction_written_share']:.1f}%; all writes averaged {100 * summary['mean_night_written_share']:.1f}% a night; "
+          f"sync median {summary['median_sync_s']:.1f} s, max {summary['max_sync_s']:.1f} s (fresh build {fresh_s:.1f} s)")
     result = {"args": vars(args), "nights": rows, "summary": summary}
     write_json(args.out_json, result)
     return result

@@ -12,6 +12,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 from corpus_helpers import FASHION_TRAIN
+from smoke_runs import SmokeRuns, last
+
+SMOKE_RUNS = pytest.StashKey[SmokeRuns]()
+
+
+def pytest_collection_modifyitems(config, items):
+    last(items)  # benchmark smoke tests, whose runs go on in the background meanwhile
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly:
+        session.config.stash[SMOKE_RUNS] = SmokeRuns(session.items)
+
+
+def pytest_sessionfinish(session):
+    runs = session.config.stash.get(SMOKE_RUNS, None)
+    if runs is not None:
+        runs.close()
+
+
+@pytest.fixture
+def smoke(request) -> tuple[dict, str]:
+    """This test's benchmark smoke run (``smoke_runs.smoke_run``), once it has succeeded: the
+    figures it wrote (``--out-json``) and its stdout."""
+    import json
+
+    result, run_dir = request.config.stash[SMOKE_RUNS].result(request.node)
+    assert result.returncode == 0, result.stderr
+    script = request.node.get_closest_marker("benchmark_smoke").args[0]
+    return json.loads((run_dir / f"{script}.json").read_text()), result.stdout
 
 
 def _require_fmnist() -> None:

@@ -1,61 +1,16 @@
 """Benchmarks run in their smoke size, only to keep them working (no timing is asserted).
 
-Each smoke test reads the run of the script named by its ``@smoke_run`` mark. The runs of the
-tests selected start together with the first of them, two at a time, in the tests' order:
-most of a run is one process importing TensorFlow, or a Dask cluster starting and stopping,
-so two overlap well on 2 cores (a fifth to a third less time than one after the other, measured
-on pairs of these scripts).
+Each smoke test reads the run of the script named by its ``@smoke_run`` mark (the ``smoke``
+fixture); the runs go on in the background while the rest of the suite runs (tests/smoke_runs.py).
 """
 
-import json
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
+from smoke_runs import RUN_DIR, smoke_run
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = "{run_dir}"  # in a script's arguments: a folder of its own run
-AT_ONCE = 2
-
-
-def smoke_run(script: str, *args: str) -> pytest.MarkDecorator:
-    """Marks a test that reads ``benchmarks/<script> --smoke --out-json ... <args>`` (the ``smoke`` fixture)."""
-    return pytest.mark.benchmark_smoke(script, *args)
-
-
-def _run(script: str, args: tuple[str, ...], run_dir: Path) -> subprocess.CompletedProcess:
-    out = run_dir / f"{script}.json"
-    args = tuple(arg.format(run_dir=run_dir) for arg in args)
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out-json", str(out), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def smoke_runs(request, tmp_path_factory):
-    """The smoke runs of the tests of this module that were selected, started in their order,
-    ``AT_ONCE`` at a time; test name -> (future of the finished process, its run folder)."""
-    runs: dict[str, tuple[Future, Path]] = {}
-    with ThreadPoolExecutor(AT_ONCE) as pool:
-        for item in request.session.items:
-            mark = item.get_closest_marker("benchmark_smoke")
-            if item.module is request.module and mark and item.name not in runs:
-                script, *args = mark.args
-                run_dir = tmp_path_factory.mktemp(Path(script).stem)
-                runs[item.name] = pool.submit(_run, script, tuple(args), run_dir), run_dir
-        yield runs
-        pool.shutdown(cancel_futures=True)  # after a failure with -x: no more starts
-
-
-@pytest.fixture
-def smoke(request, smoke_runs) -> tuple[dict, str]:
-    """This test's smoke run, once it has succeeded: the figures it wrote (``--out-json``) and its stdout."""
-    mark = request.node.get_closest_marker("benchmark_smoke")
-    future, run_dir = smoke_runs[request.node.name]
-    result = future.result()
-    assert result.returncode == 0, result.stderr
-    return json.loads((run_dir / f"{mark.args[0]}.json").read_text()), result.stdout
 
 
 @smoke_run("bench_index.py")
@@ -167,5 +122,6 @@ def test_bench_sync_smoke(smoke):
     assert all(n["added"] > 0 and n["removed"] > 0 and n["changed"] > 0 and n["written_bytes"] > 0 for n in nights)
     summary = figures["summary"]
     assert summary["objects_ratio"] > 0 and summary["bytes_ratio"] > 0 and summary["ms_per_query_ratio"] > 0
-    assert 0 < summary["median_written_share"] <= summary["max_written_share"]
+    assert 0 < summary["median_written_share"] <= summary["max_written_share"] and 0 <= summary["compaction_nights"] <= 3
+    assert all(n["compact_written_bytes"] > 0 for n in nights if n["compacted"])
     assert "after 3 nights vs a fresh build of the same" in stdout

@@ -178,15 +178,16 @@ def delete(index_url: "str | IndexLocation", uris: str, storage_options=None, wa
 
 def compact(index_url: "str | IndexLocation", policy: CompactionPolicy = CompactionPolicy(), force: bool = False,
             cluster: ClusterSettings = ClusterSettings(), storage_options=None, client=None,
-            wait_for_lock: float = 0.0) -> CompactionResult | None:
-    """``patchhash compact``: compact every due partition (``force``: every fragmented one)."""
+            wait_for_lock: float = 0.0, auto: bool = False) -> CompactionResult | None:
+    """``patchhash compact``: compact every due partition (``force``: every fragmented one;
+    ``auto``: only as much as ``policy.budget`` allows, as ``patchhash index`` does after a sync)."""
     index = IndexLocation.of(index_url, storage_options)
     with locked_run(index, wait_for_lock, "compact") as (lock, record):
         manifest = read_manifest(index)
         if manifest.format_version == 1:
             manifest = commit_upgrade(index, manifest, lock)
         with dask_client(cluster) if client is None else nullcontext(client) as dask:
-            result = compact_job(dask, index, manifest, policy, lock, force=force)
+            result = compact_job(dask, index, manifest, policy, lock, auto=auto, force=force)
         if result is None:
             log.info("%s: no partition is due for compaction", index.url)
             record.update(status="no-op", compacted=0)
