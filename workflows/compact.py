@@ -122,8 +122,10 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
     A partition is due past its garbage or delta threshold. While the index holds more than
     ``max_objects`` times the objects of a fresh build of its live images, the partitions with
     the most extra objects (deltas, small tables) are due too, and runs of partitions whose live
-    images fit in fewer are merged. ``auto`` keeps within ``policy.budget`` of the live images
-    (always the most urgent group); ``force`` takes every partition holding any garbage or delta.
+    images fit in fewer are merged; these come first (the object bound is what keeps the index
+    as small and fast as a fresh build; garbage is only filtered at query time). ``auto`` keeps
+    within ``policy.budget`` of the live images (always the most urgent group); ``force`` takes
+    every partition holding any garbage or delta.
     """
     parts = manifest.partitions
     live = [manifest.live_in(p) for p in parts]
@@ -133,9 +135,11 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
     counts = [_objects(manifest, p) for p in parts]
     now, bound = sum(c[0] for c in counts), policy.max_objects * _fresh_objects(manifest, sum(live))
     groups: list[tuple[int, int]] = []
+    bounding: set[tuple[int, int]] = set()  # groups that bring the objects back under the bound: first
     if now > bound or force:
         for i, j in _windows(live, manifest.partition_size):
             groups.append((i, j))
+            bounding.add((i, j))
             now -= sum(c[0] for c in counts[i:j]) - _fresh_objects(manifest, sum(live[i:j]))
             if now <= bound and not force:
                 break
@@ -144,9 +148,10 @@ def plan_compaction(manifest: Manifest, policy: CompactionPolicy, auto: bool = F
         if i in merged or now <= bound or counts[i][0] <= counts[i][1]:
             continue
         urgency[i] = max(urgency[i], 1.0)
+        bounding.add((i, i + 1))
         now -= counts[i][0] - counts[i][1]
     groups += [(i, i + 1) for i in range(len(parts)) if i not in merged and urgency[i] >= 1]
-    score = {g: max([1.0, *urgency[g[0] : g[1]]]) for g in groups}
+    score = {g: float("inf") if g in bounding else max([1.0, *urgency[g[0] : g[1]]]) for g in groups}
     chosen = sorted(groups, key=lambda g: (-score[g], g))
     if auto and chosen:
         budget = policy.budget * max(1, sum(live))
