@@ -12,18 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 from corpus_helpers import FASHION_TRAIN
-from smoke_runs import SmokeRuns, last
+from smoke_runs import SmokeRuns
 
 SMOKE_RUNS = pytest.StashKey[SmokeRuns]()
-
-
-def pytest_collection_modifyitems(config, items):
-    last(items)  # benchmark smoke tests, whose runs go on in the background meanwhile
-
-
-def pytest_collection_finish(session):
-    if not session.config.option.collectonly:
-        session.config.stash[SMOKE_RUNS] = SmokeRuns(session.items)
 
 
 def pytest_sessionfinish(session):
@@ -38,6 +29,9 @@ def smoke(request) -> tuple[dict, str]:
     figures it wrote (``--out-json``) and its stdout."""
     import json
 
+    if SMOKE_RUNS not in request.config.stash:  # the first smoke test of the session starts them all
+        module = request.node.module
+        request.config.stash[SMOKE_RUNS] = SmokeRuns([item for item in request.session.items if item.module is module])
     result, run_dir = request.config.stash[SMOKE_RUNS].result(request.node)
     assert result.returncode == 0, result.stderr
     script = request.node.get_closest_marker("benchmark_smoke").args[0]

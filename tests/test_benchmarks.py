@@ -1,7 +1,7 @@
 """Benchmarks run in their smoke size, only to keep them working (no timing is asserted).
 
 Each smoke test reads the run of the script named by its ``@smoke_run`` mark (the ``smoke``
-fixture); the runs go on in the background while the rest of the suite runs (tests/smoke_runs.py).
+fixture; the runs start together, two at a time: tests/smoke_runs.py).
 """
 
 import subprocess
