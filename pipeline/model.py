@@ -102,7 +102,8 @@ class KernelSeeds:
     Keras draws the seed of an unseeded initializer from Python's global ``random`` when the
     layer is built, so any other thread of the process using ``random`` at that moment (a Dask
     worker loading a model, botocore's retry jitter) would change the initial weights; seeded
-    initializers make a training run depend on its seed alone.
+    initializers make a training run depend on its seed alone. ``stream`` names a sequence of
+    its own (the training-only heads draw from another one than the autoencoder's layers).
     """
 
     def __init__(self, seed: int | None, stream: str = "autoencoder"):

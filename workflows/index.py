@@ -31,8 +31,8 @@ from storage.staging import cleanup_staging, read_done_marker, staging_plan, wri
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.compact import CompactionPolicy, compact_job, plan_compaction
 from workflows.index_tasks import build_map_task, encode_shard_task
-from workflows.placement import IdRange, encode_cuts, place_ids
 from workflows.options import check_options, option
+from workflows.placement import IdRange, encode_cuts, place_ids
 from workflows.progress import track
 from workflows.runtime import failpoint
 from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
@@ -154,7 +154,7 @@ def _sha(values) -> str:
     return hashlib.sha256("\n".join(map(str, values)).encode()).hexdigest()
 
 
-# --------------------------------------------------------------------------- placing new ids
+# --------------------------------------------------------------------------- encode tasks of the new ids (placement: workflows.placement)
 
 
 def _encode_jobs(corpus, plan: SyncPlan, cuts, codes_of: dict[int, str], n_old: int) -> list[tuple]:
