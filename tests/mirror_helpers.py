@@ -49,6 +49,11 @@ class PhotoFolder:
         self.fs.pipe_file(f"{self.root}/{name}", data)
         self.content[name] = j
 
+    def fill(self, n: int) -> None:
+        """``img0000.png`` ... holding ``pool[0]`` ... ``pool[n - 1]``."""
+        for i in range(n):
+            self.write(f"img{i:04d}.png", i)
+
     def add(self, j: int) -> str:
         self.serial += 1
         name = f"new{self.serial:04d}.png"
@@ -93,15 +98,15 @@ def apply(folder: PhotoFolder, op: tuple[str, int, int]) -> None:
         folder.write(name, None)
 
 
-def results(url: str, storage_options=None) -> dict[int, list[tuple[str, float]]]:
-    """Query row -> its hits ``(image_uri, score)`` in rank order."""
+def results(url: str, storage_options=None, column: str = "image_uri") -> dict[int, list[tuple]]:
+    """Query row -> its hits ``(image_uri, score)`` in rank order (``column``: ``image_id`` for ids)."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     with fs.open(path, "rb") as f:
         rows = pq.read_table(f).to_pylist()
-    out: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    out: dict[int, list[tuple]] = defaultdict(list)
     for row in rows:
-        if row["image_uri"] is not None:
-            out[row["query_id"]].append((row["image_uri"], row["score"]))
+        if row[column] is not None:
+            out[row["query_id"]].append((row[column], row["score"]))
     return dict(out)
 
 
@@ -126,12 +131,7 @@ def live_codes(index_url: str, storage_options=None) -> tuple[np.ndarray, np.nda
 def query_ids(index_url: str, queries: str, out: str, client, mode: str = "seed", k: int = 10) -> dict[int, list[tuple[int, float]]]:
     """Query row -> its hits ``(image_id, score)`` in rank order."""
     query(index_url, queries, out, QuerySettings(k=k, mode=mode), client=client)
-    rows = pq.read_table(out).to_pylist()
-    got: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for row in rows:
-        if row["image_id"] is not None:
-            got[row["query_id"]].append((row["image_id"], row["score"]))
-    return dict(got)
+    return results(out, column="image_id")
 
 
 def assert_same_results(got: dict, want: dict, what: str = "") -> None:

@@ -48,8 +48,7 @@ def queries(tmp_path_factory, pool) -> str:
 def _churned(tmp_path: Path, pool: np.ndarray, model: str, client, nights: int = 4, **settings) -> tuple[PhotoFolder, str]:
     """An index of 40 files after ``nights`` syncs of adds, deletes and overwrites."""
     folder = PhotoFolder(str(tmp_path / "photos"), pool)
-    for i in range(40):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(40)
     url = str(tmp_path / "index")
     index(folder.url, url, model, IndexSettings(shard_size=8, partitions=2), client=client)
     for night in range(nights):
@@ -86,8 +85,7 @@ def _index_size(url: str) -> tuple[int, int]:
 
 def test_delete_removes_images_and_keeps_them_out_of_syncs(client, tiny_model, pool, queries, tmp_path):
     folder = PhotoFolder(str(tmp_path / "photos"), pool)
-    for i in range(20):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(20)
     url = str(tmp_path / "index")
     index(folder.url, url, tiny_model, client=client)
     gone = [folder.uri(n) for n in folder.names()[:3]]
@@ -188,8 +186,7 @@ def test_queries_on_an_old_version_keep_working_while_gc_runs(client, tiny_model
     from workflows.query import QuerySettings, query
 
     folder = PhotoFolder(str(tmp_path / "photos"), pool)
-    for i in range(30):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(30)
     url = str(tmp_path / "index")
     index(folder.url, url, tiny_model, client=client)
     old = read_manifest(url).version
@@ -303,8 +300,7 @@ def test_killed_at_each_failpoint_then_rerun_ends_as_an_uninterrupted_run(client
         upgrade(reference)
     else:
         folder = PhotoFolder(str(tmp_path / "photos"), pool)
-        for i in range(24):
-            folder.write(f"img{i:04d}.png", i)
+        folder.fill(24)
         url, reference = str(tmp_path / "index"), str(tmp_path / "reference")
         for target in (url, reference):
             index(folder.url, target, tiny_model, IndexSettings(shard_size=8, partitions=2), client=client)

@@ -48,8 +48,7 @@ def test_sync_delete_compact_and_gc_on_s3(client, tiny_model, fmnist_train, s3, 
     np.save(local_queries, pool[:30])
     fsspec.filesystem("s3", **s3).put_file(str(local_queries), queries[5:])
     folder = PhotoFolder(f"{bucket}/photos", pool, s3)
-    for i in range(24):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(24)
     url = f"{bucket}/index"
     index(folder.url, url, tiny_model, client=client, storage_options=s3)
 
@@ -90,8 +89,7 @@ def test_sync_killed_on_s3_then_rerun_ends_as_one_run(client, tiny_model, fmnist
     results = {}
     for name in ("killed", "reference"):
         folder = PhotoFolder(f"{bucket}/{name}/photos", pool, s3)
-        for i in range(16):
-            folder.write(f"img{i:04d}.png", i)
+        folder.fill(16)
         url = f"{bucket}/{name}/index"
         index(folder.url, url, tiny_model, IndexSettings(shard_size=4), client=client, storage_options=s3)
         for n in folder.names()[:2]:
@@ -124,8 +122,7 @@ def test_gc_on_s3_keeps_what_an_old_version_reader_uses_and_dry_run_deletes_noth
     pool = fmnist_train[:80, :, :, 0]
     fs = fsspec.filesystem("s3", **s3)
     folder = PhotoFolder(f"{bucket}/photos", pool, s3)
-    for i in range(30):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(30)
     url, queries = f"{bucket}/index", f"{bucket}/q.npy"
     with fs.open(queries[5:], "wb") as f:
         np.save(f, pool[:20])
@@ -171,8 +168,7 @@ def test_compaction_and_gc_killed_on_s3_then_rerun_end_as_one_run(client, tiny_m
     contents = {}
     for name in ("killed", "reference"):
         folder = PhotoFolder(f"{bucket}/{name}/photos", pool, s3)
-        for i in range(16):
-            folder.write(f"img{i:04d}.png", i)
+        folder.fill(16)
         url = f"{bucket}/{name}/index"
         index(folder.url, url, tiny_model, IndexSettings(shard_size=4, partitions=2), client=client, storage_options=s3)
         for n in folder.names()[:4]:
@@ -210,8 +206,7 @@ def test_any_sequence_of_changes_on_s3_answers_as_a_fresh_index(client, tiny_mod
     with fs.open(queries[5:], "wb") as f:
         np.save(f, pool[:40])
     folder = PhotoFolder(f"{bucket}/photos", pool, s3)
-    for i in range(20):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(20)
     url = f"{bucket}/index"
     index(folder.url, url, tiny_model, client=client, storage_options=s3)
     work = tmp_path_factory.mktemp("s3prop")

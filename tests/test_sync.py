@@ -37,8 +37,7 @@ def queries(tmp_path_factory, pool) -> str:
 
 def _folder(tmp_path: Path, pool: np.ndarray, n: int) -> PhotoFolder:
     folder = PhotoFolder(str(tmp_path / "photos"), pool)
-    for i in range(n):
-        folder.write(f"img{i:04d}.png", i)
+    folder.fill(n)
     return folder
 
 
