@@ -37,24 +37,62 @@ multi-page files. Pillow modes map to arrays as follows: ``1`` -> bool, ``L`` ->
 ``RGBA`` unchanged, palette images (``P``, ``PA``) go through Pillow's conversion to RGB (or
 RGBA when the palette has transparency), and other modes (CMYK, YCbCr, LAB, HSV...) are
 converted to RGB by Pillow. EXIF orientation tags are not applied.
+
+**Reduced decoding.** Given the size the image will be scaled to cover
+(``decode_image(data, uri, min_size=(h, w))``; the corpus readers pass the model's input
+size through :func:`decode_and_convert`), the image is decoded no larger than needed: by an
+integer factor ``f`` (each side divided by ``f``, rounded up) chosen as large as keeps both
+sides at least :data:`REDUCING_GAP` (3) times the size that covers ``(h, w)``, so that the
+final bilinear resize gives practically the pixels of the full image's resize (on 28 x 28
+grey the mean absolute difference is well under one grey level, ``tests/test_decode.py``). A
+JPEG is decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (``Image.draft``), so that
+its full-size pixels never exist; Pillow's box ``reduce`` (premultiplied by alpha) does the
+rest, and the whole of it for other formats. The mode conversions, alpha compositing on black
+and RGB -> grey included, are then done by Pillow on the reduced image, bit-exact with the
+rules above. An image too small for a factor of 2 (for a square target, a shorter side under
+``2 * REDUCING_GAP`` times the target's side: under 168 pixels for 28 x 28) is not reduced and
+is converted bit for bit as ``convert(decode_image(data, uri), spec)``.
+
+Decompression bombs: an image is refused ("image too large") when the pixels it would decode
+exceed twice ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's own limit, 179 M pixels by default); a
+JPEG counts at its reduced size, so a 100 M-pixel photo read for a small model decodes about
+1.6 M pixels and is read without Pillow's warning. Other formats are decoded whole by Pillow
+before their reduction, so their memory is bounded by Pillow's limit only.
 """
 
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from storage.errors import ImageReadError
 
-__all__ = ["ImageSpec", "decode_image", "convert", "convert_batch"]
+__all__ = [
+    "REDUCING_GAP",
+    "ImageSpec",
+    "decode_image",
+    "decode_and_convert",
+    "convert",
+    "convert_batch",
+]
 
 # Largest image (in pixels) the "scale to cover" step may produce: an image of extreme aspect
 # ratio (e.g. 1 x 10 million pixels, a few KB as a PNG) would otherwise be scaled to billions
 # of pixels. 64 Mi pixels is far above any real photo scaled to a model input.
 MAX_RESIZE_PIXELS = 1 << 26
+
+# A reduced decode stays at least this many times the size it is finally resized to, as
+# Pillow's ``reducing_gap``: at 3 the bilinear resize that follows gives practically the
+# result of resizing the full image.
+REDUCING_GAP = 3.0
+
+_JPEG_SOI = b"\xff\xd8\xff"
 
 _NATIVE_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "F"})
 _ALPHA_MODES = {"La": "LA", "PA": "RGBA", "RGBa": "RGBA"}
@@ -104,8 +142,10 @@ def _image_error(uri: str, reason: str) -> ImageReadError:
     return error
 
 
-def decode_image(data: bytes, uri: str) -> np.ndarray:
-    """Decode the bytes of an image file with Pillow.
+def decode_image(
+    data: bytes, uri: str, min_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode the bytes of an image file with Pillow, reduced when ``min_size`` allows.
 
     Parameters
     ----------
@@ -113,24 +153,77 @@ def decode_image(data: bytes, uri: str) -> np.ndarray:
         Content of the file.
     uri : str
         Where the bytes come from, used in error messages only.
+    min_size : (int, int), optional
+        ``(height, width)`` the caller will scale the image to cover. When given, the image
+        may come back reduced by an integer factor as described under "Reduced decoding" in
+        the module docstring: still at least :data:`REDUCING_GAP` times the size that covers
+        ``min_size``, each side the original one divided by the factor and rounded up. An
+        image too small to be reduced comes back exactly as without ``min_size``.
 
     Returns
     -------
     numpy.ndarray
-        ``[h, w]`` or ``[h, w, c]`` array as described in the module docstring, ready for
-        :func:`convert`.
+        ``[h, w]`` or ``[h, w, c]`` array as described in the module docstring (colour and
+        alpha kept), ready for :func:`convert`. A reduced bilevel (``1``) image comes back as
+        ``uint8`` grey.
 
     Raises
     ------
     ImageReadError
-        The bytes are empty, not an image, truncated or corrupt; ``error.reason`` holds a
-        short reason such as ``"truncated image"``.
+        The bytes are empty, not an image, truncated, corrupt or too large to decode;
+        ``error.reason`` holds a short reason such as ``"truncated image"``.
+    ValueError
+        ``min_size`` is not two integers >= 1.
     """
-    if not data:
-        raise _image_error(uri, "empty file")
+    target = _check_min_size(min_size)
+    with _decoding(uri):
+        image, _ = _load(_open(data, uri), uri, target)
+        return _pillow_to_array(image)
+
+
+def decode_and_convert(data: bytes, uri: str, spec: ImageSpec) -> np.ndarray:
+    """Decode an image file straight to ``uint8 [spec.height, spec.width, spec.channels]``.
+
+    What the corpus readers use: :func:`decode_image` reduced for ``spec``'s size, with the
+    colour conversions and the final bilinear resize done by Pillow on the reduced image. The
+    result is ``convert(decode_image(data, uri), spec, uri)`` bit for bit when the image is
+    not reduced (for a square target: its shorter side is under ``2 * REDUCING_GAP`` times
+    the target's side, 168 pixels for 28 x 28), and close to it otherwise (see the module
+    docstring).
+
+    Parameters
+    ----------
+    data : bytes
+        Content of the file.
+    uri : str
+        Where the bytes come from, used in error messages only.
+    spec : ImageSpec
+        Target geometry.
+
+    Returns
+    -------
+    numpy.ndarray
+        The converted image.
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`decode_image` and :func:`convert`.
+    """
+    with _decoding(uri):
+        image = _open(data, uri)
+        _check_cover_size(image.height, image.width, spec, uri)  # before any pixel is decoded
+        image, scale = _load(image, uri, (spec.height, spec.width))
+        return _model_input(image, scale, spec, uri)
+
+
+@contextmanager
+def _decoding(uri: str) -> Iterator[None]:
+    """Pillow's failures while decoding ``uri`` as one-line :class:`ImageReadError`s."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return _pillow_to_array(image)
+        yield
+    except ImageReadError:
+        raise
     except UnidentifiedImageError:
         raise _image_error(uri, "cannot identify image file") from None
     except Image.DecompressionBombError as exc:
@@ -141,17 +234,142 @@ def decode_image(data: bytes, uri: str) -> np.ndarray:
         raise _image_error(uri, f"corrupt image ({type(exc).__name__}: {exc})") from None
 
 
-def _pillow_to_array(image: Image.Image) -> np.ndarray:
+def _check_min_size(min_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if min_size is None:
+        return None
+    try:
+        height, width = min_size
+    except (TypeError, ValueError):
+        height = width = None
+    if not all(_is_int(v) and v >= 1 for v in (height, width)):
+        raise ValueError(f"min_size must be (height, width), two integers >= 1, got {min_size!r}")
+    return int(height), int(width)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _open(data: bytes, uri: str) -> Image.Image:
+    """Open ``data`` without decoding its pixels.
+
+    A JPEG is opened by Pillow's JPEG plugin itself, which skips ``Image.open``'s pixel limit:
+    a JPEG is decoded reduced, so :func:`_load` checks the size it will decode instead.
+    """
+    if not data:
+        raise _image_error(uri, "empty file")
+    if data.startswith(_JPEG_SOI):
+        try:
+            return JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+        except Exception:  # not a JPEG after all: Image.open tries every format, as always
+            pass
+    return Image.open(io.BytesIO(data))
+
+
+def _load(
+    image: Image.Image, uri: str, target: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int, int]]:
+    """Decode the opened ``image``, reduced when an integer factor keeps it covering ``target`` with a
+    margin of :data:`REDUCING_GAP`; modes other than ``1``, ``L``, ``LA``, ``RGB``, ``RGBA``,
+    ``I``, ``F`` and ``I;16*`` are converted as the module docstring says.
+
+    Returns the image and ``(factor, full height, full width)``.
+    """
+    full_width, full_height = image.size
+    factor = 1
+    wanted = None if target is None else _wanted_size(full_height, full_width, target)
+    if wanted is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
+        if min(full_width // wanted[1], full_height // wanted[0]) >= 2:
+            drafted = image.draft(None, (wanted[1], wanted[0]))  # DCT scaling: 1/2, 1/4, 1/8
+            if drafted is not None:
+                factor = round(full_width / drafted[1][2])
+    _check_decoded_size(image.size, uri)
+    image.load()
+    image = _native_mode(image)
+    if wanted is not None:
+        width, height = image.size
+        extra = min(width // wanted[1], height // wanted[0])
+        if extra >= 2:
+            image = _reduce(image, extra)
+            factor *= extra
+    return image, (factor, full_height, full_width)
+
+
+def _wanted_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size a reduced image may have: REDUCING_GAP times its cover size."""
+    cover_height, cover_width = _cover_size(height, width, target)
+    return math.ceil(cover_height * REDUCING_GAP), math.ceil(cover_width * REDUCING_GAP)
+
+
+def _check_decoded_size(size: tuple[int, int], uri: str) -> None:
+    """Refuse to decode more pixels than Pillow's decompression-bomb limit allows."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > 2 * limit:
+        raise _image_error(
+            uri,
+            f"image too large ({size[0]}x{size[1]} pixels to decode, more than twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit}; raise that limit to read it)",
+        )
+
+
+def _native_mode(image: Image.Image) -> Image.Image:
+    """``image`` in one of the modes that map to arrays directly (module docstring)."""
     mode = image.mode
-    if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in _ALPHA_MODES:
-        image = image.convert(_ALPHA_MODES[mode])
-    elif mode not in _NATIVE_MODES:
-        image = image.convert("RGB")
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if mode in _ALPHA_MODES:
+        return image.convert(_ALPHA_MODES[mode])
+    if mode not in _NATIVE_MODES and not mode.startswith("I;16"):
+        return image.convert("RGB")
+    return image
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """Pillow's box reduction (premultiplied for LA and RGBA), for every native mode."""
+    if image.mode == "1":
+        return image.convert("L").reduce(factor)
+    if image.mode.startswith("I;16"):
+        return image.convert("I").reduce(factor).convert(image.mode)
+    return image.reduce(factor)
+
+
+def _pillow_to_array(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
     return np.asarray(image)
+
+
+def _model_input(
+    image: Image.Image, scale: tuple[int, int, int], spec: ImageSpec, uri: str
+) -> np.ndarray:
+    """The rules of :func:`convert` applied by Pillow to a decoded 8-bit image."""
+    factor, full_height, full_width = scale
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):  # 1, I;16*, I, F: one band
+        if factor == 1:
+            return convert(_pillow_to_array(image), spec, uri)
+        grey, ok = _to_uint8(_pillow_to_array(image)[np.newaxis, :, :, np.newaxis])
+        if not ok[0]:
+            raise _image_error(uri, "all pixel values are NaN")
+        image = Image.fromarray(grey[0, :, :, 0])
+    if image.mode in ("LA", "RGBA"):  # composited on black: colour * alpha / 255, rounded
+        premultiplied = image.convert(image.mode[:-1] + "a")
+        bands = premultiplied.split()[:-1]
+        image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
+    if spec.channels == 1 and image.mode == "RGB":
+        image = image.convert("L")  # ITU-R 601-2, the rule of convert
+    cover_height, cover_width = _cover_size(full_height, full_width, (spec.height, spec.width))
+    if factor > 1:  # the box keeps the reduced image's geometry exactly that of the original
+        box = (0.0, 0.0, full_width / factor, full_height / factor)
+        image = image.resize((cover_width, cover_height), Image.Resampling.BILINEAR, box=box)
+    elif image.size != (cover_width, cover_height):
+        image = image.resize((cover_width, cover_height), Image.Resampling.BILINEAR)
+    top = round((cover_height - spec.height) / 2)
+    left = round((cover_width - spec.width) / 2)
+    array = np.asarray(image)[top : top + spec.height, left : left + spec.width]
+    array = array.reshape(spec.height, spec.width, -1)
+    if array.shape[2] != spec.channels:  # grey resized once, then replicated
+        array = np.repeat(array, spec.channels, axis=2)
+    return np.ascontiguousarray(array)
 
 
 def convert(image: np.ndarray, spec: ImageSpec, uri: str = "") -> np.ndarray:
@@ -223,7 +441,7 @@ def convert_batch(
     _check_batch(batch, uri)
     if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape:
         return np.ascontiguousarray(batch), np.ones(len(batch), dtype=bool)
-    _check_cover_size(batch, spec, uri)
+    _check_cover_size(*batch.shape[1:3], spec, uri)
     batch, ok = _to_uint8(batch)
     batch = _match_channels(_drop_alpha(batch), spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
@@ -249,9 +467,8 @@ def _check_batch(batch: np.ndarray, uri: str) -> None:
         raise _image_error(uri, f"image has 0 pixels (shape {batch.shape[1:]})")
 
 
-def _check_cover_size(batch: np.ndarray, spec: ImageSpec, uri: str) -> None:
-    height, width = batch.shape[1:3]
-    new_height, new_width = _cover_size(height, width, spec)
+def _check_cover_size(height: int, width: int, spec: ImageSpec, uri: str) -> None:
+    new_height, new_width = _cover_size(height, width, (spec.height, spec.width))
     if new_height * new_width > MAX_RESIZE_PIXELS:
         raise _image_error(
             uri,
@@ -260,11 +477,12 @@ def _check_cover_size(batch: np.ndarray, spec: ImageSpec, uri: str) -> None:
         )
 
 
-def _cover_size(height: int, width: int, spec: ImageSpec) -> tuple[int, int]:
-    """Size of an image scaled, keeping its aspect ratio, to just cover the target."""
-    if spec.height * width >= spec.width * height:
-        return spec.height, max(spec.width, width * spec.height // height)
-    return max(spec.height, height * spec.width // width), spec.width
+def _cover_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """Size of an image scaled, keeping its aspect ratio, to just cover ``target`` (h, w)."""
+    target_height, target_width = target
+    if target_height * width >= target_width * height:
+        return target_height, max(target_width, width * target_height // height)
+    return max(target_height, height * target_width // width), target_width
 
 
 def _to_uint8(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +537,7 @@ def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
 def _resize_crop(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """Scale ``image`` (uint8 [h, w, c]) to cover the target, then centre-crop it."""
     height, width, channels = image.shape
-    new_height, new_width = _cover_size(height, width, spec)
+    new_height, new_width = _cover_size(height, width, (spec.height, spec.width))
     if (new_height, new_width) != (height, width):
         pil = Image.fromarray(image[..., 0] if channels == 1 else image)
         pil = pil.resize((new_width, new_height), Image.Resampling.BILINEAR)

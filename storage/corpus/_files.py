@@ -1,6 +1,7 @@
 """Reading the rows of ``images`` and ``urilist`` shards: image files fetched in batches,
-retried when a fetch fails transiently, and decoded; ``<array url>#<row>`` references read
-from their arrays."""
+retried when a fetch fails transiently, and decoded no larger than the model's input needs
+(:func:`storage.images.decode_and_convert`); ``<array url>#<row>`` references read from their
+arrays."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from storage.corpus._sources import open_source
 from storage.corpus.formats import IDX_NAME_PATTERN
 from storage.errors import ImageReadError, StorageUnavailableError
 from storage.fs import is_local, url_to_fs
-from storage.images import ImageSpec, convert, convert_batch, decode_image
+from storage.images import ImageSpec, convert_batch, decode_and_convert
 from storage.retry import is_transient, retry_call
 
 __all__ = ["MAX_IMAGE_FILE_BYTES", "read_uri_rows"]
@@ -127,7 +128,7 @@ def _decode_file(blob: bytes | Exception, uri: str, spec: ImageSpec) -> np.ndarr
     if isinstance(blob, Exception):
         return _io_reason(blob)
     try:
-        return convert(decode_image(blob, uri), spec, uri)
+        return decode_and_convert(blob, uri, spec)  # decoded no larger than spec needs
     except ImageReadError as exc:
         return getattr(exc, "reason", str(exc))
 
