@@ -156,7 +156,8 @@ def test_html_report_is_self_contained(client, small_index, query_npy, tmp_path)
     out, html = str(tmp_path / "r.parquet"), tmp_path / "report.html"
     query(small_index, query_npy, out, QuerySettings(mode="seed", k=5), client=client, report=str(html), report_limit=6)
     text = html.read_text()
-    assert text.count("data:image/png;base64,") == 6 * (1 + 5)
+    assert text.count('<details class="view">') == 6 * (1 + 5)  # each image: its original, the model input a click away
+    assert text.count("data:image/") == 2 * 6 * (1 + 5)
     assert "http://" not in text and "https://" not in text
     assert "query #5" in text and "query #6" not in text
 

@@ -1,18 +1,35 @@
 """A self-contained HTML report of query results: each query image beside its top-k hits.
 
 The report is one HTML file with everything inline: the style sheet in a ``<style>`` element
-and every image as a ``data:image/png;base64,...`` URL, so that it opens the same from a
-``file://`` URL, a web server or an e-mail attachment. It needs no JavaScript.
+and every image as a ``data:`` URL, so that it opens the same from a ``file://`` URL, a web
+server or an e-mail attachment. It needs no JavaScript.
 
-Images are stored as PNG at their original size and scaled up by the browser with
-nearest-neighbour sampling (``image-rendering: pixelated``), which keeps 28x28 images crisp
-and the file small (about 300 bytes for a 28x28 grey image).
+Each query and hit is shown as a **thumbnail of its original image** (colour, aspect ratio
+kept, 128 px on the long side; JPEG for photos, PNG where there is alpha or few colours;
+transparent pixels on a checkerboard), made by :mod:`workflows.thumbnails` from its uri: an
+image file read with the storage options of the index (hits) or of the query corpus (queries),
+or a row of an array (``<array>#<row>``), which is its own original. **One click** on the image
+(a ``<details>`` element, no script) shows the **model input** in its place, the image as the
+model saw it (e.g. 28x28 grey), scaled up with nearest-neighbour sampling
+(``image-rendering: pixelated``); a second click shows the original again. An image that can
+no longer be read (missing, corrupt, forbidden) has a placeholder with the reason; it never
+fails the report, nor the query job.
+
+Bounds: only the images shown are read, each once however many rows show it, in parallel; the
+report holds at most :data:`workflows.thumbnails.MAX_REPORT_IMAGE_BYTES` (16 MiB) of image
+data (about 22 MiB of HTML once in base64), each thumbnail at most 32 KiB (about 3-10 KiB for a
+photo): past the cap, images are placeholders saying so, and are not read.
+``--report-limit`` (50 queries by default) bounds the rows.
+
+Rows made by hand (:class:`ReportQuery`, :class:`ReportHit` without ``original``) show the
+model input alone, as PNG at its original size scaled up by the browser.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -22,11 +39,16 @@ import numpy as np
 from PIL import Image
 
 from storage.atomic import write_bytes_atomic
+from workflows.thumbnails import Thumbnail, read_image_views
 
 __all__ = ["ReportHit", "ReportQuery", "render_report", "write_report", "query_report_rows"]
 
-#: The query image is this much larger than the hit thumbnails (84 px -> 112 px: 4x of 28).
+log = logging.getLogger(__name__)
+
+#: The query image is this much larger than the hits' (96 px -> 128 px: a thumbnail's size).
 QUERY_SCALE = 4 / 3
+#: Default box of a hit's image, in CSS pixels.
+THUMB_BOX_PX = 96
 
 _STYLE = Template("""\
 :root { color-scheme: light; }
@@ -50,12 +72,21 @@ p.legend { margin: 0 0 14px; color: #57606a; }
 .hit.miss { border-color: #f3b8b8; background: #fff; }
 .hit.miss .label { color: #cf222e; }
 .hit.match .label { color: #1a7f37; }
-img, .missing { display: block; image-rendering: crisp-edges; image-rendering: pixelated;
-  background: #000; }
-.missing { display: flex; align-items: center; justify-content: center; background: #eaeef2;
-  color: #57606a; font-size: 11px; text-align: center; }
-.qcard img, .qcard .missing { margin: 0 0 4px; }
-.hit img, .hit .missing { margin: 0 0 3px; }
+img, .missing { display: block; background: #000; }
+img.px { image-rendering: crisp-edges; image-rendering: pixelated; }
+img.alpha { background: repeating-conic-gradient(#d0d7de 0 25%, #fff 0 50%) 0 0 / 12px 12px; }
+.missing { display: flex; align-items: center; justify-content: center; padding: 4px;
+  box-sizing: border-box; background: #eaeef2; color: #57606a; font-size: 11px;
+  text-align: center; overflow: hidden; overflow-wrap: anywhere; }
+.missing.unreadable { background: #fff4e5; color: #8a4600; border: 1px dashed #d4a72c; }
+.qcard .view, .qcard > .missing, .qcard > img { margin: 0 0 4px; }
+.hit .view, .hit > .missing, .hit > img { margin: 0 0 3px; }
+.view > summary { display: block; list-style: none; cursor: pointer; }
+.view > summary::-webkit-details-marker { display: none; }
+.view .box { display: flex; align-items: center; justify-content: center; background: #f6f8fa; }
+.view:not([open]) .model, .view[open] .orig { display: none; }
+.view .flip { display: block; font-size: 10px; line-height: 1.3; color: #0969da; }
+.view > summary:focus-visible { outline: 2px solid #0969da; outline-offset: 1px; }
 .line { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
 .hit .line { font-size: 11px; line-height: 1.35; color: #57606a; }
 .hit .rank { color: #1f2328; font-weight: 600; }
@@ -82,10 +113,14 @@ class ReportHit:
     score : float
         The hit's score.
     pixels : numpy.ndarray or None
-        ``uint8 [h, w, c]`` with ``c`` 1 or 3 (``[h, w]`` is taken as grey); ``None`` if the
-        image could not be read.
+        The model input: ``uint8 [h, w, c]`` with ``c`` 1 or 3 (``[h, w]`` is taken as grey);
+        ``None`` if the image could not be read.
     label : str or None
         Class label of the hit, if known.
+    original : Thumbnail or None
+        Thumbnail of the original image (:mod:`workflows.thumbnails`), or why there is none;
+        the image is then shown as its original, the model input one click away. ``None``:
+        the model input alone is shown.
     """
 
     rank: int
@@ -94,6 +129,7 @@ class ReportHit:
     score: float
     pixels: np.ndarray | None = field(compare=False)
     label: str | None = None
+    original: Thumbnail | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -114,6 +150,8 @@ class ReportQuery:
         Why the query could not be answered; shown in place of the hits.
     label : str or None
         Class label of the query, if known. Hits with a label are marked as matching it or not.
+    original : Thumbnail or None
+        As :attr:`ReportHit.original`.
     """
 
     query_id: int
@@ -122,6 +160,7 @@ class ReportQuery:
     hits: tuple[ReportHit, ...]
     error: str | None = None
     label: str | None = None
+    original: Thumbnail | None = field(default=None, compare=False)
 
 
 def render_report(
@@ -129,7 +168,7 @@ def render_report(
     *,
     title: str,
     summary: Mapping[str, str] | None = None,
-    thumb_px: int = 84,
+    thumb_px: int = THUMB_BOX_PX,
 ) -> str:
     """Return the HTML text of a report of ``queries``.
 
@@ -142,8 +181,8 @@ def render_report(
     summary : mapping of str to str, optional
         Key/value pairs shown in a table under the heading (index, version, k, time...).
     thumb_px : int
-        Width and height, in CSS pixels, of the box each hit's image is scaled into; the
-        query image is :data:`QUERY_SCALE` times larger.
+        Width and height, in CSS pixels, of the box each hit's image is scaled into (keeping
+        its aspect ratio); the query image is :data:`QUERY_SCALE` times larger.
 
     Returns
     -------
@@ -181,7 +220,7 @@ def write_report(
     *,
     title: str,
     summary: Mapping[str, str] | None = None,
-    thumb_px: int = 84,
+    thumb_px: int = THUMB_BOX_PX,
     storage_options: Mapping | None = None,
 ) -> None:
     """Render a report (see :func:`render_report`) and write it to ``url`` as UTF-8.
@@ -212,41 +251,57 @@ def query_report_rows(answered: Iterable[tuple], limit: int, uris, queries, spec
     limit : int
         Queries shown.
     uris : pyarrow.Array
-        Uri of each image id of the index (the hits' pixels are read from them).
+        Uri of each image id of the index (the hits' images are read from them).
     queries : storage.Corpus
-        The query corpus (the queries' pixels are read from it).
+        The query corpus: its ``storage_options`` reach the queries' uris.
     spec : storage.ImageSpec
         What the pixels are converted to (the model's input).
     labels : (numpy.ndarray, numpy.ndarray), optional
         Label of each image id, label of each query row.
     storage_options : mapping, optional
         Options of the filesystems of ``uris``.
-    """
-    from storage.corpus import UriListCorpus
 
+    Each image shown is read once (:func:`workflows.thumbnails.read_image_views`): its
+    thumbnail and its model input; an image that cannot be read has the reason instead.
+    """
     rows = []
     for block, topk in answered:
         rows += [(int(row), block.uris[i], topk.ids[i], topk.scores[i], None) for i, row in enumerate(block.rows)]
         rows += [(int(e.image_id), e.uri, None, None, e.reason) for e in block.errors]
     rows = sorted(rows, key=lambda r: r[0])[:limit]
-    hit_ids = sorted({int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0})
-    hit_pixels = {}
-    if hit_ids:
-        data = UriListCorpus("report hits", storage_options, uris.take(hit_ids).to_pylist()).read(spec)
-        hit_pixels = {hit_ids[int(j)]: px for j, px in zip(data.ids, data.pixels)}
-    first = min(len(queries), max((r[0] for r in rows), default=-1) + 1)
-    query_data = queries.read(spec, 0, first)
-    query_pixels = dict(zip(query_data.ids.tolist(), query_data.pixels))
+    hit_uris = {int(i): uris[int(i)].as_py() for r in rows if r[2] is not None for i in r[2] if i >= 0}
+    # In display order (a query, then its hits), so that the report's size cap cuts the last rows.
+    requests = []
+    for _, uri, ids, _, _ in rows:
+        requests.append((uri, queries.storage_options))
+        requests += [(hit_uris[int(i)], storage_options) for i in (() if ids is None else ids) if i >= 0]
+    try:
+        views = iter(read_image_views(requests, spec))
+    except Exception as exc:  # never fail the job for its report's pictures
+        log.warning("report images could not be read (%s: %s); the report shows their uris only", type(exc).__name__, exc)
+        views = iter([None] * len(requests))
     out = []
     for row, uri, ids, scores, error in rows:
-        hits = () if ids is None else tuple(
-            ReportHit(rank=r + 1, image_id=int(i), uri=uris[int(i)].as_py(), score=float(s), pixels=hit_pixels.get(int(i)),
-                      label=None if labels is None else str(labels[0][i]))
-            for r, (i, s) in enumerate(zip(ids, scores)) if i >= 0
-        )
-        out.append(ReportQuery(query_id=row, uri=uri, pixels=query_pixels.get(row), hits=hits, error=error,
-                               label=None if labels is None else str(labels[1][row])))
+        query_view = next(views)
+        hits = []
+        for rank, (i, s) in enumerate(zip(() if ids is None else ids, () if ids is None else scores)):
+            if i < 0:
+                continue
+            view = next(views)
+            hits.append(ReportHit(rank=rank + 1, image_id=int(i), uri=hit_uris[int(i)], score=float(s),
+                                  pixels=_pixels(view), original=_original(view),
+                                  label=None if labels is None else str(labels[0][i])))
+        out.append(ReportQuery(query_id=row, uri=uri, pixels=_pixels(query_view), hits=tuple(hits), error=error,
+                               label=None if labels is None else str(labels[1][row]), original=_original(query_view)))
     return out
+
+
+def _pixels(view) -> np.ndarray | None:
+    return None if view is None else view.model_input
+
+
+def _original(view) -> Thumbnail:
+    return Thumbnail.unreadable("the report's images could not be read") if view is None else view.thumbnail
 
 
 def format_score(score: float) -> str:
@@ -291,6 +346,8 @@ def _summary_table(summary: Mapping[str, str]) -> str:
 def _legend(queries: Iterable[ReportQuery]) -> str:
     """One line explaining the hit captions, and the borders when labels are compared."""
     text = "Each hit: rank · score, image id, uri (hover for the full uri)"
+    if any(q.original is not None or any(h.original is not None for h in q.hits) for q in queries):
+        text += "; each image is its original: a click shows the model's input instead, a second the original"
     if any(_match(q, h) is not None for q in queries for h in q.hits):
         text += (
             '; a <span style="color:#1a7f37">green border ✓</span> marks a hit with the query\'s'
@@ -318,7 +375,7 @@ def _query_card(query: ReportQuery, query_px: int) -> str:
     matches = [m for m in (_match(query, h) for h in query.hits) if m is not None]
     if matches and query.error is None:
         lines.append(f'<div class="line">{sum(matches)} of {len(matches)} match</div>')
-    image = _image(query.pixels, query_px, alt=f"query {int(query.query_id)}")
+    image = _views(query.pixels, query.original, query_px, alt=f"query {int(query.query_id)}")
     return f'<div class="qcard">{image}{"".join(lines)}</div>'
 
 
@@ -346,7 +403,7 @@ def _hit_card(query: ReportQuery, hit: ReportHit, thumb_px: int) -> str:
     if hit.label is not None:
         mark = {None: "", True: "✓ ", False: "✗ "}[match]
         lines.append(f'<div class="line label" title="{escape(hit.label)}">{mark}{escape(hit.label)}</div>')
-    image = _image(hit.pixels, thumb_px, alt=f"hit {int(hit.rank)}: image {int(hit.image_id)}")
+    image = _views(hit.pixels, hit.original, thumb_px, alt=f"hit {int(hit.rank)}: image {int(hit.image_id)}")
     return f'<div class="{css}">{image}{"".join(lines)}</div>'
 
 
@@ -373,10 +430,50 @@ def _uri_line(uri: str, max_chars: int) -> str:
 
 
 def _image(pixels: np.ndarray | None, box_px: int, alt: str) -> str:
-    """An ``<img>`` scaled to fit a ``box_px`` square, or a placeholder if there is no image."""
+    """An ``<img>`` of a model input scaled to fit a ``box_px`` square, or a placeholder."""
     if pixels is None:
         return f'<div class="missing" style="width:{box_px}px;height:{box_px}px">no image</div>'
     height, width = pixels.shape[:2]
+    size = _fit(width, height, box_px)
+    return f'<img class="px" src="{png_data_url(pixels)}" {size} alt="{escape(alt)}">'
+
+
+def _views(pixels: np.ndarray | None, original: Thumbnail | None, box_px: int, alt: str) -> str:
+    """The original's thumbnail, the model input one click away; or the model input alone.
+
+    A ``<details>`` whose ``<summary>`` holds both views: the closed one shows the original,
+    the open one the model input (CSS), so a click on the image flips between them.
+    """
+    if original is None:
+        return _image(pixels, box_px, alt)
+    box = f"width:{box_px}px;height:{box_px}px"
+    if original.data_url is None:
+        placeholder = f'cannot read: {escape(original.reason or "unknown reason")}'
+        if pixels is None:
+            return f'<div class="missing unreadable" style="{box}" title="{escape(original.reason or "")}">{placeholder}</div>'
+        orig = f'<span class="missing unreadable" style="{box}">{placeholder}</span>'
+    else:
+        # Nearest-neighbour where enlarged 3x or more (a 28x28 array row): smooth otherwise.
+        classes = " ".join(c for c, on in (("alpha", original.has_alpha), ("px", box_px >= 3 * max(original.width, original.height))) if on)
+        size = _fit(original.width, original.height, box_px)
+        orig = (f'<span class="box" style="{box}"><img class="{classes}" src="{original.data_url}" {size} '
+                f'alt="{escape(alt)}"></span>')
+    if pixels is None:
+        model = f'<span class="missing" style="{box}">no model input</span>'
+        shape = ""
+    else:
+        model = f'<span class="box" style="{box}">{_image(pixels, box_px, alt=f"{alt} (model input)")}</span>'
+        shape = "×".join(str(n) for n in pixels.shape[:2][::-1]) + " "
+    note = f"original ({original.width}×{original.height} thumbnail)" if original.data_url else "original unreadable"
+    return (
+        f'<details class="view"><summary title="{escape(note)}; click for the {shape}model input, again for the original">'
+        f'<span class="orig">{orig}<span class="flip">▸ model input</span></span>'
+        f'<span class="model">{model}<span class="flip">▸ original</span></span>'
+        "</summary></details>"
+    )
+
+
+def _fit(width: int, height: int, box_px: int) -> str:
+    """``width=".." height=".."`` of a ``width`` x ``height`` image scaled to fit a ``box_px`` square."""
     scale = box_px / max(height, width)
-    size = f'width="{max(1, round(width * scale))}" height="{max(1, round(height * scale))}"'
-    return f'<img src="{png_data_url(pixels)}" {size} alt="{escape(alt)}">'
+    return f'width="{max(1, round(width * scale))}" height="{max(1, round(height * scale))}"'
