@@ -39,7 +39,6 @@ float), keeping alpha.
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import json
 import logging
@@ -61,15 +60,6 @@ from storage.errors import ImageReadError, StorageUnavailableError
 from storage.fs import is_local, url_to_fs
 from storage.images import ImageSpec, convert, decode_image
 from storage.retry import retry_call
-
-# TODO(merge i18-decode): today's decode_image(data, uri) has no min_size and decodes whole; this
-# wraps it. Delete this block (and `import inspect`) once decode_image(data, uri, min_size) lands.
-if "min_size" not in inspect.signature(decode_image).parameters:
-    _decode_whole = decode_image
-
-    def decode_image(data: bytes, uri: str, min_size: tuple[int, int] | None = None) -> np.ndarray:
-        return _decode_whole(data, uri)
-
 
 __all__ = [
     "MAX_REPORT_IMAGE_BYTES",
