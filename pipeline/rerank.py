@@ -7,7 +7,9 @@ For one partition and each query:
    whose code at ``g`` lies within Hamming distance ``threshold`` of the query's code at
    ``g``. An image's *votes* are the number of positions at which it matched. Buckets
    holding more than ``max_bucket`` images (codes nearly every image shares, such as the
-   blank background) are skipped: they cost the most and say the least.
+   blank background) are skipped: they cost the most and say the least. One exception: a
+   query whose own codes (distance 0) all fall in skipped buckets keeps the smallest of
+   those, so that an indexed copy of the query is always a candidate.
 
    **Radius under a budget.** The matching buckets' sizes are summed by distance before
    any vote is cast. The query uses the largest radius ``r <= threshold`` whose buckets
@@ -98,7 +100,8 @@ def rerank_search(
     shortlist : int
         Minimum number of images re-ranked per query (>= 1; raised to ``k``).
     max_bucket : int, optional
-        Skip buckets with more images than this (default: none skipped).
+        Skip buckets with more images than this (default: none skipped), except a query's
+        smallest exact-match bucket when all of them would be skipped.
     vote_budget : int, optional
         Per query, the largest radius ``r <= threshold`` is used whose buckets (those not
         skipped) hold at most this many entries in all, summed over positions; radius 0 is
@@ -182,6 +185,7 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
     used_size = np.empty(found_at.size, np.int32)
     hist = np.empty(grid + 1, np.int64)  # shortlisted images per vote count, one query at a time
+    never = np.iinfo(np.int64).max
     batch = 1
     b0 = 0
     while b0 < n_queries:
@@ -193,6 +197,10 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         #    b0 + i's matches at g begin.
         seg = np.empty((grid, nb + 1), np.int64)
         votes_at = np.zeros((nb, t + 1), np.int64)  # votes the buckets at each distance would cast
+        # per query: whether an exact-match bucket was kept, else the smallest one skipped
+        exact_kept = np.zeros(nb, np.bool_)
+        exact_size = np.full(nb, never, np.int64)
+        exact_at = np.zeros(nb, np.int64)
         n_found = 0
         for g in range(grid):
             lo = key_bounds[g]
@@ -217,7 +225,12 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                     key = lo + match_idx[j]
                     size = offsets[key + 1] - offsets[key]
                     if size > max_bucket:
+                        if match_dist[j] == 0 and size < exact_size[i]:
+                            exact_size[i] = size
+                            exact_at[i] = offsets[key]
                         continue
+                    if match_dist[j] == 0:
+                        exact_kept[i] = True
                     found_at[n_found] = offsets[key]
                     found_size[n_found] = size
                     found_dist[n_found] = match_dist[j]
@@ -244,6 +257,13 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                         used_at[n_used] = found_at[j]
                         used_size[n_used] = found_size[j]
                         n_used += 1
+            if not exact_kept[i] and exact_size[i] != never:
+                if n_used == used_at.size:
+                    used_at = grow(used_at, n_used, 2 * used_at.size)
+                    used_size = grow(used_size, n_used, used_at.size)
+                used_at[n_used] = exact_at[i]
+                used_size[n_used] = exact_size[i]
+                n_used += 1
             n_candidates[qi] = _vote_and_rerank(queries[qi], used_at, used_size, n_used, bucket_ids, codes, bits, start,
                                                 shortlist, votes, touched, hist, similarity, out_ids[qi], out_scores[qi])
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually

@@ -84,8 +84,12 @@ def reference_rerank_search(query_codes, codes, ids, t: int, bits: int, k: int, 
     shortlist = max(shortlist, k)
     results = []
     for query in np.asarray(query_codes).tolist():
-        matched = [(hamming(code, query[position]), bucket) for (position, code), bucket in table.items()
-                   if hamming(code, query[position]) <= t and (max_bucket is None or len(bucket) <= max_bucket)]
+        within = [(hamming(code, query[position]), bucket) for (position, code), bucket in table.items()
+                  if hamming(code, query[position]) <= t]
+        matched = [(d, b) for d, b in within if max_bucket is None or len(b) <= max_bucket]
+        exact = [b for d, b in within if d == 0]
+        if exact and not any(d == 0 for d, _ in matched):  # the smallest exact bucket is kept
+            matched.append((0, min(exact, key=len)))
         radius = 0  # the largest radius whose buckets hold at most vote_budget images (0 always)
         for r in range(1, t + 1):
             if vote_budget is None or sum(len(b) for d, b in matched if d <= r) <= vote_budget:

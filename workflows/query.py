@@ -62,7 +62,8 @@ class QuerySettings:
     grid (:mod:`pipeline.rerank`; ``shortlist`` images per query and partition, by default
     :func:`pipeline.rerank.default_shortlist` of the partition's size; buckets of
     more than ``max_bucket_fraction`` of a partition's images or more than ``max_bucket``
-    images skipped; the radius shrinks below ``threshold`` where a query's buckets in a
+    images skipped, except in a partition no larger than the shortlist, and except a query's
+    smallest exact-match bucket when all of them would be; the radius shrinks below ``threshold`` where a query's buckets in a
     partition would cast more than ``vote_budget`` votes). ``threshold`` is the
     per-code Hamming radius; ``None`` takes the mode's default (:data:`DEFAULT_THRESHOLD`).
     ``shift_radius`` r > 0 (default mode) also searches each query shifted by up to r pixels
@@ -115,8 +116,10 @@ class QuerySettings:
         """The default mode's ``(shortlist, max_bucket)`` in a partition of ``n_images``."""
         from pipeline.rerank import default_shortlist
 
-        return (self.shortlist or default_shortlist(n_images),
-                min(self.max_bucket, int(self.max_bucket_fraction * n_images)))
+        shortlist = self.shortlist or default_shortlist(n_images)
+        if n_images <= shortlist:  # every candidate is re-ranked anyway: skipping saves nothing
+            return shortlist, n_images
+        return shortlist, min(self.max_bucket, int(self.max_bucket_fraction * n_images))
 
     def shift_offsets(self) -> list[tuple[float, float]]:
         """The offsets each query is searched at (just ``(0, 0)`` without shifts)."""
