@@ -1,4 +1,4 @@
-"""Query-time shift tolerance: search with shifted copies of each query and keep the best.
+"""Query-time shift (and mirror) tolerance: search with shifted copies of each query and keep the best.
 
 Codes come from patches on a fixed grid, so an image shifted by a pixel or two gets other
 codes. With ``radius`` r and ``step`` s, each query is also encoded at every offset
@@ -11,6 +11,9 @@ is moved by half a pixel at the model's 28x28, plus the blur of the resize. Frac
 offsets are interpolated bilinearly, and the blur that interpolation adds is taken back by an
 unsharp mask (the copy plus its difference from a 3x3 box blur of itself); docs/QUALITY.md
 measured both.
+
+With ``flip`` (``--flip``) the left-right mirror of each query is searched too, with the same
+shifts: a mirrored copy of an indexed image is found at twice the cost of a query.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from .topk import TopK
 
-__all__ = ["offsets", "shifted_copies", "best_of_copies"]
+__all__ = ["offsets", "shifted_copies", "query_copies", "best_of_copies"]
 
 MAX_STEPS = 4
 """Offsets per direction at most (``radius / step``): 81 copies of each query."""
@@ -66,6 +69,23 @@ def shifted_copies(pixels: np.ndarray, radius: float, step: float = 1) -> np.nda
         else:
             out[:, v] = _to_dtype(_sharpen(_interpolated(padded, pad, dy, dx, h, w)), pixels.dtype)
     return out.reshape(n * len(shifts), *pixels.shape[1:])
+
+
+def query_copies(pixels: np.ndarray, radius: float = 0, step: float = 1, flip: bool = False) -> np.ndarray:
+    """``[n * V, h, w, c]``: the copies of each image a query searches with, image-major.
+
+    Without ``flip`` these are :func:`shifted_copies` (just ``pixels`` when ``radius`` is 0);
+    with it, each image's shifted copies are followed by those of its left-right mirror, so
+    that mirrored copies in the index are found (``V`` doubles, and so does the work).
+    """
+    pixels = np.asarray(pixels)
+    copies = shifted_copies(pixels, radius, step) if radius else pixels
+    if not flip:
+        return copies
+    mirrored = shifted_copies(pixels[:, :, ::-1], radius, step) if radius else pixels[:, :, ::-1]
+    n = pixels.shape[0]
+    both = np.stack([copies.reshape(n, -1, *pixels.shape[1:]), mirrored.reshape(n, -1, *pixels.shape[1:])], axis=1)
+    return np.ascontiguousarray(both.reshape(-1, *pixels.shape[1:]))
 
 
 def _window(padded: np.ndarray, pad: int, dy: int, dx: int, h: int, w: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.topk import TopK
-from pipeline.shifts import best_of_copies, offsets, shifted_copies
+from pipeline.shifts import best_of_copies, offsets, query_copies, shifted_copies
 
 
 def test_offsets_start_unshifted_and_cover_the_square():
@@ -68,3 +68,39 @@ def test_half_pixel_offsets_and_copies():
     # moved right by half a pixel, the edge is interpolated (column 3 half-way, 100); the
     # unsharp mask keeps flat regions flat and steepens the edge (233 = 2 * 200 - 500 / 3)
     assert right[0].tolist() == [0, 0, 0, 100, 233, 200] and np.all(right == right[0])
+
+
+def test_query_copies_follow_the_shifts_with_those_of_the_mirror():
+    img = np.arange(2 * 16, dtype=np.uint8).reshape(2, 4, 4, 1)
+    assert query_copies(img) is img or np.array_equal(query_copies(img), img)
+    plain = query_copies(img, flip=True)
+    assert plain.shape == (4, 4, 4, 1)
+    np.testing.assert_array_equal(plain[[0, 2]], img)
+    np.testing.assert_array_equal(plain[[1, 3]], img[:, :, ::-1])  # left-right mirror
+    both = query_copies(img, 1, flip=True)
+    assert both.shape == (2 * 18, 4, 4, 1)
+    np.testing.assert_array_equal(both[:9], shifted_copies(img[:1], 1))
+    np.testing.assert_array_equal(both[9:18], shifted_copies(img[:1, :, ::-1], 1))
+    np.testing.assert_array_equal(both[18:27], shifted_copies(img[1:], 1))
+
+
+def test_flip_finds_mirrored_copies_first(make_index, fmnist_train, client, tmp_path):
+    from mirror_helpers import results
+
+    from workflows.query import QuerySettings, query
+
+    images = fmnist_train[:300]
+    _, index_url = make_index(images, shard_size=64, partitions=2)
+    originals = np.arange(0, 300, 15)
+    mirrored = tmp_path / "mirrored.npy"
+    np.save(mirrored, images[originals][:, :, ::-1])
+    found = {}
+    for flip in (False, True):
+        out = str(tmp_path / f"flip-{flip}.parquet")
+        query(index_url, str(mirrored), out, QuerySettings(flip=flip), client=client)
+        found[flip] = results(out, column="image_id")
+    full = max(score for hits in found[True].values() for _, score in hits)
+    for q, image_id in enumerate(originals):
+        top_score = found[True][q][0][1]
+        assert top_score == full and image_id in [i for i, s in found[True][q] if s == full], (q, found[True][q][:3])
+    assert sum(found[False][q][0][0] == i for q, i in enumerate(originals)) < len(originals)  # without it some are missed

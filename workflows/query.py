@@ -93,6 +93,8 @@ class QuerySettings:
                                  "the work; r/s <= 4).", minimum=0, check=False, example="0")
     shift_step: float = option(1, "Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).",
                                minimum=0, maximum=1, open_minimum=True, check=False, example="1")
+    flip: bool = option(False, "Also search each query mirrored left-right and keep each image's best score: finds "
+                        "mirrored copies, at twice the work.", example="false")
     block_size: int = option(1000, "Queries per task.", minimum=1, example="1000")
     strict: bool = option(False, "Exit non-zero if any query cannot be read.", example="false")
     format: str | None = option(None, "parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun "
@@ -120,6 +122,11 @@ class QuerySettings:
         if n_images <= shortlist:  # every candidate is re-ranked anyway: skipping saves nothing
             return shortlist, n_images
         return shortlist, min(self.max_bucket, int(self.max_bucket_fraction * n_images))
+
+    @property
+    def n_copies(self) -> int:
+        """Copies of each query searched (:func:`pipeline.shifts.query_copies`): shifts times mirrors."""
+        return len(self.shift_offsets()) * (2 if self.flip else 1)
 
     def shift_offsets(self) -> list[tuple[float, float]]:
         """The offsets each query is searched at (just ``(0, 0)`` without shifts)."""
@@ -164,15 +171,16 @@ class QueryBlock:
 # --------------------------------------------------------------------------- worker tasks
 
 
-def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shift_step: float = 1) -> QueryBlock:
+def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shift_step: float = 1,
+                      flip: bool = False) -> QueryBlock:
     from pipeline.encode import load_encoder
-    from pipeline.shifts import shifted_copies
+    from pipeline.shifts import query_copies
     from storage import ImageSpec
 
     encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
     data = shard.read(ImageSpec(*encoder.input_shape))
     gh, gw = encoder.card.grid
-    pixels = shifted_copies(data.pixels, shift_radius, shift_step) if shift_radius else data.pixels
+    pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
     return QueryBlock(data.ids, data.uris, codes, list(data.errors))
 
@@ -190,10 +198,10 @@ def search_task(index: IndexLocation, partition, block: QueryBlock, settings: Qu
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
-        if settings.shift_radius:
-            from pipeline.shifts import best_of_copies
+    if settings.n_copies > 1:
+        from pipeline.shifts import best_of_copies
 
-            found = best_of_copies(found, len(settings.shift_offsets()), settings.k)
+        found = best_of_copies(found, settings.n_copies, settings.k)
     trim_worker_cache()  # the search may have built multi-index tables on the map
     return found
 
@@ -373,7 +381,8 @@ class QueryJob:
         pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in self.partitions], list(dask.nthreads()))
 
         def submit(shard) -> list:
-            block = dask.submit(encode_block_task, self.index, shard, settings.shift_radius, settings.shift_step, pure=False)
+            block = dask.submit(encode_block_task, self.index, shard, settings.shift_radius, settings.shift_step,
+                                settings.flip, pure=False)
             parts = [dask.submit(search_task, self.index, p, block, settings, bits, pure=False,
                                  **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                      for p, w in zip(self.partitions, pinned_to)]
