@@ -110,15 +110,16 @@ def steps(index_url: str, queries: str, out: str, extra: list[str], launched: fl
             lap("model load")
         else:
             clock["tensorflow import"] = clock["model load"] = 0.0
-        (shard,) = job.shards
-        block = client.submit(encode_block_task, index, shard, pure=False)
-        block.result()
+        blocks = [client.submit(encode_block_task, index, shard, pure=False) for shard in job.shards]
+        client.gather(blocks)
         lap("encode")
-        parts = [client.submit(search_task, index, p, block, settings, job.manifest.bits, pure=False) for p in job.partitions]
+        parts = [[client.submit(search_task, index, p, block, settings, job.manifest.bits, pure=False) for p in job.partitions]
+                 for block in blocks]
         client.gather(parts)
         lap("search")
         with open_results(out, settings.format, job.spec()) as writer:
-            job.answered(shard, block.result(), client.submit(merge_task, parts, settings.k, pure=False).result(), writer)
+            for shard, block, found in zip(job.shards, blocks, parts):
+                job.answered(shard, block.result(), client.submit(merge_task, found, settings.k, pure=False).result(), writer)
         lap("merge + write")
     lap("cluster close")
     return {"steps_s": clock, "n_queries": len(job.source)}

@@ -122,3 +122,30 @@ def test_small_query_in_process_equals_two_worker_processes(make_index, fmnist_t
     assert SMALL not in procs.stderr and "LocalCluster: 2 worker processes x 1 thread(s); dashboard: " in procs.stderr
     rows = results_rows(str(tmp_path / "small.parquet"))
     assert len(rows) == 12 * 5 and rows == results_rows(str(tmp_path / "procs.parquet"))
+
+
+_NO_TENSORFLOW = """
+import sys
+from typer.testing import CliRunner
+from workflows.cli import app
+
+index, uris = sys.argv[1:]
+for args in (["info", "--index", index], ["gc", "--index", index, "--dry-run"], ["delete", "--index", index, "--uris", uris],
+             ["info", "--model", "fashion-mnist"]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+print(sorted(name for name in ("tensorflow", "keras", "distributed") if name in sys.modules))
+"""
+
+
+def test_info_gc_and_delete_import_neither_tensorflow_nor_distributed(make_index, fmnist_train, tmp_path):
+    import shutil
+
+    corpus, built = make_index(fmnist_train[:300], shard_size=100, partitions=2)
+    url = str(tmp_path / "index")
+    shutil.copytree(built, url)
+    uris = tmp_path / "takedown.txt"
+    uris.write_text(f"{corpus}#3\n")
+    done = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, url, str(uris)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
