@@ -43,7 +43,8 @@ _TLS_OPTIONS = (("tls_ca", "--tls-ca"), ("tls_cert", "--tls-cert"), ("tls_key", 
 
 IN_PROCESS_MAX = 2000
 """Default of ``ClusterSettings.in_process_max``: a job of at most this many images to encode
-(``index``) or queries (``query``) runs in the client's process. Worker processes cost a
+(``index``; plus the images already indexed when the run may compact) or queries (``query``)
+runs in the client's process. Worker processes cost a
 small job most of its time: each starts an interpreter and imports TensorFlow (about 3 s of a
 core each) before its first task; in-process, TensorFlow is imported once and the tasks run
 on threads. docs/BENCHMARKS.md section 9 measures both."""
@@ -78,7 +79,8 @@ class ClusterSettings:
     memory_limit: str | None = option("auto", "Memory limit per LocalCluster worker (e.g. 4GB, auto).", type="size",
                                       envvar="PATCHHASH_MEMORY_LIMIT", example="4GB")
     in_process_max: int = option(IN_PROCESS_MAX, "Without --scheduler, --workers or --tls-*: run a job of at most this many "
-                                 "images to encode (index) or queries (query) on threads of this process instead of starting "
+                                 "images to encode (index; plus those indexed, if it may compact) or queries (query) on threads of "
+                                 "this process instead of starting "
                                  "worker processes, which each import TensorFlow (0: never).",
                                  envvar="PATCHHASH_IN_PROCESS_MAX", minimum=0, example="2000")
     processes: bool = True
