@@ -125,3 +125,13 @@ def test_bench_sync_smoke(smoke):
     assert 0 < summary["median_written_share"] <= summary["max_written_share"] and 0 <= summary["compaction_nights"] <= 3
     assert all(n["compact_written_bytes"] > 0 for n in nights if n["compacted"])
     assert "after 3 nights vs a fresh build of the same" in stdout
+
+
+@smoke_run("bench_startup.py")
+def test_bench_startup_smoke(smoke):
+    figures, stdout = smoke
+    assert (figures["images"], figures["queries"], figures["runs"]) == (300, 5, 1) and list(figures["paths"]) == ["in-process"]
+    small = figures["paths"]["in-process"]
+    assert small["in_process_logged"] and small["n_queries"] == 5 and small["wall_s"] > 0 and small["cpu_s"] > 0
+    assert small["steps_s"]["tensorflow import"] > 0 and all(v >= 0 for v in small["steps_s"].values())
+    assert "| path | whole command, wall s |" in stdout and "| tensorflow import |" in stdout

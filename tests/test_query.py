@@ -166,7 +166,7 @@ def test_query_cli_end_to_end(small_index, query_npy, tmp_path):
     out = tmp_path / "r.csv"
     result = subprocess.run(
         [sys.executable, "-m", "workflows.cli", "query", "--index", small_index, "--queries", query_npy, "--out", str(out),
-         "--mode", "seed", "--k", "4", "--workers", "1"],
+         "--mode", "seed", "--k", "4"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

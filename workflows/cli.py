@@ -226,7 +226,12 @@ VERBOSE = Option(False, "Debug logging.", flags=("--verbose", "-v"), example="tr
 
 JOB = dict(cluster=ClusterSettings, config=CONFIG, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 """The options every Dask job with a job spec ends with: where it runs (scheduler or LocalCluster,
-TLS), the job spec, storage options and logging."""
+TLS, small jobs in this process), the job spec, storage options and logging."""
+
+MEASURING_JOB = {**JOB, "cluster": pick(ClusterSettings, *(o.field for o in options_of(ClusterSettings)
+                                                         if o.field != "in_process_max"))}
+"""The options of the jobs that measure the cluster they run on (``evaluate``, ``bench``): those of
+:data:`JOB` but ``--in-process-max``; they always run where the cluster options say."""
 
 
 # --------------------------------------------------------------------------- commands
@@ -457,7 +462,7 @@ def query(index, queries, out, settings: QuerySettings, report, report_limit, cl
     settings=EvaluateSettings,
     out=replace(FIGURES, example="evaluation.json"),
     plot=Option(None, "Draw precision@k curves and precision@10 against t into this PNG.", type="path", example="evaluation.png"),
-    **JOB,
+    **MEASURING_JOB,
 )
 def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, out, plot, cluster: ClusterSettings, config,
              storage_options, verbose) -> None:
@@ -470,7 +475,7 @@ def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, o
 
 
 @app.command()
-@options(index=INDEX, queries=QUERIES, settings=BenchSettings, out=replace(FIGURES, example="bench.json"), **JOB)
+@options(index=INDEX, queries=QUERIES, settings=BenchSettings, out=replace(FIGURES, example="bench.json"), **MEASURING_JOB)
 def bench(index, queries, settings: BenchSettings, out, cluster: ClusterSettings, config, storage_options, verbose) -> None:
     """Queries/s of each mode and peak memory per worker, on this cluster: for sizing a deployment."""
     from workflows.bench import bench as run_bench

@@ -30,16 +30,24 @@ import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from storage import ConfigError
 from workflows.options import check_options, option
 
-__all__ = ["ClusterSettings", "dask_client", "check_workers"]
+__all__ = ["ClusterSettings", "dask_client", "check_workers", "IN_PROCESS_MAX", "runs_in_process"]
 
 log = logging.getLogger(__name__)
 
 _TLS_OPTIONS = (("tls_ca", "--tls-ca"), ("tls_cert", "--tls-cert"), ("tls_key", "--tls-key"))
+
+IN_PROCESS_MAX = 2000
+"""Default of ``ClusterSettings.in_process_max``: a job of at most this many images to encode
+(``index``; plus the images already indexed when the run may compact) or queries (``query``)
+runs in the client's process. Worker processes cost a
+small job most of its time: each starts an interpreter and imports TensorFlow (about 3 s of a
+core each) before its first task; in-process, TensorFlow is imported once and the tasks run
+on threads. docs/BENCHMARKS.md section 9 measures both."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ class ClusterSettings:
 
     ``tls_ca`` (CA certificate, PEM), ``tls_cert`` (this client's certificate, PEM) and
     ``tls_key`` (its private key, PEM) come together or not at all; see the module docstring.
+
+    Small jobs: with none of ``scheduler``, ``workers`` and the TLS options given, a job that
+    tells :func:`dask_client` its size (images to encode, queries to answer) runs on an
+    in-process cluster (threads of this process, no worker processes) when that size is at most
+    ``in_process_max`` (0: never); see :func:`runs_in_process`.
     """
 
     scheduler: str | None = option(None, "Address of a running Dask scheduler (tcp://host:8786, or tls://host:8786 with "
@@ -65,6 +78,11 @@ class ClusterSettings:
                                      example="1")
     memory_limit: str | None = option("auto", "Memory limit per LocalCluster worker (e.g. 4GB, auto).", type="size",
                                       envvar="PATCHHASH_MEMORY_LIMIT", example="4GB")
+    in_process_max: int = option(IN_PROCESS_MAX, "Without --scheduler, --workers or --tls-*: run a job of at most this many "
+                                 "images to encode (index; plus those indexed, if it may compact) or queries (query) on threads of "
+                                 "this process instead of starting "
+                                 "worker processes, which each import TensorFlow (0: never).",
+                                 envvar="PATCHHASH_IN_PROCESS_MAX", minimum=0, example="2000")
     processes: bool = True
     tls_ca: str | None = option(None, "CA certificate (PEM) of a TLS cluster: with --tls-cert and --tls-key, talk TLS with "
                                 "mutual authentication (tls:// --scheduler, or a TLS LocalCluster).", type="path",
@@ -196,6 +214,19 @@ def check_workers(client) -> None:
                           "version as the client's, on every worker")
 
 
+def runs_in_process(settings: ClusterSettings, size: int | None) -> bool:
+    """Whether a job of ``size`` images or queries runs on an in-process cluster.
+
+    Only when nothing says where it runs (no ``scheduler``, ``workers`` or TLS options, and
+    ``processes`` left on: explicit settings are obeyed as they are), its size is known, and
+    ``size <= settings.in_process_max`` (which is not 0).
+    """
+    explicit = settings.scheduler or settings.workers is not None or settings.tls or not settings.processes
+    if explicit or size is None or settings.in_process_max == 0 or size > settings.in_process_max:
+        return False
+    return not _dask_tls_configured()  # a TLS LocalCluster from Dask's config: as without this option
+
+
 def _dashboard(client) -> str:
     try:
         return client.dashboard_link or "none"
@@ -204,8 +235,11 @@ def _dashboard(client) -> str:
 
 
 @contextmanager
-def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  # noqa: F821
+def dask_client(settings: ClusterSettings, size: int | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a connected ``distributed.Client``; closes what it started.
+
+    ``size`` (the images a job encodes, or its queries; ``None``: unknown) lets a small job run
+    in this process (:func:`runs_in_process`): one in-process worker with a thread per core.
 
     Raises
     ------
@@ -242,7 +276,12 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
             check_workers(client)
             yield client
         return
-    workers = settings.workers or max(1, os.cpu_count() or 1)
+    cores = max(1, os.cpu_count() or 1)
+    if runs_in_process(settings, size):
+        log.info("small job (%d <= --in-process-max %d): running on threads of this process, no worker processes",
+                 size, settings.in_process_max)
+        settings = replace(settings, processes=False, workers=1, threads_per_worker=cores)
+    workers = settings.workers or cores
     threads = settings.threads_per_worker
     # TensorFlow sizes its pools from the core count at import; pin it to the worker's threads
     env = {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -256,9 +295,9 @@ def dask_client(settings: ClusterSettings) -> Iterator["distributed.Client"]:  #
         kwargs.update(protocol="tls://", host="127.0.0.1", security=security, dashboard_address="127.0.0.1:0")
     with LocalCluster(**kwargs) as cluster, Client(cluster, security=security) as client:
         log.info(
-            "LocalCluster%s: %d worker %s x %d thread(s); dashboard: %s",
-            " (TLS)" if settings.tls else "", workers, "processes" if settings.processes else "threads", threads,
-            _dashboard(client),
+            "LocalCluster%s: %d %s x %d thread(s); dashboard: %s",
+            " (TLS)" if settings.tls else "", workers, "worker processes" if settings.processes else "in-process worker(s)",
+            threads, _dashboard(client),
         )
         check_workers(client)  # before the plugin, which workers unpickle by importing workflows
         client.register_plugin(QuietWorkerLog())  # one line per failure: the client reports the task's error

@@ -269,7 +269,9 @@ def _index_job(corpus: str, index: IndexLocation, model: str | None, settings: I
         report.seconds = time.perf_counter() - started
         return report
 
-    with dask_client(cluster) if client is None else nullcontext(client) as dask:
+    # a small job runs in-process; compaction after the commit may rewrite any of the index's images
+    size = len(plan.rows) + (manifest.n_images if manifest is not None and settings.compaction is not None else 0)
+    with dask_client(cluster, size=size) if client is None else nullcontext(client) as dask:
         new_manifest = _apply(dask, source, corpus, index, manifest, card, plan, settings, report, lock)
         report.version, report.n_images = new_manifest.version, new_manifest.n_ok
         report.seconds = time.perf_counter() - started
