@@ -154,7 +154,7 @@ def test_worker_tracebacks_the_job_reports_itself_stay_off_stderr_also_after_a_r
 
 def _cli_index(corpus: str, url: str, model: str | None, failpoint: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATCHHASH_FAILPOINTS": failpoint or ""}
-    args = [sys.executable, "-m", "workflows.cli", "index", "--corpus", corpus, "--index", url, "--workers", "1"]
+    args = [sys.executable, "-m", "workflows.cli", "index", "--corpus", corpus, "--index", url]
     args += ["--model", model] if model else []
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 

@@ -223,7 +223,7 @@ def test_failed_run_resumes_and_ends_identical(client, tiny_model, corpus_npy, t
 def test_sigkilled_cli_run_resumes_and_ends_identical(make_index, tiny_model, fmnist_train, tmp_path):
     corpus, reference = make_index(fmnist_train[:3000], shard_size=100, partitions=2)  # an uninterrupted run
     args = [sys.executable, "-m", "workflows.cli", "index", "--corpus", corpus, "--model", tiny_model,
-            "--workers", "1", "--shard-size", "100", "--partitions", "2"]
+            "--shard-size", "100", "--partitions", "2"]
 
     url = str(tmp_path / "idx")
     proc = subprocess.Popen([*args, "--index", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -226,7 +226,7 @@ def test_two_overlapping_index_jobs_one_waits_and_the_index_ends_as_after_one_ru
 
     corpus, single = make_index(fmnist_train[:300], shard_size=100, partitions=2)  # the single run
     args = [*CLI, "index", "--corpus", corpus, "--model", tiny_model,
-            "--shard-size", "100", "--partitions", "2", "--workers", "1"]
+            "--shard-size", "100", "--partitions", "2"]
     url = str(tmp_path / "idx")
     procs = [subprocess.Popen([*args, "--index", url, "--wait-for-lock", "240"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -308,7 +308,7 @@ def test_killed_at_each_failpoint_then_rerun_ends_as_an_uninterrupted_run(client
         if command in ("compact", "gc"):
             for target in (url, reference):
                 index(folder.url, target, None, IndexSettings(max_delete_fraction=1, compaction=None), client=client)
-        args = {"index": ["index", "--corpus", folder.url, "--workers", "1", "--max-delete-fraction", "1", "--index"],
+        args = {"index": ["index", "--corpus", folder.url, "--max-delete-fraction", "1", "--index"],
                 "compact": ["compact", "--all", "--workers", "1", "--index"],
                 "gc": ["gc", "--min-age", "0", "--index"]}[command]
         {"index": lambda: index(folder.url, reference, None, sync, client=client),

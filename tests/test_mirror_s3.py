@@ -97,7 +97,7 @@ def test_sync_killed_on_s3_then_rerun_ends_as_one_run(client, tiny_model, fmnist
         folder.write(folder.names()[0], 60)
         folder.add(61)
         if name == "killed":
-            args = [*CLI, "index", "--corpus", folder.url, "--index", url, "--workers", "1", "--storage-options", json.dumps(s3)]
+            args = [*CLI, "index", "--corpus", folder.url, "--index", url, "--storage-options", json.dumps(s3)]
             for point in ("index-encoded", "index-before-commit"):
                 run = subprocess.run(args, env={**env, "PATCHHASH_FAILPOINTS": point}, capture_output=True, text=True, timeout=300)
                 assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]

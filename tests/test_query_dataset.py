@@ -89,7 +89,7 @@ def _markers(out) -> int:
 def test_sigkilled_cli_query_resumes_from_the_parts_written(setup, tmp_path):
     out = tmp_path / "results"
     args = [sys.executable, "-m", "workflows.cli", "query", "--index", setup["index"], "--queries", setup["queries"],
-            "--out", f"{out}/", "--k", "5", "--block-size", "40", "--workers", "1"]
+            "--out", f"{out}/", "--k", "5", "--block-size", "40"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and _markers(out) < 2:

@@ -110,7 +110,7 @@ def test_mass_deletion_is_refused_before_anything_is_written(client, tiny_model,
         index(folder.url, url, None, client=client)
     assert sorted(p.relative_to(url).as_posix() for p in Path(url).rglob("*") if "runs" not in p.parts) == before
     assert read_runs(url, last=1)[0]["status"] == "failed"
-    cli = subprocess.run([*CLI, "index", "--corpus", folder.url, "--index", url, "--workers", "1"],
+    cli = subprocess.run([*CLI, "index", "--corpus", folder.url, "--index", url],
                          capture_output=True, text=True, timeout=300)
     lines = [line for line in cli.stderr.splitlines() if line.startswith("patchhash: error:")]
     assert cli.returncode == 1 and len(lines) == 1 and "--max-delete-fraction" in lines[0], cli.stderr
@@ -186,7 +186,7 @@ def test_after_any_sequence_of_changes_results_equal_a_fresh_index(client, tiny_
 def test_run_summary_and_log_count_each_kind_of_change(tiny_model, pool, tmp_path):
     folder = _folder(tmp_path, pool, 12)
     url = str(tmp_path / "index")
-    args = [*CLI, "index", "--corpus", folder.url, "--index", url, "--workers", "1"]
+    args = [*CLI, "index", "--corpus", folder.url, "--index", url]
     subprocess.run([*args, "--model", tiny_model], check=True, capture_output=True, timeout=300)
     folder.delete(folder.names()[0])
     folder.write(folder.names()[0], 120)
