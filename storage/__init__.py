@@ -1,6 +1,7 @@
 """Where bytes live: fsspec URLs, corpus readers, the on-disk index format."""
 
 from storage.errors import (
+    ClusterUnavailableError,
     ConfigError,
     CorpusError,
     ImageReadError,
@@ -11,6 +12,7 @@ from storage.errors import (
     ModelMismatchError,
     PatchhashError,
     StorageUnavailableError,
+    WorkerMismatchError,
 )
 from storage.corpus import Corpus, ReadError, Shard, ShardData, open_corpus
 from storage.fs import display_url, is_local, join_url, url_to_fs
@@ -29,6 +31,7 @@ __all__ = [
     "decode_image",
     "open_corpus",
     "read_labels",
+    "ClusterUnavailableError",
     "ConfigError",
     "CorpusError",
     "ImageReadError",
@@ -39,6 +42,7 @@ __all__ = [
     "ModelMismatchError",
     "PatchhashError",
     "StorageUnavailableError",
+    "WorkerMismatchError",
     "display_url",
     "is_local",
     "join_url",

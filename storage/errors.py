@@ -19,6 +19,8 @@ __all__ = [
     "ConfigError",
     "StorageUnavailableError",
     "MassDeletionError",
+    "WorkerMismatchError",
+    "ClusterUnavailableError",
 ]
 
 
@@ -60,3 +62,13 @@ class StorageUnavailableError(PatchhashError, OSError):
 
 class MassDeletionError(PatchhashError, RuntimeError):
     """A sync would remove more of a source's images than allowed (a short listing?)."""
+
+
+class WorkerMismatchError(ConfigError):
+    """A Dask worker cannot run this job's tasks: it cannot import patchhash, runs another
+    version of it, or reads another model than the client (:mod:`workflows.preflight`)."""
+
+
+class ClusterUnavailableError(PatchhashError, RuntimeError):
+    """No Dask worker was connected for ``--no-workers-timeout`` seconds: none ever joined, or
+    all of them left (:mod:`workflows.watchdog`)."""

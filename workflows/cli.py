@@ -370,7 +370,8 @@ def delete(
 
 
 @app.command()
-@options(index=INDEX, policy=CompactionPolicy, cluster=pick(ClusterSettings, "scheduler", "workers", "threads_per_worker", "memory_limit"),
+@options(index=INDEX, policy=CompactionPolicy, cluster=pick(ClusterSettings, "scheduler", "workers", "threads_per_worker", "memory_limit",
+                                                                       "no_workers_timeout"),
          wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
 def compact(
     *,

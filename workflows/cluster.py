@@ -34,6 +34,8 @@ from dataclasses import dataclass, replace
 
 from storage import ConfigError
 from workflows.options import check_options, option
+from workflows.preflight import check_workers, expected_of, preflight
+from workflows.watchdog import watch
 
 __all__ = ["ClusterSettings", "dask_client", "check_workers", "IN_PROCESS_MAX", "runs_in_process"]
 
@@ -63,6 +65,10 @@ class ClusterSettings:
     ``tls_ca`` (CA certificate, PEM), ``tls_cert`` (this client's certificate, PEM) and
     ``tls_key`` (its private key, PEM) come together or not at all; see the module docstring.
 
+    ``no_workers_timeout``: on a ``scheduler``'s cluster, a job fails (one line, nothing
+    committed) once no worker that passed the preflight has been connected for that many
+    seconds (:mod:`workflows.watchdog`); 0 waits for ever.
+
     Small jobs: with none of ``scheduler``, ``workers`` and the TLS options given, a job that
     tells :func:`dask_client` its size (images to encode, queries to answer) runs on an
     in-process cluster (threads of this process, no worker processes) when that size is at most
@@ -91,6 +97,9 @@ class ClusterSettings:
                                   envvar="PATCHHASH_TLS_CERT", example="certs/client.pem")
     tls_key: str | None = option(None, "The private key (PEM) of --tls-cert.", type="path", envvar="PATCHHASH_TLS_KEY",
                                  example="certs/client.key")
+    no_workers_timeout: float = option(120.0, "With --scheduler: fail the job when no usable worker has been connected "
+                                       "for this many seconds (none joined, or all left; 0: wait forever).",
+                                       envvar="PATCHHASH_NO_WORKERS_TIMEOUT", minimum=0, example="120")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -176,44 +185,6 @@ def _dask_tls_configured() -> bool:
                 and dask.config.get("distributed.comm.tls.client.cert", None))
 
 
-def _patchhash_probe():
-    """A function for ``client.run`` that says why a worker cannot import patchhash, or ``None``.
-
-    Made inside this function so that it is pickled by value: a worker without patchhash can
-    run it (the tasks of a job, pickled by reference, would fail to reach such a worker and the
-    job would wait for it forever). A package that imports as a folder without ``__init__.py``
-    is a namespace package, not ours: a Dask worker's ``storage/`` spill folder (its local
-    directory is on ``sys.path``) shadowing an install that came after it on the path.
-    """
-
-    def probe():
-        import importlib
-
-        for name in ("storage", "pipeline", "workflows"):
-            try:
-                module = importlib.import_module(name)
-            except Exception as exc:  # noqa: BLE001 - reported, whatever it is
-                return f"{type(exc).__name__}: {exc}"
-            if getattr(module, "__file__", None) is None:
-                return f"'{name}' is the folder {', '.join(module.__path__)}, not patchhash's package"
-        return None
-
-    return probe
-
-
-def check_workers(client) -> None:
-    """Raise ``ConfigError`` if a worker connected to ``client`` cannot import patchhash.
-
-    Workers that join later are not checked.
-    """
-    failures = {worker: why for worker, why in client.run(_patchhash_probe()).items() if why}
-    if failures:
-        worker, why = min(failures.items())
-        others = f" (and {len(failures) - 1} other worker(s))" if len(failures) > 1 else ""
-        raise ConfigError(f"Dask worker {worker}{others} cannot import patchhash ({why}): install patchhash, the same "
-                          "version as the client's, on every worker")
-
-
 def runs_in_process(settings: ClusterSettings, size: int | None) -> bool:
     """Whether a job of ``size`` images or queries runs on an in-process cluster.
 
@@ -235,11 +206,17 @@ def _dashboard(client) -> str:
 
 
 @contextmanager
-def dask_client(settings: ClusterSettings, size: int | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
+def dask_client(settings: ClusterSettings, size: int | None = None, model=None) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a connected ``distributed.Client``; closes what it started.
 
     ``size`` (the images a job encodes, or its queries; ``None``: unknown) lets a small job run
     in this process (:func:`runs_in_process`): one in-process worker with a thread per core.
+
+    On a ``scheduler``'s cluster, the preflight (:mod:`workflows.preflight`) checks every
+    worker, now and as it joins: it imports patchhash, runs the client's version and, given
+    ``model`` (an :class:`~storage.location.IndexLocation` of the model folder the job's
+    workers load), reads the same weights there; and a watchdog (:mod:`workflows.watchdog`)
+    fails the job once no worker has been connected for ``settings.no_workers_timeout``.
 
     Raises
     ------
@@ -247,6 +224,11 @@ def dask_client(settings: ClusterSettings, size: int | None = None) -> Iterator[
         The scheduler cannot be reached, or refused this client (for ``tls://``: a certificate
         not signed by the cluster's CA, or a scheduler certificate not signed by ``tls_ca``), or
         a worker cannot import patchhash (:func:`check_workers`).
+    WorkerMismatchError
+        (a ``ConfigError``) a worker cannot import patchhash, runs another version or reads
+        another model.
+    ClusterUnavailableError
+        No worker was connected for ``settings.no_workers_timeout`` seconds.
     """
     from distributed import Client, LocalCluster
 
@@ -273,8 +255,9 @@ def dask_client(settings: ClusterSettings, size: int | None = None) -> Iterator[
             raise ConfigError(failure)
         with client:
             log.info("connected to Dask scheduler %s (dashboard: %s)", settings.scheduler, _dashboard(client))
-            check_workers(client)
-            yield client
+            with preflight(client, expected_of(model)) as refused, \
+                    watch(client, settings.scheduler, settings.no_workers_timeout, refused):
+                yield client
         return
     cores = max(1, os.cpu_count() or 1)
     if runs_in_process(settings, size):

@@ -264,14 +264,14 @@ def _index_job(corpus: str, index: IndexLocation, model: str | None, settings: I
                  index.url, len(source), corpus, manifest.version if manifest else None)
         if settings.compaction is not None and plan_compaction(manifest, settings.compaction, auto=True):
             # e.g. the run that made these changes was killed while compacting
-            with dask_client(cluster) if client is None else nullcontext(client) as dask:
+            with dask_client(cluster, model=index.child(MODEL_DIR)) if client is None else nullcontext(client) as dask:
                 _compact(dask, index, manifest, settings, report, lock)
         report.seconds = time.perf_counter() - started
         return report
 
     # a small job runs in-process; compaction after the commit may rewrite any of the index's images
     size = len(plan.rows) + (manifest.n_images if manifest is not None and settings.compaction is not None else 0)
-    with dask_client(cluster, size=size) if client is None else nullcontext(client) as dask:
+    with dask_client(cluster, size=size, model=index.child(MODEL_DIR)) if client is None else nullcontext(client) as dask:
         new_manifest = _apply(dask, source, corpus, index, manifest, card, plan, settings, report, lock)
         report.version, report.n_images = new_manifest.version, new_manifest.n_ok
         report.seconds = time.perf_counter() - started

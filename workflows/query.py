@@ -482,7 +482,7 @@ def query(
              len(job.source), job.source.url, index.url, job.manifest.version, len(job.partitions), settings.mode)
     with (
         open_results(out, settings.format, job.spec(), index.storage_options) as writer,
-        dask_client(cluster, size=len(job.source)) if client is None else nullcontext(client) as dask,
+        dask_client(cluster, size=len(job.source), model=index.child(MODEL_DIR)) if client is None else nullcontext(client) as dask,
         tqdm(total=len(job.shards), desc="query", unit="block", dynamic_ncols=True) as bar,
     ):
         todo = job.resume(writer.done)
