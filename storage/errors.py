@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "StorageUnavailableError",
     "MassDeletionError",
+    "MissingExtraError",
 ]
 
 
@@ -60,3 +61,7 @@ class StorageUnavailableError(PatchhashError, OSError):
 
 class MassDeletionError(PatchhashError, RuntimeError):
     """A sync would remove more of a source's images than allowed (a short listing?)."""
+
+
+class MissingExtraError(PatchhashError, ImportError):
+    """A URL's protocol needs a package that is not installed (e.g. ``s3://``: the ``s3`` extra)."""
