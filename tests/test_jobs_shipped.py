@@ -146,12 +146,16 @@ def test_shipped_job_specs_run_against_s3(s3_env, pki, fmnist_train, tmp_path): 
 
 
 @pytest.mark.parametrize("spec_name", [n for n in ORDER if "s3://" in (JOBS / n).read_text()])
-def test_shipped_s3_job_spec_without_s3fs_names_the_extra(spec_name, tmp_path):
+def test_shipped_s3_job_spec_without_s3fs_names_the_extra(spec_name, tmp_path, pki):  # noqa: F811
     """s3fs missing (as after `pip install patchhash` without the extra): one line naming it."""
+    shutil.copy(JOBS / spec_name, tmp_path / spec_name)
+    (tmp_path / "certs").mkdir()
+    for src, dst in ((pki.ca, "ca.pem"), (pki.cert, "client.pem"), (pki.key, "client.key")):  # cluster-index's TLS files
+        shutil.copy(src, tmp_path / "certs" / dst)
     blocked = ("import sys; sys.modules['s3fs'] = None; sys.argv = ['patchhash', *sys.argv[1:]]; "
                "from workflows.cli import main; main()")
     command = yaml.safe_load((JOBS / spec_name).read_text())["command"]
-    result = subprocess.run([sys.executable, "-c", blocked, command, "--config", str(JOBS / spec_name)],
+    result = subprocess.run([sys.executable, "-c", blocked, command, "--config", str(tmp_path / spec_name)],
                             capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
