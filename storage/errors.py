@@ -21,6 +21,7 @@ __all__ = [
     "MassDeletionError",
     "WorkerMismatchError",
     "ClusterUnavailableError",
+    "MissingExtraError",
 ]
 
 
@@ -72,3 +73,7 @@ class WorkerMismatchError(ConfigError):
 class ClusterUnavailableError(PatchhashError, RuntimeError):
     """No Dask worker was connected for ``--no-workers-timeout`` seconds: none ever joined, or
     all of them left (:mod:`workflows.watchdog`)."""
+
+
+class MissingExtraError(PatchhashError, ImportError):
+    """A URL's protocol needs a package that is not installed (e.g. ``s3://``: the ``s3`` extra)."""

@@ -11,14 +11,39 @@ from fsspec.core import url_to_fs as _url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
-__all__ = ["url_to_fs", "join_url", "display_url", "is_local", "resolve_url"]
+from storage.errors import MissingExtraError
+
+__all__ = ["url_to_fs", "join_url", "display_url", "is_local", "resolve_url", "EXTRAS"]
+
+EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
+"""URL protocols served by a package of a patchhash extra: protocol -> (package, extra)."""
 
 
 def url_to_fs(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for any fsspec URL or local path."""
-    return _url_to_fs(str(url), **dict(storage_options or {}))
+    """Return ``(filesystem, path)`` for any fsspec URL or local path.
+
+    Raises
+    ------
+    MissingExtraError
+        The URL's protocol needs a package that is not installed: for ``s3://``, the message
+        names ``pip install 'patchhash[s3]'`` (instead of fsspec's ``ImportError``).
+    """
+    try:
+        return _url_to_fs(str(url), **dict(storage_options or {}))
+    except ImportError as exc:
+        raise MissingExtraError(_missing_package(str(url), exc)) from exc
+
+
+def _missing_package(url: str, exc: ImportError) -> str:
+    protocol = url.partition("://")[0].lower() if "://" in url else "file"
+    protocol = protocol.split("::")[-1]  # chained URLs (simplecache::s3://...) name the last one
+    if protocol in EXTRAS:
+        package, extra = EXTRAS[protocol]
+        return (f"{url}: {protocol}:// URLs need {package}, which is not installed: "
+                f"pip install 'patchhash[{extra}]' (from a checkout: pip install '.[{extra}]')")
+    return f"{url}: {protocol}:// URLs need a package that is not installed ({' '.join(str(exc).split())})"
 
 
 def join_url(url: str, *parts: str) -> str:

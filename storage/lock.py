@@ -18,7 +18,9 @@ run competes for a fresh create-exclusive as usual.
 
 Only writers take the lock; queries read committed manifests and never need it. Before its
 commit a job calls :meth:`IndexLock.verify`, so a run that lost its lock (a heartbeat stalled
-past the stale timeout and another run took over) commits nothing.
+past the stale timeout and another run took over) commits nothing. A run refused because a
+live run holds the lock leaves a ``refused-locked`` record in the run log
+(:func:`storage.runlog.record_refused`) naming the holder's run id (its token).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from storage.layout import LOCK_FILE, lock_takeover_path
 from storage.location import IndexLocation
 from storage.retry import retry_call
 
-__all__ = ["LOCK_FILE", "LockHeldError", "LockInfo", "IndexLock", "read_lock"]
+__all__ = ["LOCK_FILE", "LockHeldError", "LockInfo", "IndexLock", "read_lock", "lock_status"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,14 @@ STALE_HEARTBEATS = 10
 
 
 class LockHeldError(PatchhashError, RuntimeError):
-    """Another run holds the index's lock (or this run lost it)."""
+    """Another run holds the index's lock (or this run lost it).
+
+    ``holder`` is the holder's :class:`LockInfo` when it could be read (None otherwise).
+    """
+
+    def __init__(self, message: str, holder: "LockInfo | None" = None):
+        super().__init__(message)
+        self.holder = holder
 
 
 def _pid_namespace() -> str:
@@ -76,11 +85,13 @@ class LockInfo:
     heartbeat_s: float = HEARTBEAT_S
     pid_namespace: str = ""
     command: str = "index"
+    corpus: str | None = None
 
     @classmethod
-    def mine(cls, heartbeat_s: float, command: str) -> "LockInfo":
+    def mine(cls, heartbeat_s: float, command: str, corpus: str | None = None) -> "LockInfo":
         now = time.time()
-        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now, heartbeat_s, _pid_namespace(), command)
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now, heartbeat_s, _pid_namespace(), command,
+                   corpus)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "LockInfo | None":
@@ -91,6 +102,7 @@ class LockInfo:
                 str(doc["host"]), int(doc["pid"]), str(doc["token"]), float(doc["started"]),
                 float(doc["heartbeat"]), float(doc.get("heartbeat_s", HEARTBEAT_S)),
                 str(doc.get("pid_namespace", "")), str(doc.get("command", "index")),
+                None if doc.get("corpus") is None else str(doc["corpus"]),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -101,13 +113,22 @@ class LockInfo:
     def beat(self) -> "LockInfo":
         return LockInfo(**{**asdict(self), "heartbeat": time.time()})
 
+    @property
+    def run_id(self) -> str:
+        """The holder's run id: its token, which also names its run log record (``runs/<start>-<token>``)."""
+        return self.token
+
     def describe(self) -> str:
         return f"host {self.host}, pid {self.pid}, since {_iso(self.started)} (last heartbeat {max(0.0, time.time() - self.heartbeat):.0f} s ago)"
 
-    def stale_reason(self, stale_after_s: float) -> str | None:
-        """Why this lock is stale, or None if its holder may still be running."""
+    def stale_reason(self, stale_after_s: float | None = None) -> str | None:
+        """Why this lock is stale, or None if its holder may still be running.
+
+        ``stale_after_s`` defaults to what :class:`IndexLock` uses (``STALE_HEARTBEATS`` of the
+        holder's heartbeats): the rule by which a waiting run would take the lock over.
+        """
         age = time.time() - self.heartbeat
-        limit = max(stale_after_s, STALE_HEARTBEATS * self.heartbeat_s)
+        limit = max(stale_after_s or 0.0, STALE_HEARTBEATS * self.heartbeat_s)
         if age > limit:
             return f"its last heartbeat is {age:.0f} s old (limit {limit:.0f} s)"
         if self.host == socket.gethostname() and self.pid_namespace == _pid_namespace() and not _pid_alive(self.pid):
@@ -130,6 +151,23 @@ def _pid_alive(pid: int) -> bool:
 def read_lock(index: "IndexLocation | str") -> LockInfo | None:
     """The current holder of the lock of ``index``, or None if it is free."""
     return _Store(IndexLocation.of(index)).read()[0]
+
+
+def lock_status(holder: LockInfo, stale_after_s: float | None = None) -> dict:
+    """The lock ``holder`` as ``patchhash info`` shows it (JSON-ready).
+
+    Keys: ``run_id`` (the holder's token), ``command``, ``corpus``, ``host``, ``pid``,
+    ``since`` and ``last_heartbeat`` (UTC, ISO 8601), ``heartbeat_age_s``, ``live`` and
+    ``stale_reason``: whether a run starting now would take the lock over, by the rule of
+    :meth:`LockInfo.stale_reason` (a heartbeat older than ``stale_after_s``, default ten
+    heartbeats; or a holder on this host, in this pid namespace, whose pid is gone).
+    """
+    reason = holder.stale_reason(stale_after_s)
+    return {
+        "run_id": holder.run_id, "command": holder.command, "corpus": holder.corpus, "host": holder.host, "pid": holder.pid,
+        "since": _iso(holder.started), "last_heartbeat": _iso(holder.heartbeat),
+        "heartbeat_age_s": round(max(0.0, time.time() - holder.heartbeat), 1), "live": reason is None, "stale_reason": reason,
+    }
 
 
 class _Store:
@@ -220,6 +258,12 @@ class IndexLock:
         Heartbeat age after which a lock is stale (default ``10 * heartbeat_s``).
     poll_s
         Interval of the checks while waiting.
+    command, corpus
+        What this run is (``index``, ``delete``, ``gc``...; the corpus of an ``index`` run), as
+        the lock file and the run log record them.
+    log_refusal
+        When refused (:class:`LockHeldError` on entry), leave a ``refused-locked`` record in the
+        run log naming the holder (:func:`storage.runlog.record_refused`); default True.
 
     Raises
     ------
@@ -228,13 +272,14 @@ class IndexLock:
     """
 
     def __init__(self, index: "IndexLocation | str", *, wait_s: float = 0.0, heartbeat_s: float = HEARTBEAT_S,
-                 stale_after_s: float | None = None, poll_s: float = 1.0, command: str = "index"):
+                 stale_after_s: float | None = None, poll_s: float = 1.0, command: str = "index",
+                 corpus: str | None = None, log_refusal: bool = True):
         if wait_s < 0 or heartbeat_s <= 0 or poll_s <= 0:
             raise ValueError("wait_s must be >= 0, heartbeat_s and poll_s > 0")
         self.index = IndexLocation.of(index)
         self.wait_s, self.heartbeat_s, self.poll_s = float(wait_s), float(heartbeat_s), float(poll_s)
         self.stale_after_s = float(stale_after_s if stale_after_s is not None else STALE_HEARTBEATS * heartbeat_s)
-        self.command = command
+        self.command, self.corpus, self.log_refusal = command, corpus, log_refusal
         self._store = _Store(self.index)
         self.info: LockInfo | None = None
         self._lost: str | None = None
@@ -253,8 +298,9 @@ class IndexLock:
         self.release()
 
     def acquire(self) -> None:
+        started = time.time()
         deadline = time.monotonic() + self.wait_s
-        mine = LockInfo.mine(self.heartbeat_s, self.command)
+        mine = LockInfo.mine(self.heartbeat_s, self.command, self.corpus)
         announced = False
         while True:
             if self._store.create(mine.to_bytes()):
@@ -277,7 +323,10 @@ class IndexLock:
                 if reason and self._take_over(holder, reason):
                     continue
             if time.monotonic() >= deadline:
-                raise LockHeldError(self._held_message(holder))
+                message = self._held_message(holder)
+                if self.log_refusal:
+                    self._record_refusal(mine, started, message, holder)
+                raise LockHeldError(message, holder)
             if not announced:
                 log.info("%s is locked by %s; waiting up to %.0f s", self.index.url, holder.describe() if holder else "another run", self.wait_s)
                 announced = True
@@ -290,6 +339,13 @@ class IndexLock:
             f"{self.index.url} is locked by {who}; let it finish, or rerun with --wait-for-lock SECONDS to wait for it. "
             f"A lock whose run died is taken over automatically ({stale:.0f} s after its last heartbeat, or at once on the same host)."
         )
+
+    def _record_refusal(self, mine: LockInfo, started: float, message: str, holder: LockInfo | None) -> None:
+        from storage.runlog import record_refused
+
+        record_refused(self.index, self.command, message, "refused-locked", corpus=self.corpus, token=mine.token,
+                       started=datetime.fromtimestamp(started, timezone.utc), holder=holder.run_id if holder else None,
+                       holder_host=holder.host if holder else None, holder_pid=holder.pid if holder else None)
 
     def _take_over(self, stale: LockInfo, reason: str) -> bool:
         """Delete ``stale`` if it is still the lock, under a guard only one run can create.

@@ -58,6 +58,29 @@ def test_second_holder_is_refused_with_the_holder_named_then_gets_it_after_relea
         assert second.token != first.token
 
 
+def test_refused_run_is_recorded_with_the_holder_and_a_waiting_run_that_gets_the_lock_is_not(tmp_path):
+    from storage.runlog import read_runs, record_refused
+
+    url = str(tmp_path / "idx")
+    with IndexLock(url) as first:
+        holder = first.token
+        with pytest.raises(LockHeldError) as refused:
+            IndexLock(url, command="gc").acquire()
+        assert refused.value.holder.token == holder
+        with pytest.raises(LockHeldError):
+            IndexLock(url, log_refusal=False).acquire()  # not recorded
+    (record,) = read_runs(url)
+    assert (record["status"], record["command"], record["holder"], record["holder_pid"]) == ("refused-locked", "gc", holder, os.getpid())
+    assert record["error"] == str(refused.value) and record["version"] is None and record["start"] <= record["end"]
+    # the preflight's refusal, and a log that cannot be written: a warning, never an exception
+    assert record_refused(url, "index", "workers cannot import patchhash", "refused-preflight", corpus="c/").startswith("runs/")
+    assert [r["status"] for r in read_runs(url)] == ["refused-locked", "refused-preflight"]
+    (tmp_path / "blocker").write_text("a file where the index folder should be")
+    assert record_refused(str(tmp_path / "blocker"), "index", "x") is None
+    with pytest.raises(ValueError, match="refused-locked"):
+        record_refused(url, "index", "x", "ok")
+
+
 def test_waiting_run_gets_the_lock_when_the_holder_releases(tmp_path):
     url = str(tmp_path / "idx")
     holder = IndexLock(url)
@@ -186,7 +209,8 @@ def test_index_runs_are_locked_logged_and_a_nightly_rerun_is_a_quick_no_op(tmp_p
     assert first.returncode == 0, first.stderr
     assert "indexed 300 new images" in first.stdout and read_lock(url) is None
 
-    with IndexLock(url):  # another run holds the index
+    with IndexLock(url) as holding:  # another run holds the index
+        holder = holding.token
         refused = run("index", "--config", str(spec), cwd=str(tmp_path))
     assert refused.returncode == 1
     (line,) = _errors(refused)
@@ -208,13 +232,17 @@ def test_index_runs_are_locked_logged_and_a_nightly_rerun_is_a_quick_no_op(tmp_p
     info = json.loads(run("info", "--index", url, "--json", "--runs", "10").stdout)
     assert info["lock"] is None
     runs = info["runs"]
-    assert [r["status"] for r in runs] == ["ok", "failed", "no-op"], runs
+    assert [r["status"] for r in runs] == ["ok", "refused-locked", "failed", "no-op"], runs
     assert (runs[0]["images_added"], runs[0]["errors"], runs[0]["version"]) == (300, 0, 1)
     assert runs[0]["corpus"] == str(jobs / "corpus.npy") and runs[0]["host"] == socket.gethostname()
-    assert "ModelMismatchError" in runs[1]["error"] and runs[1]["version"] is None
-    assert (runs[2]["images_added"], runs[2]["version"]) == (0, None)
+    # the refused run: the holder's run id, host and pid, and the message the user got
+    assert (runs[1]["holder"], runs[1]["holder_host"], runs[1]["holder_pid"]) == (holder, socket.gethostname(), os.getpid())
+    assert (runs[1]["command"], runs[1]["corpus"], runs[1]["version"]) == ("index", str(jobs / "corpus.npy"), None)
+    assert runs[1]["error"] == line.removeprefix("patchhash: error: ") and runs[1]["token"] != holder
+    assert "ModelMismatchError" in runs[2]["error"] and runs[2]["version"] is None
+    assert (runs[3]["images_added"], runs[3]["version"]) == (0, None)
     assert all(r["start"] <= r["end"] for r in runs)
-    assert len(os.listdir(jobs / "idx" / "runs")) == 3
+    assert len(os.listdir(jobs / "idx" / "runs")) == 4
     text = run("info", "--index", url, "--runs", "1")
     assert "status: no-op" in text.stdout and "status: ok" not in text.stdout
 

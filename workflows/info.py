@@ -1,10 +1,16 @@
-"""``patchhash info``: what a model or an index holds, as a dict and as text."""
+"""``patchhash info``: what a model or an index holds, as a dict and as text.
+
+An index whose first build is still running (no committed version yet, its lock held by a
+live run) is described by its lock holder and run log instead of failing; a run going on an
+index with committed versions is shown on one line (``lock``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from storage.layout import MODEL_DIR
+from storage.errors import IndexNotFoundError
+from storage.layout import MANIFEST, MODEL_DIR
 from storage.location import IndexLocation
 from storage.manifest import list_versions, read_manifest
 
@@ -36,8 +42,48 @@ def _bucket_summary(manifest) -> dict[str, Any]:
     return out
 
 
+def _running(holder) -> str:
+    """One line on the run holding the lock (:func:`storage.lock.lock_status`)."""
+    from storage.lock import lock_status
+
+    status = lock_status(holder)
+    state = "live" if status["live"] else f"stale: {status['stale_reason']}; the next run takes it over"
+    return (f"{status['command']} run {status['run_id']} (host {status['host']}, pid {status['pid']}, "
+            f"since {status['since']}, last heartbeat {status['heartbeat_age_s']:.0f} s ago, {state})")
+
+
+def _first_build(index: IndexLocation, runs: int, missing: IndexNotFoundError) -> dict[str, Any]:
+    """An index without a committed version: its first build, if a live run holds the lock;
+    otherwise ``missing`` is raised again (an interrupted build, or no index), with what the
+    lock says when it is stale."""
+    from storage.lock import lock_status, read_lock
+    from storage.runlog import read_runs
+
+    holder = read_lock(index)
+    if holder is None:
+        raise missing
+    status = lock_status(holder)
+    if not status["live"]:
+        raise IndexNotFoundError(f"{missing} The {status['command']} run {status['run_id']} that holds its lock is gone "
+                                 f"({status['stale_reason']}): the rerun takes the lock over.") from None
+    return {
+        "index": index.url,
+        "state": f"first build running: no committed version yet; {status['command']} run {status['run_id']} holds the lock",
+        "version": None,
+        "running": status,
+        "runs": read_runs(index, last=runs),
+    }
+
+
 def describe_index(index_url: "str | IndexLocation", storage_options: dict | None = None, runs: int = 5) -> dict[str, Any]:
     """The index's counts, versions, bytes, model and buckets; its current lock holder and last ``runs`` runs.
+
+    An index whose first build is running (no committed version, a live lock) is described by
+    ``state``, ``running`` (:func:`storage.lock.lock_status` of the holder: run id, command,
+    host, pid, since, last heartbeat, live) and ``runs``, with ``version`` None. Without a
+    committed version and a live lock, :class:`~storage.IndexNotFoundError` says what to do.
+    On a committed index ``lock`` is one line on the run holding the lock (None when free) and
+    ``running`` the same as a mapping.
 
     ``n_images`` counts the live, searchable images; ``n_unreadable`` the corpus files that
     could not be read (``errors`` lists them, see :func:`index_errors`); ``n_deleted`` the
@@ -49,12 +95,17 @@ def describe_index(index_url: "str | IndexLocation", storage_options: dict | Non
 
     from pipeline.modelcard import read_card
     from storage.gc import plan_gc
-    from storage.lock import read_lock
+    from storage.lock import lock_status, read_lock
     from storage.runlog import read_runs
     from workflows.maintenance import GcSettings
 
     index = IndexLocation.of(index_url, storage_options)
-    manifest = read_manifest(index)
+    try:
+        manifest = read_manifest(index)
+    except IndexNotFoundError as missing:
+        if index.exists(MANIFEST):  # a committed index with objects missing: not a first build
+            raise
+        return _first_build(index, runs, missing)
     holder = read_lock(index)
     card = read_card(index.join(MODEL_DIR), index.storage_options)
     defaults = GcSettings()
@@ -84,7 +135,8 @@ def describe_index(index_url: "str | IndexLocation", storage_options: dict | Non
         "sources": [asdict(s) for s in manifest.sources],
         "excluded_uris": manifest.excluded.n if manifest.excluded else 0,
         "model": card.summary(),
-        "lock": holder.describe() if holder else None,
+        "lock": _running(holder) if holder else None,
+        "running": lock_status(holder) if holder else None,
         "runs": read_runs(index, last=runs),
     }
 
@@ -125,9 +177,14 @@ def _lines(value: Any, indent: int = 0) -> list[str]:
 def render(data: dict[str, Any]) -> str:
     """Indented ``key: value`` text of :func:`describe_model` / :func:`describe_index` output.
 
-    Per-partition statistics are left to ``--json`` when there are many partitions.
+    Per-partition statistics are left to ``--json`` when there are many partitions, and the
+    running job's details to ``--json`` where ``lock`` says it in one line.
     """
     data = dict(data)
+    if data.get("lock"):
+        data.pop("running", None)
+    elif data.get("running") is None:
+        data.pop("running", None)
     if "buckets" in data:
         data["buckets"] = {
             layout: {k: v for k, v in stats.items() if k != "per_partition" or len(v) <= 4}

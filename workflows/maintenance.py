@@ -106,7 +106,7 @@ def locked_run(index: IndexLocation, wait_for_lock: float, command: str, corpus:
     """The index's lock, and the run log record of the ``with`` body (see :func:`logged_run`)."""
     from storage.lock import IndexLock
 
-    with IndexLock(index, wait_s=wait_for_lock, command=command) as lock, logged_run(index, lock, command, corpus) as record:
+    with IndexLock(index, wait_s=wait_for_lock, command=command, corpus=corpus) as lock, logged_run(index, lock, command, corpus) as record:
         yield lock, record
 
 
