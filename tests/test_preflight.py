@@ -191,6 +191,10 @@ def test_a_worker_of_another_version_is_refused_in_seconds(tmp_path, tiny_model)
     assert "0.0.1-old" in line and reported_version() in line and "pip install" in line, line
     assert seconds < 30, f"{seconds:.1f} s"
     assert not (tmp_path / "index" / "manifest.json").exists()
+    from storage.runlog import read_runs
+
+    (run,) = read_runs(str(tmp_path / "index"))  # the refusal is on record
+    assert run["status"] == "refused-preflight" and "0.0.1-old" in run["error"], run
 
 
 def test_a_worker_joining_later_with_another_version_never_runs_a_task(tmp_path, tiny_model):

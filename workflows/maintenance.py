@@ -79,7 +79,10 @@ def logged_run(index: IndexLocation, lock, command: str, corpus: str | None = No
         yield record
         record["error"] = None
     except Exception as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        from storage.errors import WorkerMismatchError
+
+        refused = isinstance(exc, WorkerMismatchError)  # the cluster's preflight: nothing was run
+        record.update(status="refused-preflight" if refused else "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         fields = {k: record.pop(k) for k in ("status", "error", "version", "images_added", "errors") if k in record}
