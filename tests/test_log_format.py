@@ -118,3 +118,36 @@ def test_two_runs_appending_to_one_log_never_splice_a_line(tmp_path, fmt):
     assert len(lines) == 6000
     runs = [json.loads(line)["run_id"] for line in lines] if fmt == "json" else [TEXT_LINE.match(line).group(2) for line in lines]
     assert len(set(runs)) == 2 and all(line.endswith("x" * 300 + ("\"}" if fmt == "json" else "")) for line in lines)
+
+
+_WORKERS = """
+import logging, sys
+from distributed import Client, LocalCluster
+from workflows.logformat import MonitorSettings, current_run
+from workflows.runtime import setup_logging
+from workflows.worker_log import QuietWorkerLog
+
+def warn():
+    logging.getLogger("storage.corpus").warning("unreadable image in a worker")
+    logging.getLogger("distributed.worker").warning("a worker's own warning")
+
+if __name__ == "__main__":
+    setup_logging(False, MonitorSettings(log_format="json"), "index")
+    run = current_run()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.register_plugin(QuietWorkerLog())
+        client.run(warn)
+    print(run.run_id)
+"""
+
+
+def test_worker_processes_log_the_jobs_lines(tmp_path):
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS)
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        result = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err, text=True, timeout=120)
+    assert result.returncode == 0, log.read_text()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["run_id"] for r in records} == {result.stdout.strip()}
+    assert {"unreadable image in a worker", "a worker's own warning"} <= {r["message"] for r in records}

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from workflows.options import check_options, option
 
 __all__ = ["LOG_FORMATS", "MonitorSettings", "new_run_id", "start_run", "current_run", "RunContext", "LineFormatter",
-           "LineHandler", "write_line", "show_bars", "ProgressLog", "error_line"]
+           "LineHandler", "write_line", "route_process_logs", "show_bars", "ProgressLog", "error_line"]
 
 LOG_FORMATS = ("text", "json")
 PROGRESS_LOGGER = "patchhash.progress"
@@ -104,11 +104,26 @@ def start_run(command: str, settings: MonitorSettings | None = None, verbose: bo
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, LineHandler)]:
         root.removeHandler(handler)
-    handler = LineHandler()
-    handler.setFormatter(LineFormatter(_current))
-    root.addHandler(handler)
+    route_process_logs(_current)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return _current
+
+
+def route_process_logs(run: RunContext) -> None:
+    """Log this process's records as ``run``'s lines: a :class:`LineHandler` on the root logger
+    (if it has none), and Dask's own stderr handler (``distributed``) replaced by it. Also
+    called in the worker processes of a LocalCluster, which share the job's stderr
+    (:class:`workflows.worker_log.QuietWorkerLog`)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, LineHandler) for h in root.handlers):
+        handler = LineHandler()
+        handler.setFormatter(LineFormatter(run))
+        root.addHandler(handler)
+    dask_log = logging.getLogger("distributed")
+    for handler in [h for h in dask_log.handlers if type(h) is logging.StreamHandler]:
+        dask_log.removeHandler(handler)
+    dask_log.propagate = True
+    logging.captureWarnings(True)  # Python warnings (e.g. Dask's) as lines of the run too
 
 
 def _utc(ts: float, spec: str) -> str:
