@@ -29,7 +29,9 @@ from workflows.cluster import ClusterSettings
 from workflows.compact import CompactionPolicy
 from workflows.evaluate import EvaluateSettings
 from workflows.index import IndexSettings
+from workflows.logformat import MonitorSettings, error_line
 from workflows.maintenance import GcSettings
+from workflows.metrics import command_metrics
 from workflows.options import Option, options_of
 from workflows.query import QuerySettings
 from workflows.runtime import quiet_tensorflow, setup_logging
@@ -224,21 +226,24 @@ STORAGE_OPTIONS = Option(None, 'fsspec storage options as JSON, e.g. \'{"anon": 
                          example="{anon: true}")
 VERBOSE = Option(False, "Debug logging.", flags=("--verbose", "-v"), example="true")
 
-JOB = dict(cluster=ClusterSettings, config=CONFIG, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
-"""The options every Dask job with a job spec ends with: where it runs (scheduler or LocalCluster,
-TLS, small jobs in this process), the job spec, storage options and logging."""
+LOGS = pick(MonitorSettings, "log_format", "progress_interval")
+"""``--log-format`` and ``--progress-interval``: the log lines of a command (:mod:`workflows.logformat`)."""
 
-MEASURING_JOB = {**JOB, "cluster": pick(ClusterSettings, *(o.field for o in options_of(ClusterSettings)
-                                                         if o.field != "in_process_max"))}
+JOB = dict(cluster=ClusterSettings, monitor=MonitorSettings, config=CONFIG, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+"""The options every Dask job with a job spec ends with: where it runs (scheduler or LocalCluster,
+TLS, small jobs in this process), its log lines and metrics file, the job spec, storage options and logging."""
+
+MEASURING_JOB = {**JOB, "monitor": LOGS, "cluster": pick(ClusterSettings, *(o.field for o in options_of(ClusterSettings)
+                                                                          if o.field != "in_process_max"))}
 """The options of the jobs that measure the cluster they run on (``evaluate``, ``bench``): those of
-:data:`JOB` but ``--in-process-max``; they always run where the cluster options say."""
+:data:`JOB` but ``--in-process-max`` and ``--metrics-file``; they always run where the cluster options say."""
 
 
 # --------------------------------------------------------------------------- commands
 
 
 @app.command()
-@options(storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+@options(storage_options=STORAGE_OPTIONS, monitor=LOGS, verbose=VERBOSE)
 def train(
     *,
     corpus: Annotated[str, typer.Option(help="Images to train on: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
@@ -259,12 +264,13 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
     storage_options,
+    monitor: MonitorSettings,
     verbose,
 ) -> None:
     """Train an autoencoder on a corpus and save it as a model directory."""
     from workflows.train import train as run_train
 
-    setup_logging(verbose)
+    setup_logging(verbose, monitor, "train")
     card = run_train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
@@ -321,15 +327,17 @@ def info(
     **JOB,
 )
 def index(corpus, index, model, cluster: ClusterSettings, settings: IndexSettings, compact, gc, retention: GcSettings,
-          wait_for_lock, config, storage_options, verbose) -> None:
+          wait_for_lock, monitor: MonitorSettings, config, storage_options, verbose) -> None:
     """Make an index mirror a corpus: create it, or add new images, remove deleted ones, encode changed files again and retry unreadable ones (resumable, under the index's lock)."""
     from workflows.index import index as run_index
 
-    setup_logging(verbose)
-    report = run_index(
-        corpus, index, model, settings if compact else replace(settings, compaction=None), cluster,
-        _storage_options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
-    )
+    setup_logging(verbose, monitor, "index")
+    with command_metrics(monitor.metrics_file, "index", index) as metrics:
+        report = run_index(
+            corpus, index, model, settings if compact else replace(settings, compaction=None), cluster,
+            _storage_options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
+        )
+        metrics.record(report)
     if not report.committed:
         typer.echo(f"nothing new: {index} already mirrors {corpus} ({report.n_images} images, version {report.version})")
         return
@@ -343,11 +351,11 @@ def index(corpus, index, model, cluster: ClusterSettings, settings: IndexSetting
     if report.shards_skipped or report.partitions_skipped:
         typer.echo(f"resumed an interrupted run: {report.shards_skipped} shard(s) and {report.partitions_skipped} bucket partition(s) were already done")
     if report.n_errors_new:
-        typer.echo(f"skipped {report.n_errors_new} unreadable image(s); see `patchhash info --index {index} --errors`", err=True)
+        log.warning("skipped %d unreadable image(s); see `patchhash info --index %s --errors`", report.n_errors_new, index)
 
 
 @app.command()
-@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, monitor=MonitorSettings, verbose=VERBOSE)
 def delete(
     *,
     index,
@@ -355,13 +363,16 @@ def delete(
     keep_out: Annotated[bool, typer.Option(help="Keep the uris out of later syncs while their files still exist (--no-keep-out: let syncs add them back).")] = True,
     wait_for_lock,
     storage_options,
+    monitor: MonitorSettings,
     verbose,
 ) -> None:
     """Remove images from an index by uri: no query returns them from the next version on."""
     from workflows.maintenance import delete as run_delete
 
-    setup_logging(verbose)
-    report = run_delete(index, uris, _storage_options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
+    setup_logging(verbose, monitor, "delete")
+    with command_metrics(monitor.metrics_file, "delete", index) as metrics:
+        report = run_delete(index, uris, _storage_options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
+        metrics.record(report)
     if report.version is None:
         typer.echo(f"nothing to delete: none of the uris of {uris} is in {index}")
         return
@@ -372,7 +383,7 @@ def delete(
 @app.command()
 @options(index=INDEX, policy=CompactionPolicy, cluster=pick(ClusterSettings, "scheduler", "workers", "threads_per_worker", "memory_limit",
                                                                        "no_workers_timeout"),
-         wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
+         wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, monitor=MonitorSettings, verbose=VERBOSE)
 def compact(
     *,
     index,
@@ -381,14 +392,17 @@ def compact(
     cluster: ClusterSettings,
     wait_for_lock,
     storage_options,
+    monitor: MonitorSettings,
     verbose,
 ) -> None:
     """Rewrite fragmented partitions: drop deleted images from the bucket maps, fold deltas in, merge small neighbours."""
     from workflows.maintenance import compact as run_compact
 
-    setup_logging(verbose)
-    result = run_compact(index, policy, force=all_partitions, cluster=cluster,
-                         storage_options=_storage_options(storage_options), wait_for_lock=wait_for_lock)
+    setup_logging(verbose, monitor, "compact")
+    with command_metrics(monitor.metrics_file, "compact", index) as metrics:
+        result = run_compact(index, policy, force=all_partitions, cluster=cluster,
+                             storage_options=_storage_options(storage_options), wait_for_lock=wait_for_lock)
+        metrics.record(result)
     if result is None:
         typer.echo(f"nothing to compact in {index}")
         return
@@ -396,14 +410,17 @@ def compact(
 
 
 @app.command()
-@options(index=INDEX, settings=GcSettings, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
-def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> None:
+@options(index=INDEX, settings=GcSettings, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, monitor=MonitorSettings,
+         verbose=VERBOSE)
+def gc(index, settings: GcSettings, wait_for_lock, storage_options, monitor: MonitorSettings, verbose) -> None:
     """Delete the versions and objects no kept version references (under the index's lock)."""
     from storage.layout import version_path
     from workflows.maintenance import gc as run_gc
 
-    setup_logging(verbose)
-    plan = run_gc(index, settings, _storage_options(storage_options), wait_for_lock=wait_for_lock)
+    setup_logging(verbose, monitor, "gc")
+    with command_metrics(monitor.metrics_file, "gc", index) as metrics:
+        plan = run_gc(index, settings, _storage_options(storage_options), wait_for_lock=wait_for_lock)
+        metrics.record(plan, dry_run=settings.dry_run)
     if settings.dry_run:
         for rel, size in plan.garbage:
             typer.echo(f"{size:>12} {rel}")
@@ -415,12 +432,12 @@ def gc(index, settings: GcSettings, wait_for_lock, storage_options, verbose) -> 
 
 
 @app.command()
-@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, verbose=VERBOSE)
-def upgrade(index, wait_for_lock, storage_options, verbose) -> None:
+@options(index=INDEX, wait_for_lock=WAIT_FOR_LOCK, storage_options=STORAGE_OPTIONS, monitor=LOGS, verbose=VERBOSE)
+def upgrade(index, wait_for_lock, storage_options, monitor: MonitorSettings, verbose) -> None:
     """Upgrade an index of format 1 to format 2 in place (atomically; the first sync does it too)."""
     from workflows.maintenance import upgrade as run_upgrade
 
-    setup_logging(verbose)
+    setup_logging(verbose, monitor, "upgrade")
     version = run_upgrade(index, _storage_options(storage_options), wait_for_lock=wait_for_lock)
     typer.echo(f"{index} is format 2 already" if version is None else f"upgraded {index} to index format 2 (version {version})")
 
@@ -436,13 +453,16 @@ def upgrade(index, wait_for_lock, storage_options, verbose) -> None:
     report_limit=Option(50, "Queries shown in the report.", minimum=0, example="50"),
     **JOB,
 )
-def query(index, queries, out, settings: QuerySettings, report, report_limit, cluster: ClusterSettings, config,
-          storage_options, verbose) -> None:
+def query(index, queries, out, settings: QuerySettings, report, report_limit, cluster: ClusterSettings,
+          monitor: MonitorSettings, config, storage_options, verbose) -> None:
     """Answer a batch query file against an index (results as Parquet/CSV/JSONL)."""
     from workflows.query import query as run_query
 
-    setup_logging(verbose)
-    result = run_query(index, queries, out, settings, cluster, _storage_options(storage_options), report=report, report_limit=report_limit)
+    setup_logging(verbose, monitor, "query")
+    with command_metrics(monitor.metrics_file, "query", index) as metrics:
+        result = run_query(index, queries, out, settings, cluster, _storage_options(storage_options), report=report,
+                           report_limit=report_limit)
+        metrics.record(result)
     typer.echo(
         f"answered {result.n_queries - result.n_failed} queries against {index} (version {result.version}) in "
         f"{result.seconds:.1f} s ({result.ms_per_query:.2f} ms/query): {result.rows} rows in {out}"
@@ -450,7 +470,7 @@ def query(index, queries, out, settings: QuerySettings, report, report_limit, cl
     if result.blocks_skipped:
         typer.echo(f"resumed an interrupted run: {result.blocks_skipped} block(s) were already answered")
     if result.n_failed:
-        typer.echo(f"{result.n_failed} query row(s) could not be read; they have an error row in {out}", err=True)
+        log.warning("%d query row(s) could not be read; they have an error row in %s", result.n_failed, out)
 
 
 @app.command()
@@ -465,40 +485,42 @@ def query(index, queries, out, settings: QuerySettings, report, report_limit, cl
     plot=Option(None, "Draw precision@k curves and precision@10 against t into this PNG.", type="path", example="evaluation.png"),
     **MEASURING_JOB,
 )
-def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, out, plot, cluster: ClusterSettings, config,
-             storage_options, verbose) -> None:
+def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, out, plot, cluster: ClusterSettings,
+             monitor: MonitorSettings, config, storage_options, verbose) -> None:
     """Precision@k, mAP@100, candidates and ms/query of the query modes and pixel baselines on labelled queries."""
     from workflows.evaluate import evaluate as run_evaluate, render_table
 
-    setup_logging(verbose)
+    setup_logging(verbose, monitor, "evaluate")
     result = run_evaluate(index, queries, labels, query_labels, settings, cluster, _storage_options(storage_options), out=out, plot=plot)
     typer.echo(render_table(result))
 
 
 @app.command()
 @options(index=INDEX, queries=QUERIES, settings=BenchSettings, out=replace(FIGURES, example="bench.json"), **MEASURING_JOB)
-def bench(index, queries, settings: BenchSettings, out, cluster: ClusterSettings, config, storage_options, verbose) -> None:
+def bench(index, queries, settings: BenchSettings, out, cluster: ClusterSettings, monitor: MonitorSettings, config,
+          storage_options, verbose) -> None:
     """Queries/s of each mode and peak memory per worker, on this cluster: for sizing a deployment."""
     from workflows.bench import bench as run_bench
 
-    setup_logging(verbose)
+    setup_logging(verbose, monitor, "bench")
     result = run_bench(index, queries, settings, cluster, _storage_options(storage_options), out=out)
     typer.echo(result.render())
 
 
 @app.command()
-@options(cluster=pick(ClusterSettings, "workers"), verbose=VERBOSE)
+@options(cluster=pick(ClusterSettings, "workers"), monitor=LOGS, verbose=VERBOSE)
 def demo(
     *,
     out: Annotated[str, typer.Option(help="Folder for the index, results and report.")] = "patchhash-demo",
     mode: Annotated[str, typer.Option(help="Scoring mode: default or seed.")] = "default",
     cluster: ClusterSettings,
+    monitor: MonitorSettings,
     verbose,
 ) -> None:
     """The embedded default end to end: index Fashion-MNIST, query it, report precision."""
     from workflows.demo import demo as run_demo
 
-    setup_logging(verbose)
+    setup_logging(verbose, monitor, "demo")
     result = run_demo(out, cluster, mode=mode)
     typer.echo(
         f"\nFashion-MNIST demo ({mode} mode)\n"
@@ -516,15 +538,15 @@ def main() -> None:  # noqa: D103
     try:
         app()
     except PatchhashError as exc:
-        typer.echo(f"patchhash: error: {exc}", err=True)
+        error_line(f"patchhash: error: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("patchhash: interrupted; rerun the same command to resume.", err=True)
+        error_line("patchhash: interrupted; rerun the same command to resume.")
         sys.exit(130)
     except Exception as exc:  # anything unexpected still ends with one line (traceback on request)
         if os.environ.get("PATCHHASH_TRACEBACK"):
             raise
-        typer.echo(f"patchhash: error: {type(exc).__name__}: {exc} (set PATCHHASH_TRACEBACK=1 for the traceback)", err=True)
+        error_line(f"patchhash: error: {type(exc).__name__}: {exc} (set PATCHHASH_TRACEBACK=1 for the traceback)")
         sys.exit(1)
 
 

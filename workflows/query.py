@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from storage import ConfigError, Corpus, CorpusError, ReadError, join_url, open_corpus
 from storage.layout import MODEL_DIR
@@ -31,6 +30,7 @@ from storage.manifest import Manifest, read_manifest
 from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_format
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option
+from workflows.progress import progress
 from workflows.worker_cache import cache_budget, load_codes, load_partition, trim_worker_cache
 
 __all__ = ["MODES", "QuerySettings", "QueryReport", "QueryBlock", "QueryJob", "query", "in_order", "image_uris",
@@ -483,7 +483,7 @@ def query(
     with (
         open_results(out, settings.format, job.spec(), index.storage_options) as writer,
         dask_client(cluster, size=len(job.source), model=index.child(MODEL_DIR)) if client is None else nullcontext(client) as dask,
-        tqdm(total=len(job.shards), desc="query", unit="block", dynamic_ncols=True) as bar,
+        progress(len(job.shards), "query", "block") as bar,
     ):
         todo = job.resume(writer.done)
         bar.update(job.blocks_skipped)

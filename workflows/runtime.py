@@ -24,12 +24,13 @@ def quiet_tensorflow(threads: int | None = None) -> None:
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def setup_logging(verbose: bool = False, monitor=None, command: str = "") -> None:
+    """Start this process's run: a new run id, and one log line per record on stderr in the
+    format of ``monitor`` (a :class:`workflows.logformat.MonitorSettings`; text by default),
+    at debug level with ``verbose`` (:mod:`workflows.logformat`)."""
+    from workflows.logformat import start_run
+
+    start_run(command, monitor, verbose)
     for noisy in ("distributed", "tensorflow", "absl", "numba", "fsspec", "asyncio", "botocore", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pipeline.model import PRESETS, ModelConfig
 from pipeline.modelcard import ModelCard
 from storage import ConfigError, CorpusError, ImageSpec, open_corpus
+from workflows.progress import progress
 
 __all__ = ["train", "read_sample"]
 
@@ -33,7 +33,7 @@ def read_sample(corpus, spec: ImageSpec, sample: int | None, seed: int) -> tuple
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(rows, breaks) if len(r)]
     parts, ids, errors = [], [], 0
-    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(rows), desc="read", unit="img", leave=False) as bar:
+    with ThreadPoolExecutor(max_workers=4) as pool, progress(len(rows), "read", "img", leave=False) as bar:
         for data in pool.map(lambda run: corpus.read(spec, *run), runs):
             parts.append(data.pixels)
             ids.append(data.ids)
@@ -104,7 +104,7 @@ def train(
     if all_labels is not None and len(np.unique(all_labels[ids])) < 2:
         raise CorpusError(f"{labels}: the training images carry fewer than 2 distinct labels; label-aware training needs 2 or more")
     log.info("training %s on %d images (%d unreadable skipped), %d epochs", config, len(pixels), errors, epochs)
-    with tqdm(total=epochs, desc="train", unit="epoch") as bar:
+    with progress(epochs, "train", "epoch") as bar:
         def on_epoch(epoch: int, logs: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")

@@ -9,6 +9,7 @@ tracebacks that tell the user nothing the job's own error line does not:
   with a task when a failed job closes), and the worker's nanny ends that worker.
 
 ``PATCHHASH_TRACEBACK=1`` keeps both (and the client then prints the task's full traceback).
+The workers' log lines take the job's format and run id (:func:`workflows.logformat.route_process_logs`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ class QuietWorkerLog(WorkerPlugin):
 
     name = "patchhash-quiet-worker-log"
 
+    def __init__(self):
+        from workflows.logformat import current_run
+
+        self.run = current_run(create=False)  # the job's run, if a command started one: its lines in the workers too
+
     def setup(self, worker) -> None:
+        if self.run is not None:
+            from workflows.logformat import route_process_logs
+
+            route_process_logs(self.run)
         worker_log = logging.getLogger("distributed.worker")
         if not any(isinstance(f, _DropRecords) for f in worker_log.filters):
             worker_log.addFilter(_DropRecords())
