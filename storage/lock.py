@@ -32,6 +32,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -42,9 +45,26 @@ from storage.layout import LOCK_FILE, lock_takeover_path
 from storage.location import IndexLocation
 from storage.retry import retry_call
 
-__all__ = ["LOCK_FILE", "LockHeldError", "LockInfo", "IndexLock", "read_lock", "lock_status"]
+__all__ = ["LOCK_FILE", "LockHeldError", "LockInfo", "IndexLock", "read_lock", "lock_status", "run_id_as_token"]
 
 log = logging.getLogger(__name__)
+
+# A command's run id (set by the CLI for the command's thread): its locks carry it as their
+# token, so the lock, the run log record (``runs/<start>-<token>``) and the log lines agree.
+_RUN_ID: ContextVar[str | None] = ContextVar("patchhash_run_id", default=None)
+
+
+@contextmanager
+def run_id_as_token(run_id: str | None) -> Iterator[None]:
+    """Locks taken in the ``with`` body (in this thread) carry ``run_id`` as their token
+    instead of a fresh uuid. For a command's own run id only: tokens must be unique among the
+    runs that may hold an index's lock."""
+    reset = _RUN_ID.set(run_id)
+    try:
+        yield
+    finally:
+        _RUN_ID.reset(reset)
+
 
 HEARTBEAT_S = 10.0
 STALE_HEARTBEATS = 10
@@ -90,7 +110,7 @@ class LockInfo:
     @classmethod
     def mine(cls, heartbeat_s: float, command: str, corpus: str | None = None) -> "LockInfo":
         now = time.time()
-        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now, heartbeat_s, _pid_namespace(), command,
+        return cls(socket.gethostname(), os.getpid(), _RUN_ID.get() or uuid.uuid4().hex, now, now, heartbeat_s, _pid_namespace(), command,
                    corpus)
 
     @classmethod

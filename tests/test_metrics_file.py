@@ -114,3 +114,21 @@ def test_a_failed_first_run_writes_a_failure_and_no_success(tmp_path):
     with command_metrics(None, "query", "i"):
         pass  # no file asked for: nothing written
     assert os.listdir(tmp_path) == ["m.prom"]
+
+
+def test_the_run_log_and_the_log_lines_share_the_run_id(tmp_path, fmnist_train, tiny_model):
+    import re
+
+    from typer.testing import CliRunner
+
+    from storage.runlog import read_runs
+    from workflows.cli import app
+
+    corpus = tmp_path / "c.npy"
+    np.save(corpus, fmnist_train[:40])
+    index = tmp_path / "idx"
+    done = CliRunner().invoke(app, ["index", "--corpus", str(corpus), "--index", str(index), "--model", tiny_model])
+    assert done.exit_code == 0, done.output
+    (run,) = read_runs(str(index))
+    ids = set(re.findall(r"run=([0-9a-f]{16})", done.output))
+    assert ids == {run["token"][:16]}, (ids, run["token"])

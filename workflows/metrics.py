@@ -190,11 +190,16 @@ class RunMetrics:
 def command_metrics(path: str | None, command: str, index: str):
     """Around a command's body: yields a :class:`RunMetrics` that the body fills in
     (``.record(result)``); writes ``path`` when the body ends, also when it fails (the
-    exception goes on). Nothing is written when ``path`` is None."""
+    exception goes on). Nothing is written when ``path`` is None. Index locks taken in the
+    body carry the run id of the command's log lines as their token (so does its run log)."""
+    from storage.lock import run_id_as_token
+    from workflows.logformat import current_run
+
     metrics = RunMetrics(command, str(index))
     started, ok = time.time(), False
     try:
-        yield metrics
+        with run_id_as_token(current_run().run_id):  # the lock and run log carry the logs' run id
+            yield metrics
         ok = True
     finally:
         if path:
