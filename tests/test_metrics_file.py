@@ -9,9 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+from prometheus_client import parser  # the dev extra: CI fails loudly without it
 from typer.testing import CliRunner
-
-parser = pytest.importorskip("prometheus_client.parser")
 
 
 def samples(path) -> dict[tuple[str, str], float]:
