@@ -248,6 +248,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="fashion-mnist", help="model directory or built-in name")
     ap.add_argument("--also-shard-size", type=int, help="also time step b with this explicit --shard-size (e.g. 10000, "
                     "the fixed default before issue 18)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of step b (and of --also-shard-size, alternately); the "
+                    "median run is reported")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the packages are unpacked and the big JPEG kept")
     ap.add_argument("--debs", type=Path, help="a folder holding the .deb files already (else apt-get download)")
     ap.add_argument("--workdir", help="where the corpus and indexes go (default: a temporary directory, removed)")
@@ -287,16 +289,21 @@ def main(argv=None) -> dict:
         decode = run_measured([*refs, "decode", "--paths", str(paths), "--out", str(work / "decode.json"), "--processes", w], "decode")
         decode.update(json.loads((work / "decode.json").read_text()))
         index_url = str(work / "index")
-        build = run_measured(patchhash("index", "--corpus", str(work / "corpus"), "--index", index_url, "--model", args.model,
-                                       "--workers", w), "patchhash index")
-        build["images_per_s"] = n / build["wall_s"]
+        runs: dict[str, list[dict]] = {"auto": [], "fixed": []}
+        for r in range(args.repeats):  # the default shard size and --also-shard-size alternately
+            for label in ("auto", "fixed") if r % 2 == 0 else ("fixed", "auto"):
+                if label == "fixed" and not args.also_shard_size:
+                    continue
+                url = index_url if (label, r) == ("auto", 0) else str(work / f"index-{label}-{r}")
+                extra = ["--shard-size", str(args.also_shard_size)] if label == "fixed" else []
+                run = run_measured(patchhash("index", "--corpus", str(work / "corpus"), "--index", url, "--model", args.model,
+                                             "--workers", w, *extra), "patchhash index")
+                run["images_per_s"] = n / run["wall_s"]
+                run["worker_cpu_s"] = [round(d["cpu_s"], 1) for d in run["descendants"] if "spawn_main" in d["cmd"]]
+                run["shard_size"] = json.loads((Path(url) / "manifest.json").read_text())["shard_size"]
+                runs[label].append(run)
+        build, fixed = _median_run(runs["auto"]), _median_run(runs["fixed"])
         manifest = json.loads((work / "index" / "manifest.json").read_text())
-        fixed = None
-        if args.also_shard_size:
-            fixed = run_measured(patchhash("index", "--corpus", str(work / "corpus"), "--index", str(work / "index-fixed"), "--model",
-                                           args.model, "--workers", w, "--shard-size", str(args.also_shard_size)), "patchhash index")
-            fixed["images_per_s"] = n / fixed["wall_s"]
-            fixed["shard_size"] = args.also_shard_size
         results = work / "results.parquet"
         search = run_measured(patchhash("query", "--index", index_url, "--queries", str(work / "queries"), "--out", str(results),
                                         "--k", str(args.k), "--workers", w), "patchhash query")
@@ -359,6 +366,15 @@ def main(argv=None) -> dict:
     return figures
 
 
+def _median_run(runs: list[dict]) -> dict | None:
+    """The run of median images/s (its figures kept whole), with every run's images/s."""
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda r: r["images_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs_images_per_s": [r["images_per_s"] for r in runs],
+            "runs_cpu_s": [r["cpu_s"] for r in runs]}
+
+
 def _strip(measured: dict) -> dict:
     return {k: v for k, v in measured.items() if k not in ("descendants", "stdout")}
 
@@ -369,12 +385,13 @@ def _print(f: dict, args) -> None:
     print("| --- | --- | --- | --- | --- |")
     print(f"| a. decode limit ({args.workers}-process Pillow pool, reduced decode) | {d['seconds']:.1f} | {d['images_per_s']:.1f} | "
           f"{d['cpu_s']:.1f} ({d['sampled_cpu_s']:.1f}) | |")
-    print(f"| b. patchhash index --workers {args.workers} (whole command; shard size {ix['shard_size']}, {ix['shards']} shards) | "
-          f"{ix['wall_s']:.1f} | {ix['images_per_s']:.1f} | {ix['cpu_s']:.1f} ({ix['sampled_cpu_s']:.1f}) | |")
+    print(f"| b. patchhash index --workers {args.workers} (whole command; shard size {ix['shard_size']}, {ix['shards']} shards; "
+          f"workers' CPU s {ix['worker_cpu_s']}) | {ix['wall_s']:.1f} | {ix['images_per_s']:.1f} | {ix['cpu_s']:.1f} "
+          f"({ix['sampled_cpu_s']:.1f}) | |")
     if f["patchhash_index_fixed_shard_size"]:
         fx = f["patchhash_index_fixed_shard_size"]
-        print(f"| b. the same with --shard-size {fx['shard_size']} | {fx['wall_s']:.1f} | {fx['images_per_s']:.1f} | "
-              f"{fx['cpu_s']:.1f} ({fx['sampled_cpu_s']:.1f}) | |")
+        print(f"| b. the same with --shard-size {fx['shard_size']} (workers' CPU s {fx['worker_cpu_s']}) | {fx['wall_s']:.1f} | "
+              f"{fx['images_per_s']:.1f} | {fx['cpu_s']:.1f} ({fx['sampled_cpu_s']:.1f}) | |")
     print(f"| c. patchhash query ({f['queries']} queries, whole command) | {q['wall_s']:.1f} | | {q['cpu_s']:.1f} "
           f"({q['sampled_cpu_s']:.1f}) | {q['precision_at_k']:.2f} |")
     for kind, h in ih.items():
