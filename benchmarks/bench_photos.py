@@ -254,11 +254,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--debs", type=Path, help="a folder holding the .deb files already (else apt-get download)")
     ap.add_argument("--workdir", help="where the corpus and indexes go (default: a temporary directory, removed)")
     ap.add_argument("--skip-unfetchable", action="store_true",
-                    help="exit 0 with {\"skipped\": reason} when the packages cannot be fetched (tests without network)")
-    add_smoke_and_out_json(ap, "3 small files x 2 names, 3 queries, a 4 MP JPEG, 1 worker")
+                    help="exit 0 with {\"skipped\": reason} when the packages cannot be fetched (no network); --smoke implies it")
+    add_smoke_and_out_json(ap, "3 small files x 2 names, 3 queries, a 4 MP JPEG, 1 worker; skipped without network")
     args = ap.parse_args(argv)
     if args.smoke:
         args.names, args.files, args.queries, args.big_mp, args.workers = 2, 3, 3, 4.0, 1
+        args.skip_unfetchable = True
     args.cache.mkdir(parents=True, exist_ok=True)
     try:
         files = wallpapers(args.cache, args.debs)
