@@ -18,6 +18,12 @@ from workflows.index import IndexSettings, index
 from workflows.query import QuerySettings, query
 
 
+# Shards of 10,000: a small folder indexed with it makes one partition, as the fresh index of
+# assert_mirrors (built with the index's shard size) does; the default mode's results depend on
+# the partitions, and the default shard size would cut a few dozen images into several.
+ONE_PARTITION = IndexSettings(shard_size=10_000)
+
+
 def png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
@@ -155,12 +161,16 @@ def assert_mirrors(index_url: str, folder: PhotoFolder, queries: str, model: str
                    modes=("seed", "default"), storage_options=None, settings: IndexSettings | None = None,
                    out: str | None = None) -> None:
     """``index_url`` answers ``queries`` exactly as a fresh index of ``folder``'s files does, in
-    every mode. The fresh index and the results go under ``out`` (a URL), else the folder ``work``."""
+    every mode. The fresh index (built with ``settings``, else with ``index_url``'s shard size)
+    and the results go under ``out`` (a URL), else the folder ``work``."""
+    from storage.manifest import read_manifest
+
     work.mkdir(parents=True, exist_ok=True)
     base = out or str(work)
     fresh = f"{base}/fresh-{len(list(work.iterdir()))}"
     (work / fresh.rsplit("/", 1)[-1]).mkdir(exist_ok=True)
-    index(folder.url, fresh, model, settings or IndexSettings(), client=client, storage_options=storage_options)
+    settings = settings or IndexSettings(shard_size=read_manifest(index_url, storage_options).shard_size)
+    index(folder.url, fresh, model, settings, client=client, storage_options=storage_options)
     live = set(folder.readable())
     for mode in modes:
         got = answer(index_url, queries, f"{base}/got-{mode}.parquet", client, mode, storage_options=storage_options)

@@ -238,3 +238,95 @@ def test_sigkilled_cli_run_resumes_and_ends_identical(make_index, tiny_model, fm
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
     assert _snapshot(url) == _snapshot(reference)
+
+
+# --------------------------------------------------------------------------- the default shard size (issue 18)
+
+
+@pytest.mark.parametrize("n_images, threads, file_bytes, expected", [
+    (60_000, 2, None, 7_500),            # Fashion-MNIST on 2 workers: 4 tasks per thread
+    (1_000_000, 2, None, 10_000),        # big corpora of small images: cut as before
+    (10_000_000, 64, 800, 10_000),
+    (2_281, 2, None, 286),               # the issue's 2,281 images: 8 tasks, not 1
+    (2_281, 2, 1.4e6, 191),              # ... of 1.4 MB each: 12 tasks of ~256 MiB
+    (1_140, 2, 1.4e6, 143),
+    (20_000, 2, 5e6, 53),                # large photos: ~256 MiB of files per task
+    (48, 2, None, 16),                   # a few dozen images: 3 tasks of the smallest size
+    (5, 8, None, 16),                    # fewer images than the smallest shard: one task
+    (100, 2, 300e6, 1),                  # files over 256 MiB: one per task
+    (0, 0, 0.0, 16),
+])
+def test_auto_shard_size_rule(n_images, threads, file_bytes, expected):
+    from workflows.sharding import MAX_SHARD_SIZE, MAX_TASK_BYTES, MIN_SHARD_SIZE, auto_shard_size
+
+    size = auto_shard_size(n_images, threads, file_bytes)
+    assert size == expected
+    assert 1 <= size <= MAX_SHARD_SIZE
+    if file_bytes:
+        assert size == 1 or size * file_bytes <= MAX_TASK_BYTES
+    if size >= MIN_SHARD_SIZE and n_images >= 4 * threads * MIN_SHARD_SIZE and size < MAX_SHARD_SIZE:
+        assert -(-n_images // size) >= 4 * threads  # enough tasks for every thread
+
+
+def test_mean_file_bytes_reads_size_fingerprints():
+    from storage.fingerprint import info_fingerprint
+    from workflows.sharding import mean_file_bytes
+
+    old = {"size": 3_000_000, "mtime": 1.7e9}
+    assert mean_file_bytes([info_fingerprint(old), "size:1000000:mtime:5", None]) == 2e6
+    assert mean_file_bytes(["etag:abc", "sha256:00", None]) is None  # object stores' checksums, content hashes, array rows
+    assert mean_file_bytes([]) is None
+
+
+def test_default_shard_size_splits_a_small_folder_for_every_worker(client, tiny_model, fmnist_train, tmp_path, monkeypatch):
+    from mirror_helpers import PhotoFolder
+
+    folder = PhotoFolder(str(tmp_path / "photos"), fmnist_train[:60, :, :, 0])
+    for i in range(48):
+        folder.write(f"img{i:04d}.png", i)
+    totals = []
+    real_track = index_module.track
+
+    def counted(futures, total, desc, unit):
+        totals.append((desc, total))
+        return real_track(futures, total, desc, unit)
+
+    monkeypatch.setattr(index_module, "track", counted)
+    url = str(tmp_path / "idx")
+    report = index(folder.url, url, tiny_model, client=client)  # 2 workers x 1 thread, no --shard-size
+    manifest = read_manifest(url)
+    assert manifest.shard_size == 16 and report.shards_done == 3 == len(manifest.shards)
+    assert ("encode", 3) in totals
+    assert zarr.open_array(f"{url}/codes", mode="r").chunks[0] == 16
+    # later runs keep the index's shard size, whatever the default would choose now
+    for i in range(48, 60):
+        folder.write(f"img{i:04d}.png", i)
+    report = index(folder.url, url, None, client=client)
+    assert report.n_new == 12 and read_manifest(url).shard_size == 16
+    assert [(s.start, s.stop) for s in read_manifest(url).shards][-2:] == [(32, 48), (48, 60)]
+
+
+def test_interrupted_run_keeps_its_chosen_shard_size_when_resumed(client, tiny_model, fmnist_train, tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(64):
+        Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i:03d}.png")
+    url = str(tmp_path / "idx")
+    real_task = index_module.encode_shard_task
+
+    def flaky(index_url, codes, shard, id_start, *rest):
+        if id_start >= 32:
+            raise RuntimeError("injected worker failure")
+        return real_task(index_url, codes, shard, id_start, *rest)
+
+    monkeypatch.setattr(index_module, "encode_shard_task", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        index(str(folder), url, tiny_model, client=client)
+    monkeypatch.setattr(index_module, "encode_shard_task", real_task)
+    # the rerun sees a cluster of another size: the default would now choose another shard size
+    monkeypatch.setattr(index_module, "auto_shard_size", lambda *args: 8)
+    report = index(str(folder), url, tiny_model, client=client)
+    assert read_manifest(url).shard_size == 16 and report.shards_skipped >= 1
+    assert report.shards_skipped + report.shards_done == 4
+    # a new index of the same files takes the (patched) default
+    assert index(str(folder), str(tmp_path / "other"), tiny_model, client=client).shards_done == 8

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from corpus_helpers import moto_s3
 from hypothesis import HealthCheck, given, settings
-from mirror_helpers import OPS, PhotoFolder, answer, apply, assert_mirrors, assert_same_results
+from mirror_helpers import ONE_PARTITION, OPS, PhotoFolder, answer, apply, assert_mirrors, assert_same_results
 
 from storage import MassDeletionError
 from storage.gc import plan_gc
@@ -50,7 +50,7 @@ def test_sync_delete_compact_and_gc_on_s3(client, tiny_model, fmnist_train, s3, 
     folder = PhotoFolder(f"{bucket}/photos", pool, s3)
     folder.fill(24)
     url = f"{bucket}/index"
-    index(folder.url, url, tiny_model, client=client, storage_options=s3)
+    index(folder.url, url, tiny_model, ONE_PARTITION, client=client, storage_options=s3)
 
     for name in folder.names()[:3]:
         folder.delete(name)
@@ -208,7 +208,7 @@ def test_any_sequence_of_changes_on_s3_answers_as_a_fresh_index(client, tiny_mod
     folder = PhotoFolder(f"{bucket}/photos", pool, s3)
     folder.fill(20)
     url = f"{bucket}/index"
-    index(folder.url, url, tiny_model, client=client, storage_options=s3)
+    index(folder.url, url, tiny_model, ONE_PARTITION, client=client, storage_options=s3)
     work = tmp_path_factory.mktemp("s3prop")
     for step, op in enumerate(ops):
         apply(folder, op)

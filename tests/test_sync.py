@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from mirror_helpers import OPS, PhotoFolder, answer, apply, assert_mirrors, live_codes, query_ids
+from mirror_helpers import ONE_PARTITION, OPS, PhotoFolder, answer, apply, assert_mirrors, live_codes, query_ids
 from reference import reference_seed_search
 
 from storage import MassDeletionError
@@ -46,7 +46,7 @@ def test_operator_night_adds_removes_reencodes_renames_and_retries(client, tiny_
     renamed and 1 half-uploaded; the same command rerun, then once more when the upload is complete."""
     folder = _folder(tmp_path, pool, 60)
     url = str(tmp_path / "index")
-    first = index(folder.url, url, tiny_model, client=client)
+    first = index(folder.url, url, tiny_model, ONE_PARTITION, client=client)
     assert (first.version, first.added, first.n_images) == (1, 60, 60)
 
     for j in range(60, 72):
@@ -176,7 +176,7 @@ def test_after_any_sequence_of_changes_results_equal_a_fresh_index(client, tiny_
     work = tmp_path_factory.mktemp("prop")
     folder = _folder(work, pool, 20)  # the default mode skips codes held by over 10% of a partition: >= 10 images
     url = str(work / "index")
-    index(folder.url, url, tiny_model, client=client)
+    index(folder.url, url, tiny_model, ONE_PARTITION, client=client)
     for step, op in enumerate(ops):
         apply(folder, op)
         index(folder.url, url, None, IndexSettings(max_delete_fraction=1), client=client)

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field, replace
 
 
 from storage import CorpusError, ImageSpec, IndexNotFoundError, ModelMismatchError, join_url, open_corpus, url_to_fs
+from storage.atomic import read_json
 from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
-from storage.layout import CARD_FILE, CODES, MODEL_DIR, MODEL_FILES, array_metadata_path, map_done_marker, shard_done_marker
+from storage.layout import (CARD_FILE, CODES, MODEL_DIR, MODEL_FILES, array_metadata_path, map_done_marker, shard_done_marker,
+                            staging_plan_path)
 from storage.location import IndexLocation
 from storage.manifest import MAP_LAYOUTS, DeltaEntry, Manifest, MapEntry, PartitionEntry, ShardEntry, SourceEntry, commit_manifest, read_manifest, utc_now
 from storage.retry import retry_call
@@ -35,6 +37,7 @@ from workflows.options import check_options, option
 from workflows.placement import IdRange, encode_cuts, place_ids
 from workflows.progress import track
 from workflows.runtime import failpoint
+from workflows.sharding import auto_shard_size, mean_file_bytes
 from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
 
 __all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "MAP_LAYOUTS"]
@@ -47,15 +50,20 @@ class IndexSettings:
     """Options of an indexing job (``patchhash index``), validated up front.
 
     ``shard_size`` (images per task and per Zarr chunk) and ``partitions`` (number of bucket
-    partitions) only apply when the index is created; later runs keep the index's own.
+    partitions) only apply when the index is created; later runs keep the index's own. Left
+    None, each is chosen by the run that creates the index: the shard size by
+    :func:`workflows.sharding.auto_shard_size` (about 4 tasks per worker thread, at most
+    about 256 MiB of image files per task, 10,000 images at most), the partitions one per
+    worker.
     ``append_only`` only adds images not in the index yet (format 1's behaviour); otherwise a
     rerun for a corpus already indexed mirrors it (:mod:`workflows.sync`), refusing to remove
     more than ``max_delete_fraction`` of its images. ``compaction`` decides when a run
     compacts the index afterwards (None: never).
     """
 
-    shard_size: int = option(10_000, "Images per task and per Zarr chunk (new index only).", minimum=1, maximum=10_000_000,
-                             example="10000")
+    shard_size: int | None = option(None, "Images per task and per Zarr chunk (new index only; default: chosen for the "
+                                    "corpus and cluster, about 4 tasks per worker thread and at most ~256 MiB of files "
+                                    "per task, up to 10000).", minimum=1, maximum=10_000_000, example="10000")
     partitions: int | None = option(None, "Bucket-map partitions (new index only; default: one per worker).", minimum=1,
                                     example="8")
     strict: bool = option(False, "Fail before commit if any image cannot be read.", example="false")
@@ -148,6 +156,59 @@ def _read_manifest_or_none(index: IndexLocation) -> Manifest | None:
         return read_manifest(index)
     except IndexNotFoundError:
         return None
+
+
+def _new_index_sizes(dask, index: IndexLocation, settings: IndexSettings, plan: SyncPlan, version: int, n_new: int,
+                     plan_of) -> tuple[int, int]:
+    """``(shard_size, partition_size)`` of a new index: those of ``settings``, or chosen for the
+    corpus and cluster where they are None; but those of an interrupted attempt at the same
+    plan (``plan_of(shard_size, partition_size)`` gives the plan of a choice) where ``settings``
+    leave them free, so that a rerun on a cluster of another size resumes it."""
+    earlier = _earlier_plan(index, version) if settings.shard_size is None or settings.partitions is None else None
+    sizes = _sizes_of(earlier, settings, n_new)
+    if sizes is not None and plan_of(*sizes) == earlier:
+        return sizes
+    shard_size = settings.shard_size or _auto_shard_size(dask, plan)
+    n_parts = settings.partitions or max(1, len(dask.nthreads()))
+    return shard_size, _partition_size(n_new, n_parts, shard_size)
+
+
+def _auto_shard_size(dask, plan: SyncPlan) -> int:
+    """The shard size of a new index when ``--shard-size`` is not given (:mod:`workflows.sharding`)."""
+    threads = sum(dask.nthreads().values())
+    file_bytes = mean_file_bytes(plan.fingerprints)
+    size = auto_shard_size(len(plan.rows), threads, file_bytes)
+    log.info("shard size %d: %d images, %d worker threads%s", size, len(plan.rows), threads,
+             f", {file_bytes / 1e6:.2f} MB per file" if file_bytes else "")
+    return size
+
+
+def _earlier_plan(index: IndexLocation, version: int) -> dict | None:
+    """The plan of an earlier, interrupted attempt at ``version`` (None if there is none)."""
+    try:
+        earlier = read_json(index.join(staging_plan_path(version)), index.storage_options)
+    except (FileNotFoundError, ValueError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
+def _sizes_of(earlier: dict | None, settings: IndexSettings, n_new: int) -> tuple[int, int] | None:
+    """``(shard_size, partition_size)`` of an earlier attempt's plan, where ``settings`` leave
+    them to the job (explicit ones must match the plan to resume it, as before)."""
+    if earlier is None:
+        return None
+    shard_size, partition_size = earlier.get("shard_size"), earlier.get("partition_size")
+    if not all(isinstance(v, int) and v > 0 for v in (shard_size, partition_size)):
+        return None
+    shard_size = settings.shard_size or shard_size
+    if settings.partitions is not None:
+        partition_size = _partition_size(n_new, settings.partitions, shard_size)
+    return shard_size, partition_size
+
+
+def _partition_size(n_new: int, n_parts: int, shard_size: int) -> int:
+    """Images per partition of a new index of ``n_new`` images in about ``n_parts`` partitions: a multiple of the shard size."""
+    return shard_size * max(1, math.ceil(n_new / n_parts / shard_size))
 
 
 def _sha(values) -> str:
@@ -299,23 +360,27 @@ def _apply(dask, source, corpus: str, index: IndexLocation, manifest: Manifest |
     n_old = manifest.n_images if manifest else 0
     n_new = n_old + len(plan.rows)
     version = (manifest.version if manifest else 0) + 1
+    old_partitions = manifest.partitions if manifest else ()
+    uris = plan.listing
+    common = {
+        "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
+        "source": plan.source, "encode_sha256": _sha(f"{uris[r]} {fp}" for r, fp in zip(plan.rows, plan.fingerprints)),
+        "dead_sha256": _sha(plan.dead.tolist()),
+    }
+
+    def cut(shard_size: int, partition_size: int):
+        """The id ranges, encode cuts and plan of these sizes."""
+        room = partition_size - (manifest.live_in(old_partitions[-1]) if old_partitions else 0)
+        ranges = place_ids(len(old_partitions), n_old, n_new, partition_size, room, chunk=shard_size)
+        cuts = encode_cuts(ranges, shard_size)
+        return ranges, cuts, {**common, "shard_size": shard_size, "partition_size": partition_size, "cuts": [list(c) for c in cuts]}
+
     if manifest is not None:
         shard_size, partition_size = manifest.shard_size, manifest.partition_size
+        ranges, cuts, plan_doc = cut(shard_size, partition_size)
     else:
-        shard_size = settings.shard_size
-        n_parts = settings.partitions or max(1, len(dask.nthreads()))
-        partition_size = shard_size * max(1, math.ceil(n_new / n_parts / shard_size))
-    old_partitions = manifest.partitions if manifest else ()
-    room = partition_size - (manifest.live_in(old_partitions[-1]) if old_partitions else 0)
-    ranges = place_ids(len(old_partitions), n_old, n_new, partition_size, room, chunk=shard_size)
-    cuts = encode_cuts(ranges, shard_size)
-    uris = plan.listing
-    plan_doc = {
-        "version": version, "corpus": corpus, "model_sha256": card.model_sha256, "n_old": n_old, "n_new": n_new,
-        "shard_size": shard_size, "partition_size": partition_size, "source": plan.source,
-        "encode_sha256": _sha(f"{uris[r]} {fp}" for r, fp in zip(plan.rows, plan.fingerprints)),
-        "dead_sha256": _sha(plan.dead.tolist()), "cuts": [list(c) for c in cuts],
-    }
+        shard_size, partition_size = _new_index_sizes(dask, index, settings, plan, version, n_new, lambda *sizes: cut(*sizes)[2])
+        ranges, cuts, plan_doc = cut(shard_size, partition_size)
     done = staging_plan(index, version, plan_doc)
     codes_of = _prepare_codes(index, old_partitions, ranges, card, shard_size, create=manifest is None and not done)
     jobs = _encode_jobs(source, plan, cuts, codes_of, n_old) if len(plan.rows) else []
