@@ -41,7 +41,7 @@ CLI = [sys.executable, "-m", "workflows.cli"]
 ENV = {k: v for k, v in os.environ.items() if k != "PATCHHASH_TRACEBACK"} | {"PATCHHASH_STORAGE_ATTEMPTS": "1"}
 ERROR = "patchhash: error: "
 # What else a failing job may print on stderr before its error line: log records and progress bars.
-LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) \S+: |^\w+: +\d+%\|")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING) run=[0-9a-f]+ \S+: |^\w+: +\d+%\|")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
