@@ -30,8 +30,7 @@ def smoke(request) -> tuple[dict, str]:
     import json
 
     if SMOKE_RUNS not in request.config.stash:  # the first smoke test of the session starts them all
-        module = request.node.module
-        request.config.stash[SMOKE_RUNS] = SmokeRuns([item for item in request.session.items if item.module is module])
+        request.config.stash[SMOKE_RUNS] = SmokeRuns(request.session.items)
     result, run_dir = request.config.stash[SMOKE_RUNS].result(request.node)
     assert result.returncode == 0, result.stderr
     script = request.node.get_closest_marker("benchmark_smoke").args[0]

@@ -280,17 +280,23 @@ def test_the_query_worker_reads_uri_lists_reduced(large_photos, monkeypatch):
 
 # --- memory -----------------------------------------------------------------------------------
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent (a pytest
+# process of 2 GB made this child report 2 GB before reading anything).
 _READ_PEAK = """
-import json, resource, sys
+import json, re, sys
 from storage.corpus import open_corpus
 from storage.images import ImageSpec
 
+def peak_kib():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\\s+(\\d+) kB", f.read()).group(1))
+
 corpus = open_corpus(sys.argv[1])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 for spec in (ImageSpec(28, 28, 1), ImageSpec(32, 32, 3)):
     data = corpus.shards(len(corpus))[0].read(spec)
     assert not data.errors and len(data.ids) == len(corpus), data.errors
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"before_kib": before, "after_kib": after}))
 """
 
