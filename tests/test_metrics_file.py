@@ -63,14 +63,23 @@ def test_index_success_then_failure_keeps_the_last_success(cli, tmp_path, fmnist
     assert first[("patchhash_last_success_timestamp_seconds", "index")] == first[("patchhash_last_run_timestamp_seconds", "index")]
     assert 0 < first[("patchhash_last_run_duration_seconds", "index")] < 600
     assert oct(prom.stat().st_mode & 0o777) == oct(0o644)
+    files = [p for p in (tmp_path / "index").rglob("*") if p.is_file()]
+    assert first[("patchhash_bytes_written", "index")] == sum(p.stat().st_size for p in files)  # a first build writes all
+
+    cli("index", "--corpus", str(corpus), "--index", index, "--metrics-file", str(prom))  # nothing new: a run record
+    runs = sorted((tmp_path / "index" / "runs").iterdir())
+    first = samples(prom)  # the last success from now on
+    assert first[("patchhash_bytes_written", "index")] == runs[-1].stat().st_size
 
     cli("index", "--corpus", str(tmp_path / "gone.npy"), "--index", index, "--metrics-file", str(prom), ok=False)
     failed = samples(prom)
-    assert failed[("patchhash_runs_failed_total", "index")] == 1 and failed[("patchhash_runs_succeeded_total", "index")] == 1
+    assert failed[("patchhash_runs_failed_total", "index")] == 1 and failed[("patchhash_runs_succeeded_total", "index")] == 2
     assert failed[("patchhash_last_run_success", "index")] == 0
     assert failed[("patchhash_last_success_timestamp_seconds", "index")] == first[("patchhash_last_success_timestamp_seconds", "index")]
     assert failed[("patchhash_last_run_timestamp_seconds", "index")] >= first[("patchhash_last_run_timestamp_seconds", "index")]
-    assert failed[("patchhash_images_added", "index")] == 120, "a failed run keeps the last success's figures"
+    assert failed[("patchhash_images_added", "index")] == first[("patchhash_images_added", "index")] == 0, \
+        "a failed run keeps the last success's figures (the run that found nothing new)"
+    assert failed[("patchhash_index_images", "index")] == 120
 
     cli("index", "--corpus", str(tmp_path / "gone.npy"), "--index", index, "--metrics-file", str(prom), ok=False)
     assert samples(prom)[("patchhash_runs_failed_total", "index")] == 2

@@ -332,7 +332,7 @@ def index(corpus, index, model, cluster: ClusterSettings, settings: IndexSetting
     from workflows.index import index as run_index
 
     setup_logging(verbose, monitor, "index")
-    with command_metrics(monitor.metrics_file, "index", index) as metrics:
+    with command_metrics(monitor.metrics_file, "index", index, _storage_options(storage_options)) as metrics:
         report = run_index(
             corpus, index, model, settings if compact else replace(settings, compaction=None), cluster,
             _storage_options(storage_options), wait_for_lock=wait_for_lock, gc=retention if gc else None,
@@ -370,7 +370,7 @@ def delete(
     from workflows.maintenance import delete as run_delete
 
     setup_logging(verbose, monitor, "delete")
-    with command_metrics(monitor.metrics_file, "delete", index) as metrics:
+    with command_metrics(monitor.metrics_file, "delete", index, _storage_options(storage_options)) as metrics:
         report = run_delete(index, uris, _storage_options(storage_options), wait_for_lock=wait_for_lock, keep_out=keep_out)
         metrics.record(report)
     if report.version is None:
@@ -399,7 +399,7 @@ def compact(
     from workflows.maintenance import compact as run_compact
 
     setup_logging(verbose, monitor, "compact")
-    with command_metrics(monitor.metrics_file, "compact", index) as metrics:
+    with command_metrics(monitor.metrics_file, "compact", index, _storage_options(storage_options)) as metrics:
         result = run_compact(index, policy, force=all_partitions, cluster=cluster,
                              storage_options=_storage_options(storage_options), wait_for_lock=wait_for_lock)
         metrics.record(result)

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["METRICS", "RunMetrics", "command_metrics", "read_samples", "render", "write_metrics"]
+__all__ = ["METRICS", "RunMetrics", "command_metrics", "index_state", "read_samples", "render", "write_metrics", "written_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "patchhash_gc_versions_deleted": ("gauge", "Versions the last successful gc run deleted."),
     "patchhash_gc_objects_deleted": ("gauge", "Objects the last successful gc run deleted."),
     "patchhash_bytes_deleted": ("gauge", "Bytes the last successful gc run deleted."),
+    "patchhash_bytes_written": ("gauge", "Bytes of the objects the last successful index, delete or compact run created "
+                                "or rewrote under the index (staging included)."),
 }
+
+_WRITING = ("index", "delete", "compact")  # commands whose bytes written are measured
 
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -186,8 +190,27 @@ class RunMetrics:
         return samples
 
 
+def index_state(index: str, storage_options=None) -> dict[str, tuple]:
+    """Every object under ``index``: relative path -> (size, what identifies its content: mtime,
+    ETag or checksum); empty where there is no index yet."""
+    from storage.gc import index_objects
+    from storage.location import IndexLocation
+
+    try:
+        objects = index_objects(IndexLocation.of(index, storage_options))
+    except FileNotFoundError:
+        return {}
+    keys = ("mtime", "LastModified", "ETag", "md5Hash", "crc32c", "created")
+    return {rel: (info.get("size", 0), tuple(str(info.get(k)) for k in keys)) for rel, info in objects.items()}
+
+
+def written_bytes(before: dict[str, tuple], after: dict[str, tuple]) -> int:
+    """Bytes of the objects of ``after`` that are new or changed since ``before`` (:func:`index_state`)."""
+    return sum(int(meta[0] or 0) for rel, meta in after.items() if before.get(rel) != meta)
+
+
 @contextmanager
-def command_metrics(path: str | None, command: str, index: str):
+def command_metrics(path: str | None, command: str, index: str, storage_options=None):
     """Around a command's body: yields a :class:`RunMetrics` that the body fills in
     (``.record(result)``); writes ``path`` when the body ends, also when it fails (the
     exception goes on). Nothing is written when ``path`` is None. Index locks taken in the
@@ -197,9 +220,13 @@ def command_metrics(path: str | None, command: str, index: str):
 
     metrics = RunMetrics(command, str(index))
     started, ok = time.time(), False
+    measure = bool(path) and command in _WRITING  # two listings of the index: only when metrics are asked for
+    before = index_state(index, storage_options) if measure else {}
     try:
         with run_id_as_token(current_run().run_id):  # the lock and run log carry the logs' run id
             yield metrics
+        if measure:
+            metrics.values["patchhash_bytes_written"] = written_bytes(before, index_state(index, storage_options))
         ok = True
     finally:
         if path:
