@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,3 +73,21 @@ def dask_cli_cluster(work: Path, n_workers: int = 2, protocol: str = "tcp", extr
             stop(proc)
         for log in logs:
             log.close()
+
+
+def shadowing_site(work: Path) -> Path:
+    """A folder for a worker's ``PYTHONPATH`` that makes ``storage`` what a Dask worker's
+    ``storage/`` spill folder is to an install that comes after it on ``sys.path``: a namespace
+    package (``<work>/site/storage``), not patchhash's."""
+    site = work / "site"
+    (site / "storage").mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import importlib.machinery
+        import importlib.util
+        import sys
+
+        spec = importlib.machinery.ModuleSpec("storage", None, is_package=True)
+        spec.submodule_search_locations = [{str(site / "storage")!r}]
+        sys.modules["storage"] = importlib.util.module_from_spec(spec)
+        """))
+    return site

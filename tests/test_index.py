@@ -196,20 +196,27 @@ def test_memory_index_with_in_process_cluster(client, tiny_model, fmnist_train):
         fs.rm("/patchhash-test", recursive=True)
 
 
+def fail_encoding_from(monkeypatch, first_id: int):
+    """Make the encode tasks of shards starting at ``first_id`` or above fail; returns the
+    real task, to put back with ``monkeypatch.setattr``."""
+    real_task = index_module.encode_shard_task
+
+    def flaky(index_url, codes, shard, id_start, *rest):
+        if id_start >= first_id:
+            raise RuntimeError("injected worker failure")
+        return real_task(index_url, codes, shard, id_start, *rest)
+
+    monkeypatch.setattr(index_module, "encode_shard_task", flaky)
+    return real_task
+
+
 def test_failed_run_resumes_and_ends_identical(client, tiny_model, corpus_npy, tmp_path, monkeypatch):
     settings = IndexSettings(shard_size=100, partitions=2)
     reference = str(tmp_path / "reference")
     index(corpus_npy, reference, tiny_model, settings, client=client)
 
     url = str(tmp_path / "idx")
-    real_task = index_module.encode_shard_task
-
-    def flaky(index_url, codes, shard, id_start, *rest):
-        if id_start >= 400:
-            raise RuntimeError("injected worker failure")
-        return real_task(index_url, codes, shard, id_start, *rest)
-
-    monkeypatch.setattr(index_module, "encode_shard_task", flaky)
+    real_task = fail_encoding_from(monkeypatch, 400)
     with pytest.raises(RuntimeError, match="injected"):
         index(corpus_npy, url, tiny_model, settings, client=client)
     with pytest.raises(IndexNotFoundError):
@@ -312,14 +319,7 @@ def test_interrupted_run_keeps_its_chosen_shard_size_when_resumed(client, tiny_m
     for i in range(64):
         Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i:03d}.png")
     url = str(tmp_path / "idx")
-    real_task = index_module.encode_shard_task
-
-    def flaky(index_url, codes, shard, id_start, *rest):
-        if id_start >= 32:
-            raise RuntimeError("injected worker failure")
-        return real_task(index_url, codes, shard, id_start, *rest)
-
-    monkeypatch.setattr(index_module, "encode_shard_task", flaky)
+    real_task = fail_encoding_from(monkeypatch, 32)
     with pytest.raises(RuntimeError, match="injected"):
         index(str(folder), url, tiny_model, client=client)
     monkeypatch.setattr(index_module, "encode_shard_task", real_task)

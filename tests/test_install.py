@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dask_cli import ENV, dask_cli_cluster
+from dask_cli import ENV, dask_cli_cluster, shadowing_site
 from distributed import Client
 
 import storage
@@ -99,17 +98,7 @@ def test_a_worker_that_cannot_import_patchhash_is_reported_not_waited_on(tmp_pat
 def test_a_worker_whose_storage_is_a_spill_folder_is_reported(tmp_path):
     """What a worker sees where an install comes after its spill folder: ``storage`` is that
     folder, a namespace package."""
-    site = tmp_path / "site"
-    (site / "storage").mkdir(parents=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""\
-        import importlib.machinery
-        import importlib.util
-        import sys
-
-        spec = importlib.machinery.ModuleSpec("storage", None, is_package=True)
-        spec.submodule_search_locations = [{str(site / "storage")!r}]
-        sys.modules["storage"] = importlib.util.module_from_spec(spec)
-        """))
+    site = shadowing_site(tmp_path)
     with dask_cli_cluster(tmp_path, 1, worker_env={"PYTHONPATH": str(site)}) as address:
         _wait_for_a_worker(address)
         with pytest.raises(ConfigError, match=r"'storage' is the folder .*/site/storage, not patchhash's package"):

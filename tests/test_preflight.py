@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dask_cli import DASK, ENV, stop
+from dask_cli import DASK, ENV, shadowing_site, stop
 from snapshots import index_snapshot
 
 from workflows.preflight import REPORTED_VERSION_ENV, reported_version
@@ -175,16 +174,22 @@ def test_workers_killed_mid_job_fail_within_the_timeout_and_a_rerun_resumes(tmp_
     assert index_snapshot(str(index)) == index_snapshot(reference)
 
 
-def test_a_worker_of_another_version_is_refused_in_seconds(tmp_path, tiny_model):
+def _index_with_one_worker(tmp_path: Path, model: str, name: str, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    """``patchhash index`` of 8 blank images on a fresh scheduler with one registered worker
+    started with ``env``: the finished command and its seconds."""
     corpus = _corpus(tmp_path, np.zeros((8, 28, 28), np.uint8))
     with dask_scheduler(tmp_path) as address:
-        worker = Worker(tmp_path, address, "old", env={REPORTED_VERSION_ENV: "0.0.1-old"})
+        worker = Worker(tmp_path, address, name, env=env)
         try:
             worker.wait_registered()
-            done, seconds = _cli("index", "--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model",
-                                 tiny_model, "--scheduler", address, cwd=tmp_path)
+            return _cli("index", "--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model", model,
+                        "--scheduler", address, cwd=tmp_path)
         finally:
             worker.stop()
+
+
+def test_a_worker_of_another_version_is_refused_in_seconds(tmp_path, tiny_model):
+    done, seconds = _index_with_one_worker(tmp_path, tiny_model, "old", {REPORTED_VERSION_ENV: "0.0.1-old"})
     assert done.returncode == 1, done.stderr
     line = _error_line(done.stderr)
     assert line.startswith("Dask worker tcp://127.0.0.1:"), line
@@ -225,26 +230,8 @@ def test_a_worker_joining_later_with_another_version_never_runs_a_task(tmp_path,
 
 def test_a_worker_whose_storage_is_shadowed_by_a_spill_folder_gets_the_fix(tmp_path, tiny_model):
     """The editable-install case: on the worker, ``storage`` is a namespace folder, not ours."""
-    site = tmp_path / "site"
-    (site / "storage").mkdir(parents=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""\
-        import importlib.machinery
-        import importlib.util
-        import sys
-
-        spec = importlib.machinery.ModuleSpec("storage", None, is_package=True)
-        spec.submodule_search_locations = [{str(site / "storage")!r}]
-        sys.modules["storage"] = importlib.util.module_from_spec(spec)
-        """))
-    corpus = _corpus(tmp_path, np.zeros((8, 28, 28), np.uint8))
-    with dask_scheduler(tmp_path) as address:
-        worker = Worker(tmp_path, address, "shadowed", env={"PYTHONPATH": str(site)})
-        try:
-            worker.wait_registered()
-            done, seconds = _cli("index", "--corpus", str(corpus), "--index", str(tmp_path / "index"), "--model",
-                                 tiny_model, "--scheduler", address, cwd=tmp_path)
-        finally:
-            worker.stop()
+    site = shadowing_site(tmp_path)
+    done, seconds = _index_with_one_worker(tmp_path, tiny_model, "shadowed", {"PYTHONPATH": str(site)})
     assert done.returncode == 1, done.stderr
     line = _error_line(done.stderr)
     assert line.startswith("Dask worker tcp://127.0.0.1:") and "cannot import patchhash" in line, line

@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image
 
 from storage.corpus import UriListCorpus, open_corpus
+from storage.corpus.formats import file_error_reason
 from storage.errors import ImageReadError, StorageUnavailableError
 from storage.fs import is_local, url_to_fs
 from storage.images import ImageSpec, convert, decode_image
@@ -347,12 +348,8 @@ def _reason(exc: BaseException) -> str:
         return getattr(exc, "reason", None) or str(exc)
     if isinstance(exc, _Unreadable):
         return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
+    if known := file_error_reason(exc):
+        return known
     if isinstance(exc, StorageUnavailableError):
         return "storage unavailable"
     text = str(exc).splitlines()[0] if str(exc) else ""

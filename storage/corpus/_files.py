@@ -19,7 +19,7 @@ from fsspec.spec import AbstractFileSystem
 
 from storage.corpus._shard_data import ReadError, ShardData
 from storage.corpus._sources import open_source
-from storage.corpus.formats import IDX_NAME_PATTERN
+from storage.corpus.formats import IDX_NAME_PATTERN, file_error_reason
 from storage.errors import ImageReadError, StorageUnavailableError
 from storage.fs import is_local, url_to_fs
 from storage.images import ImageSpec, convert_batch, decode_and_convert
@@ -134,13 +134,7 @@ def _decode_file(blob: bytes | Exception, uri: str, spec: ImageSpec) -> np.ndarr
 
 
 def _io_reason(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return f"cannot read file ({type(exc).__name__}: {exc})"
+    return file_error_reason(exc) or f"cannot read file ({type(exc).__name__}: {exc})"
 
 
 def _read_row_refs(

@@ -30,6 +30,7 @@ __all__ = [
     "IDX_NAME_PATTERN",
     "brief",
     "check_size",
+    "file_error_reason",
     "open_idx_stream",
     "read_csv_rows",
     "read_idx_file",
@@ -47,6 +48,18 @@ def brief(exc: BaseException, limit: int = 300) -> str:
     """``exc``'s message on one line, at most ``limit`` characters (for one-line errors)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def file_error_reason(exc: BaseException) -> str | None:
+    """The short reason an image file is unreadable for the well-known I/O errors ("file not
+    found", "is a directory", "permission denied"); None for any other error."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return None
 
 
 @contextmanager
