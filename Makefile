@@ -17,8 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/patchhash demo
 
+# Two worker processes, a module each at a time (tests/conftest.py hands out the longest first).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

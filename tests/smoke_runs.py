@@ -1,8 +1,8 @@
 """Benchmark smoke runs for ``tests/test_benchmarks.py``.
 
 A test marked ``@smoke_run(script, *args)`` reads the run of ``benchmarks/<script> --smoke
---out-json ... <args>``. The runs of every such test selected in this process all start when
-the first of them needs its run, ``AT_ONCE`` at a time, in the tests' order: most of a run is one
+--out-json ... <args>``. The runs of a module's marked tests all start when the first of them
+needs its run, ``AT_ONCE`` at a time, in the tests' order: most of a run is one
 process importing TensorFlow, or a Dask cluster starting and stopping, so two overlap well on 2
 cores (a fifth to a third less time than one after the other, measured on pairs of these scripts).
 """
@@ -52,12 +52,17 @@ def _run(script: str, args: tuple[str, ...], run_dir: Path) -> subprocess.Comple
 
 
 class SmokeRuns:
-    """The runs of the marked ``items``, started in their order, ``AT_ONCE`` at a time."""
+    """The runs of marked tests, started a module at a time (in the tests' order, ``AT_ONCE`` at a
+    time): when a module's first marked test needs its run, the runs of all of that module's
+    marked ``items`` start. A module only (not the session's every marked test) because under
+    ``pytest -n`` another worker process may be the one that runs the other modules."""
 
-    def __init__(self, items: list[pytest.Item]):
+    def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="patchhash-smoke-"))
         self.pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="smoke-run")
         self.runs: dict[str, tuple[Future, Path]] = {}
+
+    def _start(self, items: list[pytest.Item]) -> None:
         for item in items:
             mark = item.get_closest_marker(MARK)
             if mark and item.nodeid not in self.runs:
@@ -67,6 +72,9 @@ class SmokeRuns:
                 self.runs[item.nodeid] = self.pool.submit(_run, script, tuple(args), run_dir), run_dir
 
     def result(self, item: pytest.Item) -> tuple[subprocess.CompletedProcess, Path]:
+        """``item``'s run, once it has ended (starting its module's runs if they have not started)."""
+        if item.nodeid not in self.runs:
+            self._start([other for other in item.session.items if other.path == item.path])
         future, run_dir = self.runs[item.nodeid]
         return future.result(), run_dir
 
