@@ -28,12 +28,12 @@ CHILD = """
 import json, sys, time
 import numpy as np
 from pipeline.encode import load_encoder
-from storage import ImageSpec, open_corpus
+from storage import open_corpus
 
 model, images, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 encoder = load_encoder(model)
 corpus = open_corpus(sys.argv[4])
-pixels = corpus.read(ImageSpec(*encoder.input_shape), 0, min(images, len(corpus))).pixels
+pixels = corpus.read(encoder.card.image_spec, 0, min(images, len(corpus))).pixels
 encoder.encode(pixels[:256])  # builds TensorFlow's function
 started = time.process_time()
 codes = encoder.encode(pixels)

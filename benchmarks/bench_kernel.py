@@ -68,10 +68,10 @@ def as_faiss_bytes(codes: np.ndarray) -> np.ndarray:
 
 def codes_of(url: str, n: int, model: str) -> np.ndarray:
     from pipeline.encode import load_encoder
-    from storage import ImageSpec, open_corpus
+    from storage import open_corpus
 
     encoder = load_encoder(model)
-    pixels = open_corpus(url).read(ImageSpec(*encoder.input_shape), 0, n).pixels
+    pixels = open_corpus(url).read(encoder.card.image_spec, 0, n).pixels
     return encoder.encode(pixels), encoder.card.bits
 
 

@@ -62,33 +62,40 @@ class FetchError(RuntimeError):
 
 
 def wallpapers(cache: Path, debs: Path | None = None) -> list[Path]:
-    """The image files of :data:`PACKAGES`, unpacked under ``cache`` (fetched on first use).
+    """The image files of :data:`PACKAGES`, unpacked under ``cache`` (fetched on first use)."""
+    root = unpack_packages(PACKAGES, cache, debs)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.is_symlink())
+    if not files:
+        raise FetchError(f"no image files in {root}")
+    return files
+
+
+def unpack_packages(packages: tuple[str, ...] | list[str], cache: Path, debs: Path | None = None) -> Path:
+    """The folder under ``cache`` where the Debian ``packages`` are unpacked (on first use).
 
     ``debs`` is a folder searched for the ``.deb`` files first; missing ones are fetched
     with ``apt-get download`` into ``cache/debs``.
     """
     root = cache / "root"
-    done = cache / "unpacked"
-    if not done.exists():
-        fetched = cache / "debs"
+    fetched = cache / "debs"
+    for package in packages:
+        done = cache / f"{package}.unpacked"
+        if done.exists():
+            continue
         fetched.mkdir(parents=True, exist_ok=True)
-        for package in PACKAGES:
-            deb = _find_deb(package, [d for d in (debs, fetched) if d])
-            if deb is None:
-                if shutil.which("apt-get") is None:
-                    raise FetchError(f"no {package}_*.deb in {debs or fetched} and no apt-get to download it")
-                got = subprocess.run(["apt-get", "download", package], cwd=fetched, capture_output=True, text=True, timeout=600)
-                deb = _find_deb(package, [fetched])
-                if got.returncode or deb is None:
-                    raise FetchError(f"apt-get download {package} failed: {(got.stderr or got.stdout).strip()[-300:]}")
-            if shutil.which("dpkg-deb") is None:
-                raise FetchError("dpkg-deb is needed to unpack the .deb files")
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-        done.write_text("\n".join(PACKAGES) + "\n")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.is_symlink())
-    if not files:
-        raise FetchError(f"no image files in {root}")
-    return files
+        deb = _find_deb(package, [d for d in (debs, fetched) if d])
+        if deb is None:
+            if shutil.which("apt-get") is None:
+                raise FetchError(f"no {package}_*.deb in {debs or fetched} and no apt-get to download it")
+            got = subprocess.run(["apt-get", "download", package], cwd=fetched, capture_output=True, text=True, timeout=600)
+            deb = _find_deb(package, [fetched])
+            if got.returncode or deb is None:
+                raise FetchError(f"apt-get download {package} failed: {(got.stderr or got.stdout).strip()[-300:]}")
+        if shutil.which("dpkg-deb") is None:
+            raise FetchError("dpkg-deb is needed to unpack the .deb files")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        done.write_text(deb.name + "\n")
+    return root
 
 
 def _find_deb(package: str, folders: list[Path]) -> Path | None:

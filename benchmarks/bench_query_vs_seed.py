@@ -126,10 +126,10 @@ def index_codes(index: str) -> tuple[np.ndarray, np.ndarray, int]:
 def encode_queries(index: str, queries: str, n: int) -> np.ndarray:
     """Codes [n, G] of the first ``n`` images of ``queries`` by the index's model."""
     from pipeline.encode import load_encoder
-    from storage import ImageSpec, open_corpus
+    from storage import open_corpus
 
     encoder = load_encoder(f"{index}/model")
-    data = open_corpus(queries).read(ImageSpec(*encoder.input_shape), 0, n)
+    data = open_corpus(queries).read(encoder.card.image_spec, 0, n)
     if data.errors:
         raise RuntimeError(f"cannot read query images: {data.errors[:3]}")
     codes = encoder.encode(data.pixels)

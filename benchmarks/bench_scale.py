@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
 
     encoder = load_encoder(args.model)
     base_images = 60000 if not args.smoke else 3000
-    pixels = open_corpus(TRAIN_IMAGES).read(ImageSpec(*encoder.input_shape), 0, base_images).pixels
+    pixels = open_corpus(TRAIN_IMAGES).read(encoder.card.image_spec, 0, base_images).pixels
     results = []
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     from pipeline.baselines import hamming_knn
     from pipeline.encode import load_encoder
     from pipeline.rerank import rerank_search
-    from storage import ImageSpec, open_corpus
+    from storage import open_corpus
     from storage.manifest import read_manifest
     from workflows.cluster import ClusterSettings, dask_client
     from workflows.worker_cache import load_codes, load_partition
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     encoder = load_encoder("fashion-mnist")
     if not Path(index_url, "manifest.json").exists():
         base = f"{work}/base_codes.npy"
-        pixels = open_corpus(TRAIN_IMAGES).read(ImageSpec(*encoder.input_shape), 0, min(60000, args.images)).pixels
+        pixels = open_corpus(TRAIN_IMAGES).read(encoder.card.image_spec, 0, min(60000, args.images)).pixels
         np.save(base, encoder.encode(pixels))
         with dask_client(ClusterSettings(workers=2)) as client:
             build(index_url, base, "fashion-mnist", args.images, min(100_000, args.images), args.images, 0.02, client)
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     bmap = load_partition(index_url, part)
     codes = load_codes(index_url, part.codes, part.start, part.stop)
     n = part.stop - part.start
-    pixels = open_corpus(TEST_IMAGES).read(ImageSpec(*encoder.input_shape), 0, args.queries).pixels
+    pixels = open_corpus(TEST_IMAGES).read(encoder.card.image_spec, 0, args.queries).pixels
     queries = encoder.encode(pixels).reshape(args.queries, -1).astype(codes.dtype)
     started = time.perf_counter()
     # each patch code widened to one 64-bit word: the summed distance is the whole grid's

@@ -6,7 +6,7 @@ job, and prints the share found at rank 1, with default settings and with query 
 (--shift-radius 1; half-pixel steps, --shift-step 0.5).
 ``tests/test_near_duplicates.py`` asserts the cases docs/QUALITY.md promises.
 
-    python benchmarks/near_duplicates.py [--model fashion-mnist]
+    python benchmarks/near_duplicates.py [--model fashion-mnist] [--input-rules black,mass] [--default-only]
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--input-rules", metavar="BACKGROUND,CENTRE",
+                    help="use a copy of the model whose card names these input rules (e.g. black,mass: centred)")
+    ap.add_argument("--default-only", action="store_true", help="default settings only, no query shifts")
     args = ap.parse_args()
     from storage import ImageSpec, open_corpus
     from workflows.cluster import ClusterSettings, dask_client
@@ -99,13 +102,17 @@ def main() -> None:
 
     images = open_corpus(TRAIN_IMAGES).read(ImageSpec(28, 28, 1), 0, N_INDEX).pixels
     with tempfile.TemporaryDirectory() as tmp, dask_client(ClusterSettings(workers=args.workers)) as client:
+        if args.input_rules:
+            from copies import with_rules
+
+            args.model = with_rules(args.model, args.input_rules, Path(tmp) / "model")
         np.save(f"{tmp}/corpus.npy", images[..., 0])
         index(f"{tmp}/corpus.npy", f"{tmp}/idx", args.model, IndexSettings(shard_size=1000, partitions=2), client=client)
         print(f"\n{len(ORIGINALS)} altered copies of images indexed among {N_INDEX} ({args.model}); original at rank 1:")
         for name in ALTERATIONS:
             write_copies(images, name, Path(tmp) / name)
             cells = []
-            for radius, step in SHIFTS:
+            for radius, step in SHIFTS[:1] if args.default_only else SHIFTS:
                 out = f"{tmp}/{name}-{radius}-{step}.parquet"
                 query(f"{tmp}/idx", str(Path(tmp) / name), out, QuerySettings(k=3, shift_radius=radius, shift_step=step), client=client)
                 cells.append(f"{int(found_first(out).sum())}/{len(ORIGINALS)}")

@@ -2,7 +2,7 @@
 imagehash only: no patchhash import counts against them):
 
     python benchmarks/photo_refs.py decode --paths paths.json --out out.json [--processes 2]
-    python benchmarks/photo_refs.py imagehash --kind dhash --paths paths.json --out out.json
+    python benchmarks/photo_refs.py imagehash --kind dhash --paths paths.json --out out.json [--flatten black]
 
 ``paths.json`` is ``{"corpus": [...], "queries": [...]}`` (``decode`` reads ``corpus`` only).
 
@@ -14,7 +14,9 @@ imagehash only: no patchhash import counts against them):
 * ``imagehash``: what a user of imagehash runs for near-duplicate search: ``imagehash.dhash``
   (or ``phash``) of ``Image.open(path)`` for every corpus and query image (a pool of
   ``--processes``), then for each query the ``--k`` corpus images nearest by exact Hamming
-  distance (numpy popcount over all 64-bit hashes). Writes the ranks and the seconds.
+  distance (numpy popcount over all 64-bit hashes). Writes the ranks and the seconds. With
+  ``--flatten black`` an image with transparency is composited on black first (as patchhash
+  does; imagehash itself would hash the colours hidden under the transparent pixels).
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ def reduced_decode(path: str, size: tuple[int, int] = (28, 28), mode: str = "L")
     return np.asarray(image)[top : top + height, left : left + width]
 
 
-def _hash(args: tuple[str, str]) -> int:
+def _hash(args: tuple[str, str, bool]) -> int:
     import imagehash
 
-    kind, path = args
-    bits = getattr(imagehash, kind)(Image.open(path)).hash.ravel()
+    kind, path, flatten = args
+    image = Image.open(path)
+    if flatten and (image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    bits = getattr(imagehash, kind)(image).hash.ravel()
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
@@ -69,6 +75,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--kind", choices=("dhash", "phash"), default="dhash")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--flatten", choices=("none", "black"), default="none")
     args = ap.parse_args()
     Image.MAX_IMAGE_PIXELS = None  # trusted files (the 100 MP test image of the smoke run); inherited by the pool
     paths = json.loads(open(args.paths).read())
@@ -80,8 +87,9 @@ def main() -> None:
         result = {"images": n, "seconds": seconds, "images_per_s": n / seconds}
     else:
         with Pool(args.processes) as pool:
-            corpus = np.array(pool.map(_hash, [(args.kind, p) for p in paths["corpus"]], chunksize=4), dtype=np.uint64)
-            queries = np.array(pool.map(_hash, [(args.kind, p) for p in paths["queries"]], chunksize=4), dtype=np.uint64)
+            flatten = args.flatten == "black"
+            corpus = np.array(pool.map(_hash, [(args.kind, p, flatten) for p in paths["corpus"]], chunksize=4), dtype=np.uint64)
+            queries = np.array(pool.map(_hash, [(args.kind, p, flatten) for p in paths["queries"]], chunksize=4), dtype=np.uint64)
         top = rank(corpus, queries, args.k)
         seconds = time.perf_counter() - started
         result = {"images": len(corpus), "queries": len(queries), "seconds": seconds, "top": top}

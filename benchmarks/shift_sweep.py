@@ -38,13 +38,13 @@ def main(argv=None) -> dict:
 
     from pipeline.encode import load_encoder
     from pipeline.shifts import offsets, shifted_copies
-    from storage import ImageSpec, open_corpus
+    from storage import open_corpus
     from storage.images import _resize_crop
 
     n_index, copies = (300, COPIES[:2]) if args.smoke else (N_INDEX, COPIES)
     n_originals = 5 if args.smoke else args.originals
     encoder = load_encoder(args.model)
-    spec = ImageSpec(*encoder.input_shape)
+    spec = encoder.card.image_spec
     images = open_corpus(TRAIN_IMAGES).read(spec, 0, n_index).pixels
     indexed = encoder.encode(images).reshape(n_index, -1).astype(np.uint64)
     originals = np.linspace(30, n_index - 1, n_originals).astype(np.int64)

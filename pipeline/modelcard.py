@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.model import ModelConfig
 from pipeline.normalize import Normalization
 from pipeline.packing import code_dtype
-from storage import ModelError, join_url, url_to_fs
+from storage import ImageSpec, InputRules, ModelError, join_url, url_to_fs
 from storage.layout import CARD_FILE, MODEL_FILE  # a model folder's files, the same inside an index's model/
 from storage.retry import retry_call
 
@@ -66,6 +66,12 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     software: dict[str, str] = field(default_factory=dict)
+    input_rules: InputRules = field(default_factory=InputRules)
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """What every image becomes before this model sees it: its input shape and rules."""
+        return ImageSpec(*self.config.input_shape, rules=self.input_rules)
 
     @property
     def bits(self) -> int:
@@ -95,6 +101,7 @@ class ModelCard:
             "stride": cfg.stride,
             "grid": list(cfg.grid),
             "input_shape": list(cfg.input_shape),
+            "input": self.input_rules.to_json(),
             "code_dtype": self.code_dtype.name,
             "bit_order": "little: bottleneck unit j is bit j (code = sum(bit_j << j))",
             "architecture": cfg.to_dict(),
@@ -138,6 +145,7 @@ class ModelCard:
                 training=dict(d.get("training") or {}),
                 created=str(d.get("created", "")),
                 software=dict(d.get("software") or {}),
+                input_rules=InputRules.from_json(d.get("input")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.model import ENCODING_LAYER, KernelSeeds, ModelConfig, build_autoencoder
 from pipeline.modelcard import CARD_FILE, MODEL_FILE, ModelCard, sha256_bytes
 from pipeline.normalize import Normalization
-from storage import join_url, url_to_fs
+from storage import InputRules, join_url, url_to_fs
 
 __all__ = ["TrainSettings", "TrainResult", "train_autoencoder", "save_model"]
 
@@ -184,8 +184,10 @@ def save_model(
     result: TrainResult,
     training: dict,
     storage_options: dict | None = None,
+    input_rules: InputRules | None = None,
 ) -> ModelCard:
-    """Write ``model.keras`` then ``card.json`` (last, so a card always names whole weights)."""
+    """Write ``model.keras`` then ``card.json`` (last, so a card always names whole weights).
+    ``input_rules``: the canonical-form rules the training images went through (none by default)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         result.autoencoder.save(local)
@@ -215,6 +217,7 @@ def save_model(
         },
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         software=_software_versions(),
+        input_rules=input_rules or InputRules(),
     )
     fs, root = url_to_fs(out, storage_options)
     fs.makedirs(root, exist_ok=True)

@@ -17,6 +17,7 @@ from storage.errors import (
 )
 from storage.corpus import Corpus, ReadError, Shard, ShardData, open_corpus
 from storage.fs import display_url, is_local, join_url, url_to_fs
+from storage.canonical import InputRules
 from storage.images import ImageSpec, convert, decode_image
 from storage.labels import read_labels
 from storage.location import IndexLocation
@@ -25,6 +26,7 @@ __all__ = [
     "Corpus",
     "ImageSpec",
     "IndexLocation",
+    "InputRules",
     "ReadError",
     "Shard",
     "ShardData",

@@ -18,6 +18,9 @@ following rules, applied in this order:
      clip to 255/0; an image whose values are all NaN is an error.
 3. **Alpha** (grey + alpha, RGBA): the image is composited on black, i.e. each colour value is
    multiplied by ``alpha / 255`` and rounded, then the alpha channel is dropped.
+   *Canonical form*: where ``spec.rules`` asks for it (a model card's ``"input"``), a plain
+   background becomes black and the image is centred on its brightness here, in colour, by
+   the rules of :mod:`storage.canonical`; by default neither is done.
 4. **Channels.** RGB -> grey uses the ITU-R 601-2 luma transform, bit-exact with Pillow's
    ``convert("L")``: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``, i.e.
    ``R * 299/1000 + G * 587/1000 + B * 114/1000`` rounded. Grey -> RGB replicates the grey
@@ -66,11 +69,12 @@ import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
+from storage.canonical import InputRules
 from storage.errors import ImageReadError
 
 __all__ = [
@@ -108,11 +112,15 @@ class ImageSpec:
         Size in pixels, both >= 1.
     channels : int
         1 for grey, 3 for RGB.
+    rules : storage.canonical.InputRules, optional
+        The canonical-form rules (background, centre) applied after alpha compositing and
+        before the resize; none by default. A model card says which its model uses.
     """
 
     height: int
     width: int
     channels: int
+    rules: InputRules = field(default_factory=InputRules)
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "channels"):
@@ -128,6 +136,8 @@ class ImageSpec:
             raise ValueError(
                 f"ImageSpec.channels must be 1 (grey) or 3 (RGB), got {self.channels}"
             )
+        if not isinstance(self.rules, InputRules):
+            raise ValueError(f"ImageSpec.rules must be an InputRules, got {self.rules!r}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -355,6 +365,11 @@ def _model_input(
         premultiplied = image.convert(image.mode[:-1] + "a")
         bands = premultiplied.split()[:-1]
         image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
+    if spec.rules.active:
+        array = np.asarray(image).reshape(image.height, image.width, -1)
+        canonical = spec.rules.apply(array)
+        if canonical is not array:
+            image = Image.fromarray(canonical[..., 0] if canonical.shape[2] == 1 else canonical)
     if spec.channels == 1 and image.mode == "RGB":
         image = image.convert("L")  # ITU-R 601-2, the rule of convert
     cover_height, cover_width = _cover_size(full_height, full_width, (spec.height, spec.width))
@@ -439,11 +454,14 @@ def convert_batch(
     if batch.ndim == 3:
         batch = batch[..., np.newaxis]
     _check_batch(batch, uri)
-    if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape:
+    if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape and not spec.rules.active:
         return np.ascontiguousarray(batch), np.ones(len(batch), dtype=bool)
     _check_cover_size(*batch.shape[1:3], spec, uri)
     batch, ok = _to_uint8(batch)
-    batch = _match_channels(_drop_alpha(batch), spec.channels)
+    batch = _drop_alpha(batch)
+    if spec.rules.active:
+        batch = np.stack([spec.rules.apply(image) for image in batch]) if len(batch) else batch
+    batch = _match_channels(batch, spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
         resized = np.empty((len(batch), *spec.shape), dtype=np.uint8)
         for i, image in enumerate(batch):

@@ -262,7 +262,7 @@ def test_the_query_worker_reads_uri_lists_reduced(large_photos, monkeypatch):
 
     class FakeEncoder:
         input_shape = GREY.shape
-        card = types.SimpleNamespace(grid=(1, 1))
+        card = types.SimpleNamespace(grid=(1, 1), image_spec=GREY)
 
         def encode(self, pixels):
             seen.append(pixels)

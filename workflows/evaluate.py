@@ -228,13 +228,12 @@ def _query_labels(url: str, shared: bool, query_uris: list[str], storage_options
 def _run_baselines(settings: EvaluateSettings, index: IndexLocation, uris: np.ndarray, source, figures) -> None:
     from pipeline.baselines import hamming_knn, lsh_codes, pixel_knn
     from pipeline.modelcard import read_card
-    from storage import ImageSpec
     from storage.corpus import UriListCorpus
     from storage.layout import MODEL_DIR
 
     storage_options = index.storage_options
     card = read_card(index.join(MODEL_DIR), storage_options)
-    spec = ImageSpec(*card.config.input_shape)
+    spec = card.image_spec
     readable = np.flatnonzero([u is not None for u in uris])
     log.info("reading the pixels of %d indexed images and %d queries for the baselines", len(readable), len(source))
     data = UriListCorpus("indexed images", storage_options, [uris[i] for i in readable]).read(spec)

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 
-from storage import CorpusError, ImageSpec, IndexNotFoundError, ModelMismatchError, join_url, open_corpus, url_to_fs
+from storage import CorpusError, IndexNotFoundError, ModelMismatchError, join_url, open_corpus, url_to_fs
 from storage.atomic import read_json
 from storage.image_tables import STATE_SCHEMA, read_excluded, read_shard_tables, read_state, write_shard_tables, write_tombstones
 from storage.layout import (CARD_FILE, CODES, MODEL_DIR, MODEL_FILES, array_metadata_path, map_done_marker, shard_done_marker,
@@ -315,7 +315,7 @@ def _index_job(corpus: str, index: IndexLocation, model: str | None, settings: I
     excluded = set(read_excluded(index, manifest)) if manifest else set()
     known = find_source(manifest, source, corpus)
     plan = plan_sync(source, known, len(manifest.sources) if manifest else 0, state, excluded,
-                     spec=ImageSpec(*card.config.input_shape), append_only=settings.append_only,
+                     spec=card.image_spec, append_only=settings.append_only,
                      max_delete_fraction=settings.max_delete_fraction)
     report = IndexReport(index.url, manifest.version if manifest else None, manifest.n_ok if manifest else 0,
                          len(plan.rows), 0, upgraded=upgraded, **plan.counts())

@@ -28,13 +28,12 @@ def encode_shard_task(index: IndexLocation, codes: str, shard, id_start: int, so
     records the hash of the pixels read (rows of array corpora).
     """
     from pipeline.encode import load_encoder
-    from storage import ImageSpec
     from storage.arrays import write_rows
     from storage.fingerprint import pixel_fingerprints
 
     started = time.perf_counter()
     encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
-    data = shard.read(ImageSpec(*encoder.input_shape))
+    data = shard.read(encoder.card.image_spec)
     n_rows = shard.stop - shard.start
     gh, gw = encoder.card.grid
     rows = np.zeros((n_rows, gh, gw), dtype=encoder.card.code_dtype)

@@ -175,10 +175,9 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
                       flip: bool = False) -> QueryBlock:
     from pipeline.encode import load_encoder
     from pipeline.shifts import query_copies
-    from storage import ImageSpec
 
     encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
-    data = shard.read(ImageSpec(*encoder.input_shape))
+    data = shard.read(encoder.card.image_spec)
     gh, gw = encoder.card.grid
     pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
@@ -428,13 +427,12 @@ class QueryJob:
     def write_report(self, url: str, labels, result: QueryReport) -> None:
         """HTML report of the blocks kept: query images beside their hits (:mod:`workflows.report`)."""
         from pipeline.modelcard import read_card
-        from storage import ImageSpec
         from workflows.report import query_report_rows, write_report
 
         if result.blocks_skipped:
             log.warning("the report shows queries answered in this run only (%d blocks were answered before)", result.blocks_skipped)
         card = read_card(self.index.join(MODEL_DIR), self.index.storage_options)
-        rows = query_report_rows(self.shown, self.report_limit, self.uris, self.source, ImageSpec(*card.config.input_shape),
+        rows = query_report_rows(self.shown, self.report_limit, self.uris, self.source, card.image_spec,
                                  labels, self.index.storage_options)
         settings = self.settings
         summary = {

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.model import PRESETS, ModelConfig
 from pipeline.modelcard import ModelCard
-from storage import ConfigError, CorpusError, ImageSpec, open_corpus
+from storage import ConfigError, CorpusError, ImageSpec, InputRules, open_corpus
 from workflows.progress import progress
 
 __all__ = ["train", "read_sample"]
@@ -61,6 +61,8 @@ def train(
     label_weight: float = 3.0,
     shift_weight: float = 0.0,
     max_shift: float = 2.0,
+    background: str = "black",
+    centre: str = "none",
     sample: int | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -73,7 +75,9 @@ def train(
     ``stride``, ``input_shape``, ``stem`` (``()`` for none). ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
     corpus image) makes the training label-aware with weight ``label_weight``;
     ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels (see
-    :mod:`pipeline.train`). ``command`` is recorded in the card (the CLI passes its own
+    :mod:`pipeline.train`). ``background`` and ``centre`` are the canonical-form rules
+    (:class:`storage.InputRules`) the images go through, in training and in every later index and
+    query with this model. ``command`` is recorded in the card (the CLI passes its own
     command line). Returns the saved model's card.
     """
     from pipeline.train import TrainSettings, save_model, train_autoencoder
@@ -88,9 +92,10 @@ def train(
         config: ModelConfig = replace(PRESETS[preset], **overrides)
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight,
                                  shift_weight=shift_weight, max_shift=max_shift)
+        rules = InputRules(background=background, centre=centre)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    spec = ImageSpec(*config.input_shape)
+    spec = ImageSpec(*config.input_shape, rules=rules)
     source = open_corpus(corpus, storage_options)
     log.info("corpus %s: %d images (%s)", corpus, len(source), source.kind)
     all_labels = None
@@ -120,4 +125,4 @@ def train(
         "labels": labels,
         "command": command,
     }
-    return save_model(out, name or preset, config, result, training, storage_options)
+    return save_model(out, name or preset, config, result, training, storage_options, input_rules=rules)

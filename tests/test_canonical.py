@@ -1,0 +1,255 @@
+"""The canonical form of an image (storage/canonical.py): a plain background becomes black, and
+an image moves so that its brightness median is at its centre (issue 19, transparency and shifts).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus_helpers import FASHION_TRAIN
+from PIL import Image, ImageDraw
+
+from storage import ImageSpec, InputRules, open_corpus
+from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset
+from storage.images import convert, convert_batch, decode_and_convert
+
+BLACK = InputRules(background="black")
+BACKGROUNDS = ((255, 255, 255), (200, 220, 255), (90, 90, 90))
+CENTRED = InputRules(background="black", centre="mass")
+
+
+def icon(seed: int, size: int = 48) -> Image.Image:
+    """A transparent RGBA icon: a few anti-aliased coloured shapes with a margin around them, in
+    colours unlike :data:`BACKGROUNDS` (a shape the colour of the background it is flattened
+    onto cannot be told from it, by this rule or by anyone)."""
+    rng = np.random.default_rng(seed)
+    big = Image.new("RGBA", (size * 4, size * 4), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(big)
+    for _ in range(3):
+        x0, y0 = rng.integers(size * 0.6, size * 2.2, 2)
+        w, h = rng.integers(size * 0.5, size * 1.2, 2)
+        colour = tuple(int(c) for c in rng.integers(30, 256, 3))
+        while min(np.abs(np.subtract(colour, bg)).max() for bg in BACKGROUNDS) <= 3 * TOLERANCE:
+            colour = tuple(int(c) for c in rng.integers(30, 256, 3))
+        colour += (255,)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x0 + w, y0 + h), fill=colour)
+    return big.resize((size, size), Image.Resampling.LANCZOS)  # soft, partly transparent edges
+
+
+def flattened(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    return Image.alpha_composite(Image.new("RGBA", image.size, colour + (255,)), image).convert("RGB")
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the rules object
+
+
+def test_rules_validate_and_round_trip_through_json():
+    assert InputRules() == InputRules.from_json(None)  # a card written before the rules
+    assert not InputRules().active and BLACK.active and CENTRED.active
+    assert InputRules.from_json(json.loads(json.dumps(CENTRED.to_json()))) == CENTRED
+    with pytest.raises(ValueError, match="background must be one of keep, black"):
+        InputRules(background="white")
+    with pytest.raises(ValueError, match="centre must be one of none, mass"):
+        InputRules(centre="centroid")
+    with pytest.raises(ValueError, match="keys background and centre"):
+        InputRules.from_json({"background": "black", "colour": "x"})
+
+
+# --------------------------------------------------------------------------- background
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_transparent_icon_flattened_on_any_plain_colour_looks_as_on_black(seed):
+    original = icon(seed)
+    on_black = np.asarray(flattened(original, (0, 0, 0)))
+    for colour in BACKGROUNDS:
+        canonical = black_background(np.asarray(flattened(original, colour)))
+        alpha = np.asarray(original)[..., 3]
+        opaque, clear = alpha == 255, alpha == 0
+        assert np.array_equal(canonical[opaque], on_black[opaque])  # the icon itself untouched
+        assert not canonical[clear].any(), f"background {colour} left visible"
+        # only the soft edge differs, by at most what its transparency lets the background through
+        edge = ~opaque & ~clear
+        assert np.all(np.abs(canonical[edge].astype(int) - on_black[edge]) <= np.max(colour))
+
+
+def test_black_backgrounds_and_photographs_are_unchanged():
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    assert black_background(photo) is photo
+    on_black = np.asarray(flattened(icon(1), (0, 0, 0)))
+    assert black_background(on_black) is on_black
+    dark = np.full((30, 30, 3), TOLERANCE, np.uint8)  # dark grey border: treated as black
+    assert black_background(dark) is dark
+
+
+def test_the_rule_reaches_only_background_connected_to_the_border():
+    image = np.full((20, 20, 1), 250, np.uint8)
+    image[5:15, 5:15] = 40  # a dark frame...
+    image[8:12, 8:12] = 250  # ...around a white hole, the same colour as the background
+    out = black_background(image)
+    assert (out[:5] == 0).all() and (out[5:15, 5:15] == image[5:15, 5:15]).all()
+
+
+def test_no_fashion_mnist_image_changes():
+    images = open_corpus(str(FASHION_TRAIN)).read(ImageSpec(28, 28, 1), 0, 5000).pixels
+    converted, _ = convert_batch(images, ImageSpec(28, 28, 1, rules=BLACK))
+    assert np.array_equal(converted, images)
+
+
+def test_decoding_with_rules_makes_a_flattened_copy_match_its_transparent_original():
+    spec = ImageSpec(28, 28, 1, rules=BLACK)
+    for seed in range(6):
+        original = icon(seed, size=192)
+        ours = decode_and_convert(png(original), "icon.png", spec).astype(int)
+        copy = decode_and_convert(png(flattened(original, (255, 255, 255))), "copy.png", spec).astype(int)
+        plain = decode_and_convert(png(flattened(original, (255, 255, 255))), "copy.png", ImageSpec(28, 28, 1)).astype(int)
+        assert np.abs(ours - copy).mean() < 3, seed  # the soft edges only
+        assert np.abs(ours - plain).mean() > 20, seed  # without the rule: another image
+
+
+def test_arrays_already_at_the_model_size_go_through_the_rules():
+    white = np.full((2, 28, 28, 1), 255, np.uint8)
+    white[:, 10:18, 10:18] = 100
+    out, ok = convert_batch(white, ImageSpec(28, 28, 1, rules=BLACK))
+    assert ok.all() and (out[:, :10] == 0).all() and (out[:, 10:18, 10:18] == 100).all()
+    same, _ = convert_batch(white, ImageSpec(28, 28, 1))
+    assert same is not out and np.array_equal(same, white)
+
+
+# --------------------------------------------------------------------------- centre
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_moved_copy_is_centred_to_the_same_pixels(seed):
+    image = np.asarray(flattened(icon(seed, size=40), (0, 0, 0)))
+    padded = np.zeros((64, 64, 3), np.uint8)
+    padded[12:52, 12:52] = image
+    centred = centre_by_mass(padded)
+    for dy, dx in ((0, 1), (1, 0), (-3, 2), (5, -7), (-12, -12)):
+        moved = np.roll(padded, (dy, dx), axis=(0, 1))  # black comes in: the content stays whole
+        assert np.array_equal(centre_by_mass(moved), centred), (dy, dx)
+
+
+def test_the_centre_is_the_brightness_median():
+    grey = np.zeros((9, 9), np.uint8)
+    grey[1, 1] = 200
+    assert mass_offset(grey) == (3, 3)  # the only bright pixel goes to the middle
+    grey[1, 2] = 200  # two pixels: the median is between them, at x = 2.0 of a 9-wide image
+    assert mass_offset(grey) == (3, 3)  # 4.5 - 2.0 = 2.5 rounds half up to 3
+    assert mass_offset(np.zeros((5, 5), np.uint8)) == (0, 0)
+    text = np.zeros((40, 40), np.uint8)
+    text[10:30, 10:30] = 100
+    text[36:39, 2:20] = 255  # overlaid text: the median moves up by 3 pixels (the mean would by 5)
+    assert mass_offset(text)[0] == -3
+
+
+def test_centred_fashion_mnist_copies_moved_sideways_convert_identically():
+    images = open_corpus(str(FASHION_TRAIN)).read(ImageSpec(28, 28, 1), 0, 2000).pixels[..., 0]
+    # Fashion-MNIST garments fill the frame's height or width; those clear of the left and
+    # right edges lose nothing when moved sideways by up to two pixels
+    narrow = images[~(images[:, :, :2].any((1, 2)) | images[:, :, -2:].any((1, 2)))][:200]
+    assert len(narrow) == 200
+    spec = ImageSpec(28, 28, 1, rules=CENTRED)
+    centred = convert_batch(narrow, spec)[0]
+    for dx in (-2, -1, 1, 2):
+        assert np.array_equal(convert_batch(np.roll(narrow, dx, axis=2), spec)[0], centred), dx
+
+
+# --------------------------------------------------------------------------- models and whole jobs
+
+
+def test_cards_say_which_rules_their_model_uses():
+    from pipeline.modelcard import ModelCard, read_card
+    from storage import ModelError
+
+    shipped = read_card("fashion-mnist")
+    assert shipped.input_rules == BLACK and shipped.image_spec == ImageSpec(28, 28, 1, rules=BLACK)
+    assert read_card("fashion-mnist-unsupervised").input_rules == InputRules()  # a card from before the rules
+    d = shipped.to_json()
+    assert d["input"] == {"background": "black", "centre": "none"}
+    assert ModelCard.from_json(d).input_rules == BLACK
+    d["input"] = {"background": "white"}
+    with pytest.raises(ModelError, match="invalid model card: background must be one of keep, black"):
+        ModelCard.from_json(d)
+
+
+def test_transparent_icons_are_found_from_copies_flattened_on_white(client, tmp_path):
+    """The shipped model, a folder of 24 transparent icons, their copies flattened onto white
+    (and onto a light blue) as queries: each finds its original first. Without the rule (the
+    same weights, a card without ``input``) most do not."""
+    import shutil
+
+    from workflows.index import IndexSettings, index
+    from workflows.query import QuerySettings, query
+
+    icons, copies = tmp_path / "icons", tmp_path / "copies"
+    icons.mkdir()
+    copies.mkdir()
+    for i in range(24):
+        original = icon(100 + i, size=64)
+        original.save(icons / f"{i:03d}.png")
+        flattened(original, BACKGROUNDS[i % 2]).save(copies / f"{i:03d}.png")
+    without = tmp_path / "model-without-rules"
+    shutil.copytree(Path(read_card_path("fashion-mnist")), without)
+    card = json.loads((without / "card.json").read_text())
+    del card["input"]
+    (without / "card.json").write_text(json.dumps(card))
+    found = {}
+    for label, model in (("rule", "fashion-mnist"), ("no rule", str(without))):
+        index(str(icons), str(tmp_path / label / "index"), model, IndexSettings(), client=client)
+        out = tmp_path / label / "results.parquet"
+        query(str(tmp_path / label / "index"), str(copies), str(out), QuerySettings(k=1), client=client)
+        found[label] = found_first_by_name(out)
+    assert found["rule"] == 24, found
+    assert found["no rule"] < 12, found
+
+
+def read_card_path(name: str) -> str:
+    from pipeline.modelcard import resolve_model_url
+
+    return resolve_model_url(name)
+
+
+def found_first_by_name(results) -> int:
+    """How many queries' first hit is the indexed file of the same name."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(results).to_pydict()
+    return sum(os.path.basename(q) == os.path.basename(u) for q, r, u in zip(table["query_uri"], table["rank"], table["image_uri"])
+               if r == 1 and u is not None)
+
+
+@pytest.mark.parametrize("rules", [BLACK, CENTRED])
+def test_decoding_a_small_file_with_rules_is_converting_it_bit_for_bit(rules):
+    from storage.images import decode_image
+
+    spec = ImageSpec(28, 28, 1, rules=rules)
+    for seed, size in enumerate((28, 48, 100, 160)):
+        for image in (icon(seed, size), flattened(icon(seed, size), (255, 255, 255))):
+            data = png(image)
+            assert np.array_equal(decode_and_convert(data, "i.png", spec), convert(decode_image(data, "i.png"), spec)), (size, image.mode)
+
+
+def test_training_records_its_rules_in_the_card(fmnist_train, tmp_path):
+    from storage import ConfigError
+    from workflows.train import train
+
+    np.save(tmp_path / "corpus.npy", fmnist_train[:64, :, :, 0])
+    card = train(str(tmp_path / "corpus.npy"), str(tmp_path / "model"), bits=8, stem=(), epochs=1, batch_size=32, centre="mass")
+    assert card.input_rules == CENTRED
+    assert json.loads((tmp_path / "model" / "card.json").read_text())["input"] == {"background": "black", "centre": "mass"}
+    with pytest.raises(ConfigError, match="background must be one of keep, black"):
+        train(str(tmp_path / "corpus.npy"), str(tmp_path / "other"), background="white")
