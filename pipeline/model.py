@@ -93,6 +93,11 @@ PRESETS: dict[str, ModelConfig] = {
     "fashion-mnist": ModelConfig((28, 28, 1), bits=32, patch=8, stride=4, filters=128, widths=(128, 64), stem=(32, 64)),
     # Seed 000's CIFAR network: 16x16 patches, stride 2 -> 16x16 grid of 28-bit codes.
     "cifar": ModelConfig((32, 32, 3), bits=28, patch=16, stride=2, filters=336, widths=(1024, 512, 256, 128, 64)),
+    # Seed 001's dense autoencoder, 784-1000-700-300-150-75-17: a patch that is the whole image
+    # is a dense layer over every pixel, and the 1x1 convolutions after it are dense layers, so
+    # each image gets one 17-bit code (a 1x1 grid). 17 bits is seed 001's rule of about 0.4
+    # images per code for 60,000 images (60,000 / 2**17 = 0.46).
+    "seed-001": ModelConfig((28, 28, 1), bits=17, patch=28, stride=28, filters=1000, widths=(700, 300, 150, 75)),
 }
 
 

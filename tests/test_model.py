@@ -61,7 +61,7 @@ def test_config_validation(kwargs, message):
         ModelConfig(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist", "cifar"])
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar", "seed-001"])
 def test_presets_reconstruct_their_input_shape(name):
     config = PRESETS[name]
     model = build_autoencoder(config)
@@ -73,6 +73,15 @@ def test_presets_reconstruct_their_input_shape(name):
 def test_cifar_preset_is_seed_000_geometry():
     config = PRESETS["cifar"]
     assert (config.input_shape, config.bits, config.patch, config.stride, config.grid) == ((32, 32, 3), 28, 16, 2, (16, 16))
+
+
+def test_seed_001_preset_is_its_dense_autoencoder():
+    """784-1000-700-300-150-75-17 and back: the patch convolution covers the whole image (a dense
+    layer), and each image has one 17-bit code."""
+    config = PRESETS["seed-001"]
+    assert (config.grid, config.bits, config.filters, config.widths) == ((1, 1), 17, 1000, (700, 300, 150, 75))
+    encoder = build_encoder(build_autoencoder(config))
+    assert encoder.get_layer(index=1).count_params() == 28 * 28 * 1000 + 1000  # dense 784 -> 1000, with biases
 
 
 def test_grid_when_stride_does_not_divide_the_input():

@@ -248,7 +248,7 @@ def train(
     *,
     corpus: Annotated[str, typer.Option(help="Images to train on: folder/glob, IDX, .npy, Zarr, or a list of URIs.")],
     out: Annotated[str, typer.Option(help="Model directory to write (any fsspec URL).")],
-    preset: Annotated[str, typer.Option(help="Starting geometry: fashion-mnist or cifar.")] = "fashion-mnist",
+    preset: Annotated[str, typer.Option(help="Starting geometry: fashion-mnist, cifar (seed 000's network) or seed-001 (seed 001's dense autoencoder, one 17-bit code per image).")] = "fashion-mnist",
     bits: Annotated[Optional[int], typer.Option(help="Bits per patch code (8-64).")] = None,
     patch: Annotated[Optional[int], typer.Option(help="Patch (first kernel) size in pixels.")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Patch stride in pixels; sets the code grid.")] = None,
