@@ -360,13 +360,13 @@ def main(argv=None) -> dict:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "files": len(files), "images": n, "queries": len(queries),
         "distinct_bytes": sum(p.stat().st_size for p in files),
-        "decode_limit": _strip(decode),
-        "patchhash_index": {**_strip(build), "shard_size": manifest["shard_size"], "shards": len(manifest["shards"])},
-        "patchhash_query": {**_strip(search), "precision_at_k": ours_p10},
-        "patchhash_index_defaults": _strip(plain),
-        "patchhash_query_defaults": _strip(plain_search),
-        "imagehash": {kind: _strip(h) for kind, h in hashes.items()},
-        "patchhash_index_fixed_shard_size": _strip(fixed) if fixed else None,
+        "decode_limit": without_samples(decode),
+        "patchhash_index": {**without_samples(build), "shard_size": manifest["shard_size"], "shards": len(manifest["shards"])},
+        "patchhash_query": {**without_samples(search), "precision_at_k": ours_p10},
+        "patchhash_index_defaults": without_samples(plain),
+        "patchhash_query_defaults": without_samples(plain_search),
+        "imagehash": {kind: without_samples(h) for kind, h in hashes.items()},
+        "patchhash_index_fixed_shard_size": without_samples(fixed) if fixed else None,
         "ratio_index_to_decode_limit": build["images_per_s"] / decode["images_per_s"],
         "patchhash_cpu_s": ours_cpu,
         "cpu_ratio_to_dhash": ours_cpu / hashes["dhash"]["cpu_s"],
@@ -396,7 +396,8 @@ def _median_run(runs: list[dict]) -> dict | None:
             "runs_cpu_s": [r["cpu_s"] for r in runs]}
 
 
-def _strip(measured: dict) -> dict:
+def without_samples(measured: dict) -> dict:
+    """A :func:`run_measured` result without its per-process samples and output, as the JSON keeps it."""
     return {k: v for k, v in measured.items() if k not in ("descendants", "stdout")}
 
 

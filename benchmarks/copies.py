@@ -48,7 +48,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from _common import HERE, add_smoke_and_out_json, parser, write_json
-from bench_photos import DEFAULT_CACHE, FetchError, patchhash, run_measured, unpack_packages
+from bench_photos import DEFAULT_CACHE, FetchError, patchhash, run_measured, unpack_packages, without_samples
 
 ICON_PACKAGES = ("mate-icon-theme", "lxde-icon-theme", "moka-icon-theme")
 WALLPAPER_PACKAGES = ("mate-backgrounds", "sway-backgrounds")
@@ -309,17 +309,13 @@ def main(argv=None) -> dict:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "indexed": {"icons": len(icons), "wallpapers": len(wallpapers)},
         "queries": len(queries),
-        "patchhash": {"index": _strip(built), "query": _strip(runs["default"]), "query_flip": _strip(runs["flip"]),
+        "patchhash": {"index": without_samples(built), "query": without_samples(runs["default"]), "query_flip": without_samples(runs["flip"]),
                       "cpu_s": built["cpu_s"] + runs["default"]["cpu_s"]},
-        "imagehash": {kind: _strip(h) for kind, h in hashes.items()},
+        "imagehash": {kind: without_samples(h) for kind, h in hashes.items()},
     }
     _print(figures)
     write_json(args.out_json, figures)
     return figures
-
-
-def _strip(measured: dict) -> dict:
-    return {k: v for k, v in measured.items() if k not in ("descendants", "stdout")}
 
 
 def _print(f: dict) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "mass_offset"]
+__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "luma", "mass_offset"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 BORDER_SHARE = 0.6
@@ -126,7 +126,7 @@ def _axis_offset(mass: np.ndarray, total: float) -> int:
 def centre_by_mass(image: np.ndarray) -> np.ndarray:
     """``image`` (``uint8 [h, w, c]``) moved by whole pixels so that its brightness median is at
     its centre, black coming in at the edges."""
-    grey = image[..., 0] if image.shape[2] == 1 else _luma(image)
+    grey = image[..., 0] if image.shape[2] == 1 else luma(image)
     dy, dx = mass_offset(grey)
     if dy == 0 and dx == 0:
         return image
@@ -137,7 +137,8 @@ def centre_by_mass(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma, as the conversion to grey (storage.images)."""
-    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-    return ((19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16).astype(np.uint8)
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """``uint8`` grey of ``rgb`` (``[..., 3]``) by the ITU-R 601-2 luma transform, bit-exact with
+    Pillow's ``convert("L")``: the conversion to grey of :mod:`storage.images`."""
+    wide = rgb.astype(np.uint32)
+    return ((wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)

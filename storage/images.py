@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from storage.canonical import InputRules
+from storage.canonical import InputRules, luma
 from storage.errors import ImageReadError
 
 __all__ = [
@@ -547,9 +547,7 @@ def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
         return batch
     if channels == 3:
         return np.repeat(batch, 3, axis=3)
-    rgb = batch.astype(np.uint32)
-    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-    return luma.astype(np.uint8)[..., np.newaxis]
+    return luma(batch)[..., np.newaxis]
 
 
 def _resize_crop(image: np.ndarray, spec: ImageSpec) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +190,7 @@ def test_transparent_icons_are_found_from_copies_flattened_on_white(client, tmp_
     same weights, a card without ``input``) most do not."""
     import shutil
 
+    from pipeline.modelcard import resolve_model_url
     from workflows.index import IndexSettings, index
     from workflows.query import QuerySettings, query
 
@@ -202,7 +202,7 @@ def test_transparent_icons_are_found_from_copies_flattened_on_white(client, tmp_
         original.save(icons / f"{i:03d}.png")
         flattened(original, BACKGROUNDS[i % 2]).save(copies / f"{i:03d}.png")
     without = tmp_path / "model-without-rules"
-    shutil.copytree(Path(read_card_path("fashion-mnist")), without)
+    shutil.copytree(resolve_model_url("fashion-mnist"), without)
     card = json.loads((without / "card.json").read_text())
     del card["input"]
     (without / "card.json").write_text(json.dumps(card))
@@ -214,12 +214,6 @@ def test_transparent_icons_are_found_from_copies_flattened_on_white(client, tmp_
         found[label] = found_first_by_name(out)
     assert found["rule"] == 24, found
     assert found["no rule"] < 12, found
-
-
-def read_card_path(name: str) -> str:
-    from pipeline.modelcard import resolve_model_url
-
-    return resolve_model_url(name)
 
 
 def found_first_by_name(results) -> int:
