@@ -44,19 +44,17 @@ def describe(model_url: str) -> dict:
     }
 
 
-def smoke_inputs(work: Path) -> tuple[str, str, str, str]:
-    """2000 train images as the corpus and 100 test images as queries, as .npy files."""
-    from storage import open_corpus, read_labels
+def smoke_inputs(work: Path, n_index: int = 2000, n_queries: int = 100) -> tuple[str, str, str, str]:
+    """The first ``n_index`` train images as the corpus and ``n_queries`` test images as queries, as .npy files."""
+    from storage import ImageSpec, open_corpus, read_labels
 
     paths = [work / n for n in ("corpus.npy", "labels.npy", "queries.npy", "query_labels.npy")]
     if not paths[0].exists():
-        spec = (28, 28, 1)
-        from storage import ImageSpec
-
-        np.save(paths[0], open_corpus(TRAIN_IMAGES).read(ImageSpec(*spec), 0, 2000).pixels[..., 0])
-        np.save(paths[1], read_labels(TRAIN_LABELS)[:2000])
-        np.save(paths[2], open_corpus(TEST_IMAGES).read(ImageSpec(*spec), 0, 100).pixels[..., 0])
-        np.save(paths[3], read_labels(TEST_LABELS)[:100])
+        spec = ImageSpec(28, 28, 1)
+        np.save(paths[0], open_corpus(TRAIN_IMAGES).read(spec, 0, n_index).pixels[..., 0])
+        np.save(paths[1], read_labels(TRAIN_LABELS)[:n_index])
+        np.save(paths[2], open_corpus(TEST_IMAGES).read(spec, 0, n_queries).pixels[..., 0])
+        np.save(paths[3], read_labels(TEST_LABELS)[:n_queries])
     return tuple(str(p) for p in paths)
 
 
@@ -118,7 +116,8 @@ def main() -> None:
                 "mean_candidates": m.mean_candidates, "ms_per_query": m.ms_per_query,
             })
 
-    with dask_client(ClusterSettings(workers=args.workers)) as client:
+    # the smoke run on threads of this process: worker processes would each import TensorFlow again
+    with dask_client(ClusterSettings(workers=args.workers, processes=not args.smoke)) as client:
         infos = {}
         for i, (name, model) in enumerate(models.items()):
             infos[name] = info = describe(model)

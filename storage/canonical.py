@@ -16,7 +16,10 @@ of them are undone here, each by a rule that maps the copy and the original to t
   converted from, so that the median of its brightness (the point that halves the summed grey
   levels, by columns and by rows) lies at the image's centre; what comes in at an edge is black.
   A copy moved on a black or transparent background is moved back to the same place. The median,
-  unlike the mean, hardly moves when a small mark such as overlaid text is added.
+  unlike the mean, hardly moves when a small mark such as overlaid text is added. An image that
+  is resized to the model input is moved by the exact, fractional offset instead, within the
+  resize (:func:`mass_shift`; :mod:`storage.images`): whole pixels of a 48 px icon are 0.6 px at
+  28x28, so copies of it at other sizes would land up to a pixel apart.
 
 A model card records the rules its model was trained and indexed with (``"input"`` in the card,
 :class:`InputRules`); both are off unless the card asks for them, so an index keeps converting
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "luma", "mass_offset"]
+__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "grey_of", "luma", "mass_offset",
+           "mass_shift"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 BORDER_SHARE = 0.6
@@ -75,12 +79,13 @@ class InputRules:
             raise ValueError(f"input must be an object with keys background and centre, got {d!r}")
         return cls(**d)
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
+    def apply(self, image: np.ndarray, centre: bool = True) -> np.ndarray:
         """``uint8 [h, w, c]`` (c = 1 or 3, alpha already composited) in canonical form; the
-        input itself when no rule changes it."""
+        input itself when no rule changes it. ``centre=False`` leaves the centring out (to a
+        resize that moves the image by :func:`mass_shift` itself)."""
         if self.background == "black":
             image = black_background(image)
-        if self.centre == "mass":
+        if self.centre == "mass" and centre:
             image = centre_by_mass(image)
         return image
 
@@ -105,28 +110,41 @@ def black_background(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def mass_offset(grey: np.ndarray) -> tuple[int, int]:
-    """Whole pixels ``(dy, dx)`` that move the median of ``grey``'s brightness to its centre."""
+def mass_shift(grey: np.ndarray) -> tuple[float, float]:
+    """The move ``(dy, dx)``, in fractions of a pixel, that brings the median of ``grey``'s
+    brightness to its centre (positive: down, right)."""
     total = grey.sum(dtype=np.float64)
     if total <= 0:
-        return 0, 0
-    return _axis_offset(grey.sum(axis=1, dtype=np.float64), total), _axis_offset(grey.sum(axis=0, dtype=np.float64), total)
+        return 0.0, 0.0
+    return _axis_shift(grey.sum(axis=1, dtype=np.float64), total), _axis_shift(grey.sum(axis=0, dtype=np.float64), total)
 
 
-def _axis_offset(mass: np.ndarray, total: float) -> int:
+def mass_offset(grey: np.ndarray) -> tuple[int, int]:
+    """Whole pixels ``(dy, dx)`` that move the median of ``grey``'s brightness to its centre
+    (:func:`mass_shift` rounded, halves up)."""
+    dy, dx = mass_shift(grey)
+    return int(np.floor(dy + 0.5)), int(np.floor(dx + 0.5))
+
+
+def _axis_shift(mass: np.ndarray, total: float) -> float:
     # Pixel i covers [i, i + 1) with its mass spread evenly: the median is where the running
     # sum reaches half the total. Moving the image by d pixels moves it by exactly d.
     running = np.cumsum(mass)
     i = int(np.searchsorted(running, total / 2))
     before = running[i - 1] if i else 0.0
     median = i + (total / 2 - before) / mass[i]
-    return int(np.floor(len(mass) / 2 - median + 0.5))
+    return float(len(mass) / 2 - median)
+
+
+def grey_of(image: np.ndarray) -> np.ndarray:
+    """The brightness the centring weighs: the one channel, or the luma of RGB (``[h, w, c]``)."""
+    return image[..., 0] if image.shape[2] == 1 else luma(image)
 
 
 def centre_by_mass(image: np.ndarray) -> np.ndarray:
     """``image`` (``uint8 [h, w, c]``) moved by whole pixels so that its brightness median is at
     its centre, black coming in at the edges."""
-    grey = image[..., 0] if image.shape[2] == 1 else luma(image)
+    grey = grey_of(image)
     dy, dx = mass_offset(grey)
     if dy == 0 and dx == 0:
         return image

@@ -20,7 +20,8 @@ following rules, applied in this order:
    multiplied by ``alpha / 255`` and rounded, then the alpha channel is dropped.
    *Canonical form*: where ``spec.rules`` asks for it (a model card's ``"input"``), a plain
    background becomes black and the image is centred on its brightness here, in colour, by
-   the rules of :mod:`storage.canonical`; by default neither is done.
+   the rules of :mod:`storage.canonical` (an image that step 5 resizes is moved by the exact
+   fraction of a pixel within the resize instead); by default neither is done.
 4. **Channels.** RGB -> grey uses the ITU-R 601-2 luma transform, bit-exact with Pillow's
    ``convert("L")``: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``, i.e.
    ``R * 299/1000 + G * 587/1000 + B * 114/1000`` rounded. Grey -> RGB replicates the grey
@@ -74,7 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from storage.canonical import InputRules, luma
+from storage.canonical import InputRules, grey_of, luma, mass_shift
 from storage.errors import ImageReadError
 
 __all__ = [
@@ -365,19 +366,22 @@ def _model_input(
         premultiplied = image.convert(image.mode[:-1] + "a")
         bands = premultiplied.split()[:-1]
         image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
+    cover_height, cover_width = _cover_size(full_height, full_width, (spec.height, spec.width))
+    resized = factor > 1 or image.size != (cover_width, cover_height)
+    shift = (0.0, 0.0)
     if spec.rules.active:
         array = np.asarray(image).reshape(image.height, image.width, -1)
-        canonical = spec.rules.apply(array)
+        # an image that is resized is centred by a fractional move within the resize instead
+        canonical = spec.rules.apply(array, centre=not resized)
+        if resized and spec.rules.centre == "mass":
+            shift = mass_shift(grey_of(canonical))
         if canonical is not array:
             image = Image.fromarray(canonical[..., 0] if canonical.shape[2] == 1 else canonical)
     if spec.channels == 1 and image.mode == "RGB":
         image = image.convert("L")  # ITU-R 601-2, the rule of convert
-    cover_height, cover_width = _cover_size(full_height, full_width, (spec.height, spec.width))
-    if factor > 1:  # the box keeps the reduced image's geometry exactly that of the original
+    if resized:  # with factor > 1 the box keeps the reduced image's geometry exactly that of the original
         box = (0.0, 0.0, full_width / factor, full_height / factor)
-        image = image.resize((cover_width, cover_height), Image.Resampling.BILINEAR, box=box)
-    elif image.size != (cover_width, cover_height):
-        image = image.resize((cover_width, cover_height), Image.Resampling.BILINEAR)
+        image = _resize_moved(image, (cover_width, cover_height), box, shift)
     top = round((cover_height - spec.height) / 2)
     left = round((cover_width - spec.width) / 2)
     array = np.asarray(image)[top : top + spec.height, left : left + spec.width]
@@ -385,6 +389,19 @@ def _model_input(
     if array.shape[2] != spec.channels:  # grey resized once, then replicated
         array = np.repeat(array, spec.channels, axis=2)
     return np.ascontiguousarray(array)
+
+
+def _resize_moved(image: Image.Image, size: tuple[int, int], box: tuple[float, ...], shift: tuple[float, float]) -> Image.Image:
+    """``image``'s ``box`` resized to ``size``, its content moved by ``shift`` (``dy, dx``, in
+    pixels of ``image``) first, black coming in at the edges."""
+    dy, dx = shift
+    if dy == 0 and dx == 0:
+        return image.resize(size, Image.Resampling.BILINEAR, box=box)
+    pad = int(np.ceil(max(abs(dy), abs(dx)))) + 1  # Pillow takes no box beyond the image
+    padded = Image.new(image.mode, (image.width + 2 * pad, image.height + 2 * pad))
+    padded.paste(image, (pad, pad))
+    x0, y0, x1, y1 = box
+    return padded.resize(size, Image.Resampling.BILINEAR, box=(x0 + pad - dx, y0 + pad - dy, x1 + pad - dx, y1 + pad - dy))
 
 
 def convert(image: np.ndarray, spec: ImageSpec, uri: str = "") -> np.ndarray:
@@ -459,13 +476,18 @@ def convert_batch(
     _check_cover_size(*batch.shape[1:3], spec, uri)
     batch, ok = _to_uint8(batch)
     batch = _drop_alpha(batch)
+    shifts = [(0.0, 0.0)] * len(batch)
     if spec.rules.active:
-        batch = np.stack([spec.rules.apply(image) for image in batch]) if len(batch) else batch
+        # as in _model_input: an image that is resized is centred by a fractional move within the resize
+        resizing = _cover_size(*batch.shape[1:3], (spec.height, spec.width)) != batch.shape[1:3]
+        batch = np.stack([spec.rules.apply(image, centre=not resizing) for image in batch]) if len(batch) else batch
+        if resizing and spec.rules.centre == "mass":
+            shifts = [mass_shift(grey_of(image)) for image in batch]
     batch = _match_channels(batch, spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
         resized = np.empty((len(batch), *spec.shape), dtype=np.uint8)
         for i, image in enumerate(batch):
-            resized[i] = _resize_crop(image, spec)
+            resized[i] = _resize_crop(image, spec, shifts[i])
         batch = resized
     return np.ascontiguousarray(batch), ok
 
@@ -550,13 +572,13 @@ def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
     return luma(batch)[..., np.newaxis]
 
 
-def _resize_crop(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
-    """Scale ``image`` (uint8 [h, w, c]) to cover the target, then centre-crop it."""
+def _resize_crop(image: np.ndarray, spec: ImageSpec, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Scale ``image`` (uint8 [h, w, c]) to cover the target, moved by ``shift`` first, then centre-crop it."""
     height, width, channels = image.shape
     new_height, new_width = _cover_size(height, width, (spec.height, spec.width))
     if (new_height, new_width) != (height, width):
         pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-        pil = pil.resize((new_width, new_height), Image.Resampling.BILINEAR)
+        pil = _resize_moved(pil, (new_width, new_height), (0.0, 0.0, float(width), float(height)), shift)
         image = np.asarray(pil).reshape(new_height, new_width, channels)
     top = round((new_height - spec.height) / 2)
     left = round((new_width - spec.width) / 2)

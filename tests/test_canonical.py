@@ -166,6 +166,30 @@ def test_centred_fashion_mnist_copies_moved_sideways_convert_identically():
         assert np.array_equal(convert_batch(np.roll(narrow, dx, axis=2), spec)[0], centred), dx
 
 
+def test_a_resized_image_is_centred_by_a_fraction_of_a_pixel(tmp_path):
+    # 48 px icons moved by 1-3 px on black are 0.6-1.8 px at 28x28: whole source pixels would
+    # leave them up to a pixel apart, the fractional move within the resize brings them together
+    spec = ImageSpec(28, 28, 1, rules=CENTRED)
+    whole = ImageSpec(28, 28, 1, rules=InputRules(background="black", centre="none"))
+    for seed in range(6):
+        padded = np.zeros((48, 48, 3), np.uint8)
+        padded[8:40, 8:40] = np.asarray(flattened(icon(seed, size=32), (0, 0, 0)))
+        files = []
+        for i, (dy, dx) in enumerate(((0, 0), (1, 0), (0, 3), (-2, 1))):
+            moved = np.roll(padded, (dy, dx), axis=(0, 1))
+            Image.fromarray(moved).save(tmp_path / f"{seed}-{i}.png")
+            files.append(moved)
+        centred = convert_batch(np.stack(files), spec)[0].astype(int)
+        plain = convert_batch(np.stack(files), whole)[0].astype(int)
+        for i in range(1, 4):
+            # nearly the same pixels (bilinear rounding only), where the uncentred copies differ widely
+            assert np.abs(centred[i] - centred[0]).max() <= 3, (seed, i)
+            assert np.abs(plain[i] - plain[0]).max() > 20, (seed, i)
+        # decoded from files, the same conversion as from arrays
+        decoded = np.stack([decode_and_convert((tmp_path / f"{seed}-{i}.png").read_bytes(), f"{seed}-{i}.png", spec) for i in range(4)])
+        assert np.array_equal(decoded, centred)
+
+
 # --------------------------------------------------------------------------- models and whole jobs
 
 

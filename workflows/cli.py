@@ -491,7 +491,7 @@ def query(index, queries, out, settings: QuerySettings, report, report_limit, cl
 )
 def evaluate(index, queries, labels, query_labels, settings: EvaluateSettings, out, plot, cluster: ClusterSettings,
              monitor: MonitorSettings, config, storage_options, verbose) -> None:
-    """Precision@k, mAP@100, candidates and ms/query of the query modes and pixel baselines on labelled queries."""
+    """Precision@k, mAP@100, candidates, ms/query and build time of the query modes and baselines on labelled queries."""
     from workflows.evaluate import evaluate as run_evaluate, render_table
 
     setup_logging(verbose, monitor, "evaluate")

@@ -5,13 +5,17 @@ Every method answers the same queries against the same indexed images, in one ru
 * each query mode (``seed``, ``default``) at each threshold asked for, through the real
   :func:`workflows.query.query` job (Dask, bucket maps), so its ms/query is the whole job's
   (encoding included) after one warm-up block;
-* the baselines on raw pixels (:mod:`pipeline.baselines`): ``pixel-knn`` (exact L2) and
-  ``lsh-B`` (B random hyperplanes, seed 004), ranking every indexed image.
+* the baselines (:mod:`pipeline.baselines`, :mod:`pipeline.ae_annoy`): ``pixel-knn`` (exact
+  L2 on pixels) and ``lsh-B`` (B random hyperplanes, seed 004), ranking every indexed image;
+  ``ae-annoy`` (seeds 002/003: their convolutional autoencoder, trained here on the indexed
+  images, its float latents in Annoy).
 
 Reported per method: precision@k for each k asked, mAP@100, the mean number of candidate
-images per query (images a mode scored at all; every indexed image for a baseline) and
-ms/query. Results go to a JSON file and a plot (precision@k curves; precision@10 against
-the threshold).
+images per query (images a mode scored at all; every indexed image for pixel-knn and LSH;
+k for Annoy), ms/query, and the build time (a mode: the index's ``index`` runs, from its run
+log; a baseline: whatever it builds before its first query). With ``radii``, seed 004's
+protocol (:mod:`pipeline.radius`) runs too, for the index's own codes and each LSH baseline.
+Results go to a JSON file and a plot (precision@k curves; precision@10 against the threshold).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import json
 import logging
 import re
 import tempfile
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,11 +43,15 @@ from workflows.query import (
     query,
 )
 
-__all__ = ["EvaluateSettings", "MethodResult", "Evaluation", "evaluate", "render_table", "plot_evaluation"]
+if TYPE_CHECKING:
+    from pipeline.radius import RadiusResult
+
+__all__ = ["EvaluateSettings", "MethodResult", "Evaluation", "evaluate", "index_build_seconds", "render_table", "plot_evaluation"]
 
 log = logging.getLogger(__name__)
 
-_LSH = re.compile(r"^lsh-(\d+)$")
+LSH_BASELINE = re.compile(r"^lsh-(\d+)$")
+AE_ANNOY = "ae-annoy"
 _WARMUP_QUERIES = 200
 
 
@@ -59,8 +67,9 @@ class EvaluateSettings:
                                  example="[1, 10, 100]")
     modes: tuple[str, ...] = option(("seed", "default"), "Query modes to measure (seed, default), comma-separated; 'none' for "
                                     "none.", choices=MODES, check=False, example="[seed, default]")
-    baselines: tuple[str, ...] = option(("pixel-knn", "lsh-64", "lsh-256"), "Pixel baselines: pixel-knn, lsh-B (B random "
-                                        "hyperplanes), comma-separated; 'none' for none.", example="[pixel-knn, lsh-64]")
+    baselines: tuple[str, ...] = option(("pixel-knn", "lsh-64", "lsh-256"), "Baselines: pixel-knn, lsh-B (B random "
+                                        "hyperplanes), ae-annoy (seeds 002/003's autoencoder and Annoy; needs the annoy extra), "
+                                        "comma-separated; 'none' for none.", example="[pixel-knn, lsh-64]")
     thresholds: tuple[int, ...] = option((), "Run each mode at each of these thresholds t (default: the mode's own).", minimum=0,
                                          example="[1, 3, 5]")
     shortlist: int | None = same_option(QuerySettings, "shortlist")
@@ -69,6 +78,12 @@ class EvaluateSettings:
     vote_budget: int = same_option(QuerySettings, "vote_budget")
     map_k: int = 100
     limit: int | None = option(None, "Evaluate the first N queries only.", minimum=1, example="1000")
+    radii: tuple[int, ...] = option((), "Seed 004's protocol at these Hamming radii, e.g. 0,1,2,3,4,5,6,7,8,9,10: the images "
+                                    "whose code (at some grid position) is within r bits of the query's, ranked by cosine "
+                                    "distance on pixels; precision@10 and the share of queries with any candidate, for the "
+                                    "index's codes and each lsh-B baseline.", minimum=0, example="[0, 1, 2, 3]")
+    ae_epochs: int = option(20, "Training epochs of the ae-annoy baseline's autoencoder (seed 002 trains 20).", minimum=1,
+                            example="20")
     block_size: int = QuerySettings.block_size
 
     def __post_init__(self) -> None:
@@ -78,12 +93,13 @@ class EvaluateSettings:
             if mode not in MODES:
                 raise ConfigError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
         for name in self.baselines:
-            m = _LSH.match(name)
-            if name != "pixel-knn" and not (m and 1 <= int(m.group(1)) <= 4096):
-                raise ConfigError(f"--baselines: unknown baseline {name!r}; use pixel-knn or lsh-B with 1 <= B <= 4096 (e.g. lsh-64)")
+            m = LSH_BASELINE.match(name)
+            if name not in ("pixel-knn", AE_ANNOY) and not (m and 1 <= int(m.group(1)) <= 4096):
+                raise ConfigError(f"--baselines: unknown baseline {name!r}; use pixel-knn, ae-annoy or lsh-B with 1 <= B <= 4096 "
+                                  "(e.g. lsh-64)")
         check_options(self)  # --thresholds, --limit, and the query job's options passed on to it
-        if not self.modes and not self.baselines:
-            raise ConfigError("nothing to evaluate: give at least one mode or baseline")
+        if not self.modes and not self.baselines and not self.radii:
+            raise ConfigError("nothing to evaluate: give at least one mode, baseline or radius")
         if self.map_k < 1:
             raise ConfigError(f"map_k must be >= 1, got {self.map_k}")
         self.query_settings()  # the query job's own checks of the options passed on to it
@@ -111,6 +127,7 @@ class MethodResult:
     mean_candidates: float
     ms_per_query: float
     curve: list[float] = field(repr=False, default_factory=list)  # precision@1..depth
+    build_seconds: float | None = None  # None: not known (an index without run records)
 
 
 @dataclass
@@ -122,6 +139,7 @@ class Evaluation:
     ks: tuple[int, ...]
     map_k: int
     methods: list[MethodResult]
+    radius: list[RadiusResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -173,18 +191,20 @@ def evaluate(
     depth = settings.depth
     methods: list[MethodResult] = []
 
-    def figures(name, category, threshold, ids, candidates, ms) -> MethodResult:
+    def figures(name, category, threshold, ids, candidates, ms, build=None) -> MethodResult:
         curve = [precision_at_k(ids, index_labels, q_labels, k) for k in range(1, depth + 1)]
         result = MethodResult(
             name, category, threshold, {k: curve[k - 1] for k in settings.ks},
-            average_precision_at_k(ids, index_labels, q_labels, settings.map_k), candidates, ms, curve,
+            average_precision_at_k(ids, index_labels, q_labels, settings.map_k), candidates, ms, curve, build,
         )
         log.info("%s: P@10 %.4f, mAP@%d %.4f, %.1f candidates, %.3f ms/query", name, curve[min(10, depth) - 1],
                  settings.map_k, result.map, candidates, ms)
         methods.append(result)
         return result
 
+    radius: list[RadiusResult] = []
     if settings.modes:
+        build = index_build_seconds(index)
         with dask_client(cluster) if client is None else nullcontext(client) as dask, tempfile.TemporaryDirectory() as tmp:
             warm = UriListCorpus(source.url, storage_options, query_uris[:_WARMUP_QUERIES])
             for mode in settings.modes:
@@ -200,10 +220,13 @@ def evaluate(
                         settings.query_settings(k=depth, threshold=t, mode=mode),
                         client=dask, on_block=keep,
                     )
-                    figures(f"{mode} t={t}", "mode", t, ids, run.mean_candidates, run.ms_per_query)
-    if settings.baselines:
-        _run_baselines(settings, index, uris, source, figures)
-    evaluation = Evaluation(index.url, str(queries), manifest.n_images, n_queries, tuple(settings.ks), settings.map_k, methods)
+                    figures(f"{mode} t={t}", "mode", t, ids, run.mean_candidates, run.ms_per_query, build)
+    if settings.baselines or settings.radii:
+        from workflows.evaluate_baselines import run_baselines
+
+        radius = run_baselines(settings, index, manifest, uris, source, (index_labels, q_labels), figures)
+    evaluation = Evaluation(index.url, str(queries), manifest.n_images, n_queries, tuple(settings.ks), settings.map_k, methods,
+                            radius)
     if out is not None:
         fs, path = url_to_fs(out, storage_options)
         fs.pipe_file(path, json.dumps(evaluation.to_json(), indent=1).encode())
@@ -225,55 +248,33 @@ def _query_labels(url: str, shared: bool, query_uris: list[str], storage_options
     return values
 
 
-def _run_baselines(settings: EvaluateSettings, index: IndexLocation, uris: np.ndarray, source, figures) -> None:
-    from pipeline.baselines import hamming_knn, lsh_codes, pixel_knn
-    from pipeline.modelcard import read_card
-    from storage.corpus import UriListCorpus
-    from storage.layout import MODEL_DIR
+def index_build_seconds(index: IndexLocation) -> float | None:
+    """Seconds the index's successful ``index`` runs took, from its run log (None without records)."""
+    from storage.runlog import read_runs
 
-    storage_options = index.storage_options
-    card = read_card(index.join(MODEL_DIR), storage_options)
-    spec = card.image_spec
-    readable = np.flatnonzero([u is not None for u in uris])
-    log.info("reading the pixels of %d indexed images and %d queries for the baselines", len(readable), len(source))
-    data = UriListCorpus("indexed images", storage_options, [uris[i] for i in readable]).read(spec)
-    index_ids = readable[data.ids]
-    index_pixels = data.pixels
-    query_data = source.read(spec)
-    depth = settings.depth
-    n_queries = len(source)
-
-    def spread(local: np.ndarray) -> np.ndarray:
-        """Rows of the readable queries, as image ids of the index; -1 elsewhere."""
-        ids = np.full((n_queries, depth), -1, np.int64)
-        ids[query_data.ids] = np.where(local >= 0, index_ids[np.maximum(local, 0)], -1)
-        return ids
-
-    # compile the numba kernels before timing (a no-op once numba's cache holds them)
-    first = index_pixels[:2]
-    tiny = lsh_codes(first, 8, first.reshape(len(first), -1).mean(axis=0))
-    hamming_knn(tiny, tiny, 1)
-    for name in settings.baselines:
-        started = time.perf_counter()
-        if name == "pixel-knn":
-            local = pixel_knn(index_pixels, query_data.pixels, depth)
-        else:
-            bits = int(_LSH.match(name).group(1))
-            mean = index_pixels.reshape(len(index_pixels), -1).mean(axis=0)
-            local = hamming_knn(lsh_codes(index_pixels, bits, mean), lsh_codes(query_data.pixels, bits, mean), depth)
-        seconds = time.perf_counter() - started
-        figures(name, "baseline", None, spread(local), float(len(index_ids)), 1000 * seconds / max(1, n_queries))
+    runs = [r for r in read_runs(index, last=None) if r.get("command") == "index" and r.get("status") == "ok"]
+    return sum(float(r["seconds"]) for r in runs) if runs else None
 
 
 def render_table(evaluation: Evaluation) -> str:
     """The figures as an aligned text table, one row per method."""
-    head = ["method", *(f"P@{k}" for k in evaluation.ks), f"mAP@{evaluation.map_k}", "candidates", "ms/query"]
+    head = ["method", *(f"P@{k}" for k in evaluation.ks), f"mAP@{evaluation.map_k}", "candidates", "ms/query", "build s"]
     rows = [[m.name, *(f"{m.precision[k]:.4f}" for k in evaluation.ks), f"{m.map:.4f}",
-             f"{m.mean_candidates:,.0f}", f"{m.ms_per_query:.3f}"] for m in evaluation.methods]
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head, *rows]]
+             f"{m.mean_candidates:,.0f}", f"{m.ms_per_query:.3f}", "-" if m.build_seconds is None else f"{m.build_seconds:.1f}"]
+            for m in evaluation.methods]
     title = f"{evaluation.n_queries} queries against {evaluation.n_index} indexed images ({evaluation.index})"
-    return "\n".join([title, *lines])
+    lines = [title, *_aligned(head, rows)] if rows else [title]
+    if evaluation.radius:
+        lines += ["", "seed 004's protocol: precision@10 of the candidates within Hamming radius r (ranked by cosine on pixels)",
+                  *_aligned(["method", "r", "P@10", "answered", "candidates"],
+                            [[r.method, str(r.radius), f"{r.precision:.4f}", f"{r.answered:.3f}", f"{r.mean_candidates:,.1f}"]
+                             for r in evaluation.radius])]
+    return "\n".join(lines)
+
+
+def _aligned(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head, *rows]]
 
 
 def plot_evaluation(evaluation: Evaluation, url: str, storage_options=None) -> None:
