@@ -29,10 +29,10 @@ LONGEST_MODULES = (
     "test_bad_input.py",  # 68
     "test_jobs_shipped.py",  # 59
     "test_preflight.py",  # 50
-    "test_seed_protocols.py",  # 50: the smoke runs of the seeds table and of the colour icons
     "test_demo.py",  # 46
     "test_security.py",  # 42
     "test_maintenance.py",  # 35
+    "test_seed_protocols.py",  # 35: the seeds table's smoke run
     "test_cli.py",  # 31
     "test_bench_photos.py",  # 29
     "test_sync.py",  # 28
