@@ -24,6 +24,8 @@ SMOKE_RUNS = pytest.StashKey[SmokeRuns]()
 # changes how long the suite takes, never what it checks. Other modules follow in file order.
 LONGEST_MODULES = (
     "test_benchmarks.py",  # 85 s: the benchmark smoke runs
+    "test_seed_protocols.py",  # 35-45: the seeds table's smoke run, numba's first compile of the radius kernel;
+    # early, so that the short modules fill the end of both workers
     "test_mirror_s3.py",  # 83
     "test_faults.py",  # 71
     "test_bad_input.py",  # 68
@@ -32,7 +34,6 @@ LONGEST_MODULES = (
     "test_demo.py",  # 46
     "test_security.py",  # 42
     "test_maintenance.py",  # 35
-    "test_seed_protocols.py",  # 35: the seeds table's smoke run
     "test_cli.py",  # 31
     "test_bench_photos.py",  # 29
     "test_sync.py",  # 28
