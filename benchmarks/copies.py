@@ -80,8 +80,8 @@ def icon_files(root: Path) -> list[tuple[Path, list[tuple[int, Path]]]]:
     return out
 
 
-def distinct(icons: list[tuple[Path, list]]) -> list[tuple[Path, list]]:
-    """``icons`` without those whose RGBA pixels equal an earlier one's."""
+def distinct(icons: list[tuple]) -> list[tuple]:
+    """``icons`` (tuples whose first item is an image file) without those whose RGBA pixels equal an earlier one's."""
     from PIL import Image
 
     seen, keep = set(), []

@@ -6,6 +6,7 @@ import gzip
 import sys
 from collections import defaultdict
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,5 +213,5 @@ def test_colour_icons_corpus_is_each_distinct_32px_icon_labelled_by_its_context(
     assert not {p.stem for p, _ in index_rows} & {p.stem for p, _ in query_rows}  # split by name
     assert len(index_rows) + len(query_rows) == 24 and query_rows  # the one-icon context dropped
     contexts = sorted({c for _, c in index_rows + query_rows})
-    text = (tmp_path / "q.csv").read_text() if write_csv(query_rows, contexts, tmp_path / "q.csv") else ""
+    text = Path(write_csv(query_rows, contexts, tmp_path / "q.csv")).read_text()
     assert text.splitlines()[0] == "uri,label" and all(line.rsplit(",", 1)[1] in ("0", "1") for line in text.splitlines()[1:])
