@@ -43,13 +43,13 @@ def write_queries(path: str, rows: int, source: str) -> str:
     return path
 
 
-def answer(index_url: str, queries: str, out: str, mode: str, block_size: int) -> dict:
+def answer(index_url: str, queries: str, out: str, mode: str, block_size: int, workers: int = 2) -> dict:
     """One query job into a dataset (run in a fresh process by :func:`main`)."""
     from workflows.bench import peak_rss_mb
     from workflows.cluster import ClusterSettings, dask_client
     from workflows.query import QuerySettings, query
 
-    with dask_client(ClusterSettings(workers=2)) as client:
+    with dask_client(ClusterSettings(workers=workers)) as client:
         started = time.perf_counter()
         report = query(index_url, queries, out, QuerySettings(mode=mode, block_size=block_size), client=client)
         seconds = time.perf_counter() - started
@@ -68,14 +68,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--mode", default="default")
     ap.add_argument("--block-size", type=int, default=1000)
     ap.add_argument("--model", default="fashion-mnist")
-    add_smoke_and_out_json(ap, "tiny sizes, to keep the script working (CI)", "write the figures as JSON here")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of each job")
+    add_smoke_and_out_json(ap, "tiny sizes and 1 worker, to keep the script working (CI)", "write the figures as JSON here")
     ap.add_argument("--one", nargs=3, metavar=("INDEX", "QUERIES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(answer(*args.one, args.mode, args.block_size)))
+        print(json.dumps(answer(*args.one, args.mode, args.block_size, args.workers)))
         return {}
     if args.smoke:
-        args.images, args.rows, args.block_size = 300, "200,600", 100
+        args.images, args.rows, args.block_size, args.workers = 300, "200,600", 100, 1
 
     from bench_query import subset
 
@@ -85,12 +86,13 @@ def main(argv=None) -> dict:
     work = tempfile.mkdtemp(prefix="bench-query-file-")
     index_url = args.index or f"{work}/index"
     if not Path(index_url, "manifest.json").exists():
-        index(subset(args.corpus, args.images, f"{work}/corpus.npy"), index_url, args.model, IndexSettings(), ClusterSettings(workers=2))
+        index(subset(args.corpus, args.images, f"{work}/corpus.npy"), index_url, args.model, IndexSettings(),
+              ClusterSettings(workers=args.workers))
     results = []
     for rows in sorted(int(r) for r in args.rows.split(",")):
         queries = write_queries(f"{work}/queries-{rows}.npy", rows, args.query_images)
         run = subprocess.run([sys.executable, __file__, "--one", index_url, queries, f"{work}/results-{rows}/",
-                              "--mode", args.mode, "--block-size", str(args.block_size)],
+                              "--mode", args.mode, "--block-size", str(args.block_size), "--workers", str(args.workers)],
                              capture_output=True, text=True, check=True)
         figures = json.loads(run.stdout.strip().splitlines()[-1])
         results.append(figures)

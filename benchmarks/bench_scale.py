@@ -11,8 +11,10 @@ timed job per mode).
 
 Reported per size: build seconds (codes + bucket maps + commit), peak RSS of each worker
 process during build and during queries (``VmHWM``: the high-water mark of the process),
-index bytes on disk per image, and ms/query per mode. Each worker's cache of bucket maps and
-codes is bounded (``--cache-bytes``); each partition's search tasks are pinned to one worker::
+index bytes on disk per image, the workers' local copies of the partitions
+(:mod:`workflows.partition_files`, memory-mapped) per image, and ms/query per mode. Each
+worker's cache of bucket maps and codes held in its own memory is bounded (``--cache-bytes``);
+each partition's search tasks are pinned to one worker::
 
     python benchmarks/bench_scale.py --sizes 100000,1000000,10000000 [--queries 1000]
     python benchmarks/bench_scale.py --smoke
@@ -98,6 +100,8 @@ def main(argv=None) -> dict:
                     help="queries per task; where a worker's partitions do not fit its cache, each block loads them again")
     ap.add_argument("--cache-bytes", default="1.5GiB",
                     help="each worker's cache of bucket maps and codes (PATCHHASH_CACHE_BYTES): keeps a worker under 4 GB at 10M images")
+    ap.add_argument("--local-dir", help="the workers' local copies of partitions (PATCHHASH_LOCAL_DIR; default: a folder of the "
+                    "work directory, so the first job of each size starts without any); off: none, every load from the index")
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--workdir", help="where the indexes go (default: a temporary directory; each index is removed after use)")
     add_smoke_and_out_json(ap, "one index of 4000 images, 50 queries")
@@ -126,6 +130,8 @@ def main(argv=None) -> dict:
         np.save(queries, open_corpus(TEST_IMAGES).read(ImageSpec(28, 28, 1), 0, args.queries).pixels[..., 0])
         for n in sizes:
             index_url = f"{tmp}/index-{n}"
+            local = args.local_dir or f"{tmp}/local-copies-{n}"
+            os.environ["PATCHHASH_LOCAL_DIR"] = local  # the workers inherit it
             # a fresh cluster per size, so that each worker's peak RSS belongs to this size
             with dask_client(ClusterSettings(workers=args.workers)) as client:
                 seconds = build(index_url, base_url, args.model, n, args.shard_size, args.partition_size, args.flip, client)
@@ -135,11 +141,15 @@ def main(argv=None) -> dict:
             timed = bench(index_url, queries, BenchSettings(modes=tuple(modes), repeats=1, block_size=args.block_size), ClusterSettings(workers=args.workers))
             row["ms_per_query"] = {m: timed.ms_per_query(m) for m in modes}
             row["query_peak_rss_mb"] = sorted(timed.peak_rss_mb.values())
+            row["query_anon_rss_mb"] = sorted(timed.anon_rss_mb.values())
+            row["local_copy_bytes_per_image"] = disk_bytes(local) / n if os.path.isdir(local) else 0
             shutil.rmtree(index_url)
+            if not args.local_dir:
+                shutil.rmtree(local, ignore_errors=True)
             results.append(row)
             print(f"{n:>11,} images: built in {seconds:7.1f} s ({row['images_per_s']:,.0f}/s), "
                   f"{row['bytes_per_image']:6.0f} B/image, worker peak RSS build {max(build_rss):,.0f} MB / "
-                  f"query {max(row['query_peak_rss_mb']):,.0f} MB, ms/query: "
+                  f"query {max(row['query_peak_rss_mb']):,.0f} MB, local copies {row['local_copy_bytes_per_image']:,.0f} B/image, ms/query: "
                   + ", ".join(f"{m} {v:.2f}" for m, v in row["ms_per_query"].items()), flush=True)
     write_json(args.out_json, {"args": vars(args), "results": results})
     return {"results": results}

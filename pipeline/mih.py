@@ -21,7 +21,7 @@ import numpy as np
 from .buckets import BucketMap
 from .hamming import ball_size, mih_build, mih_cost, mih_split, mih_table_bits
 
-__all__ = ["METHODS", "METHOD_CODE", "SCAN", "ENUMERATE", "MIH", "SearchIndex", "prepare_index",
+__all__ = ["METHODS", "METHOD_CODE", "SCAN", "ENUMERATE", "MIH", "SearchIndex", "prepare_index", "adopt_index", "cached_indexes",
            "choose_method", "mih_substrings", "index_nbytes", "no_tables"]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,21 @@ def index_nbytes(bmap: BucketMap) -> int:
     """Bytes of the multi-index tables :func:`prepare_index` has built and cached on ``bmap``."""
     with _index_cache_lock:
         return sum(index.nbytes for index in _index_cache.get(bmap, {}).values())
+
+
+def cached_indexes(bmap: BucketMap) -> list[SearchIndex]:
+    """The multi-index tables cached on ``bmap`` (built by :func:`prepare_index` or adopted)."""
+    with _index_cache_lock:
+        return list(_index_cache.get(bmap, {}).values())
+
+
+def adopt_index(bmap: BucketMap, index: SearchIndex) -> SearchIndex:
+    """Cache ``index`` (tables saved earlier for the same keys, e.g. memory-mapped) on ``bmap``,
+    so that :func:`prepare_index` returns it instead of building the tables again."""
+    if index.n_keys != bmap.keys.size or index.n_groups != bmap.n_groups or index.table_keys.dtype != bmap.keys.dtype:
+        raise ValueError("the multi-index tables were not built for this bucket map")
+    with _index_cache_lock:
+        return _index_cache.setdefault(bmap, {}).setdefault((index.bits, index.n_substrings), index)
 
 
 def mih_substrings(n_keys: int, bits: int, threshold: int) -> int:

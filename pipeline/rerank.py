@@ -164,11 +164,12 @@ def rerank_search(
             tables = (*empty[:5], empty[5][None])
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            METHOD_CODE[method], tables, start, max_bucket, vote_budget,
+            METHOD_CODE[method], tables, start - bmap.id_base, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
         )
+        ids[ids >= 0] += bmap.id_base  # the kernel counts ids as the map stores them
     return TopK(ids, scores.astype(np.float64), n_candidates)
 
 
@@ -182,6 +183,11 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     found_at = np.empty(max(1024, 4 * match_idx.size), np.int64)
     found_size = np.empty(found_at.size, np.int32)
     found_dist = np.empty(found_at.size, np.uint8)
+    # Keys at distance exactly t (most matches: the outermost ring is the largest) are kept
+    # as keys only; their buckets are looked up for the queries whose rings closer in fit
+    # the vote budget, the only ones whose radius can reach t (2026-12-06, a 1M partition:
+    # half the queries stop at radius 1, and 70% of the matches were never used).
+    outer_key = np.empty(found_at.size, np.int64)
     used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
     used_size = np.empty(found_at.size, np.int32)
     hist = np.empty(grid + 1, np.int64)  # shortlisted images per vote count, one query at a time
@@ -196,17 +202,20 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         #    query by query for a batch of 2000, 1.9x for 256). seg[g, i] is where query
         #    b0 + i's matches at g begin.
         seg = np.empty((grid, nb + 1), np.int64)
+        outer_seg = np.empty((grid, nb + 1), np.int64)  # the same for the keys at distance t
         votes_at = np.zeros((nb, t + 1), np.int64)  # votes the buckets at each distance would cast
         # per query: whether an exact-match bucket was kept, else the smallest one skipped
         exact_kept = np.zeros(nb, np.bool_)
         exact_size = np.full(nb, never, np.int64)
         exact_at = np.zeros(nb, np.int64)
         n_found = 0
+        n_outer = 0
         for g in range(grid):
             lo = key_bounds[g]
             hi = key_bounds[g + 1]
             for i in range(nb):
                 seg[g, i] = n_found
+                outer_seg[g, i] = n_outer
                 if method == SCAN:
                     n_match = scan_within(queries[b0 + i, g], keys[lo:hi], t, match_idx, match_dist)
                 elif method == ENUMERATE:
@@ -219,7 +228,13 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                     found_at = grow(found_at, n_found, capacity)
                     found_size = grow(found_size, n_found, capacity)
                     found_dist = grow(found_dist, n_found, capacity)
+                if n_outer + n_match > outer_key.size:
+                    outer_key = grow(outer_key, n_outer, max(2 * outer_key.size, n_outer + n_match))
                 for j in range(n_match):
+                    if t > 0 and match_dist[j] == t:
+                        outer_key[n_outer] = lo + match_idx[j]
+                        n_outer += 1
+                        continue
                     if j + PREFETCH_AHEAD < n_match:
                         prefetch(offsets, lo + match_idx[j + PREFETCH_AHEAD])
                     key = lo + match_idx[j]
@@ -237,18 +252,30 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                     votes_at[i, match_dist[j]] += size
                     n_found += 1
             seg[g, nb] = n_found
+            outer_seg[g, nb] = n_outer
         # 2. Each query of the batch on its own: radius, votes, shortlist, re-rank
         for i in range(nb):
             qi = b0 + i
             # the radius grows from 0 while the votes stay within the budget (radius 0 always)
             r = 0
             cast = votes_at[i, 0]
-            while r < t and cast + votes_at[i, r + 1] <= vote_budget:
+            while r < t - 1 and cast + votes_at[i, r + 1] <= vote_budget:
                 r += 1
                 cast += votes_at[i, r]
+            if r == t - 1:  # the outermost ring fits only if every ring closer in did
+                outer = 0
+                for g in range(grid):
+                    for j in range(outer_seg[g, i], outer_seg[g, i + 1]):
+                        if j + PREFETCH_AHEAD < outer_seg[g, i + 1]:
+                            prefetch(offsets, outer_key[j + PREFETCH_AHEAD])
+                        size = offsets[outer_key[j] + 1] - offsets[outer_key[j]]
+                        if size <= max_bucket:
+                            outer += size
+                if cast + outer <= vote_budget:
+                    r = t
             n_used = 0  # only the buckets within the radius are fetched
             for g in range(grid):
-                more = seg[g, i + 1] - seg[g, i]
+                more = seg[g, i + 1] - seg[g, i] + (outer_seg[g, i + 1] - outer_seg[g, i] if r == t else 0)
                 if n_used + more > used_at.size:
                     used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more))
                     used_size = grow(used_size, n_used, used_at.size)
@@ -257,6 +284,14 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                         used_at[n_used] = found_at[j]
                         used_size[n_used] = found_size[j]
                         n_used += 1
+                if r == t:
+                    for j in range(outer_seg[g, i], outer_seg[g, i + 1]):
+                        key = outer_key[j]
+                        size = offsets[key + 1] - offsets[key]
+                        if size <= max_bucket:
+                            used_at[n_used] = offsets[key]
+                            used_size[n_used] = size
+                            n_used += 1
             if not exact_kept[i] and exact_size[i] != never:
                 if n_used == used_at.size:
                     used_at = grow(used_at, n_used, 2 * used_at.size)
@@ -267,7 +302,7 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             n_candidates[qi] = _vote_and_rerank(queries[qi], used_at, used_size, n_used, bucket_ids, codes, bits, start,
                                                 shortlist, votes, touched, hist, similarity, out_ids[qi], out_scores[qi])
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
-        batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found, 1)))
+        batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found + n_outer, 1)))
         b0 = b1
 
 

@@ -149,10 +149,11 @@ def seed_search(
     max_shared = _SHARED_BYTES // row_bytes if row_bytes else 0
     slot_of, n_shared = _plan_shared(uses, code_hits, heavy_hits, max_shared)
     _score_queries(code_of, codes, keys, bmap.offsets, bmap.ids, bits, threshold, method_code,
-                   tables, match_lo, match_hi, code_hits, match_keys, match_dists, start,
+                   tables, match_lo, match_hi, code_hits, match_keys, match_dists, start - bmap.id_base,
                    np.zeros(n_range, acc_dtype), np.zeros(n_range, best_dtype), dense_hits,
                    heavy_hits, slot_of, np.zeros((n_shared, n_range), best_dtype), ids, scores,
                    n_candidates)
+    ids[ids >= 0] += bmap.id_base  # the kernel counts ids as the map stores them
     return TopK(ids, scores.astype(np.float64), n_candidates)
 
 

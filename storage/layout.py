@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 FORMAT = "patchhash-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 MANIFEST = "manifest.json"
 VERSIONS = "versions"

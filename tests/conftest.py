@@ -3,11 +3,19 @@ built once, quiet TensorFlow."""
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Worker-local copies of partitions (workflows/partition_files.py) go to a directory of this
+# run, inherited by every worker process and command the tests start.
+if "PATCHHASH_LOCAL_DIR" not in os.environ:
+    os.environ["PATCHHASH_LOCAL_DIR"] = tempfile.mkdtemp(prefix="patchhash-test-partitions-")
+    atexit.register(shutil.rmtree, os.environ["PATCHHASH_LOCAL_DIR"], True)
 
 import numpy as np
 import pytest

@@ -39,7 +39,7 @@ def bucket_map_as_dict(bmap, positional: bool) -> dict:
         for i in range(bmap.key_bounds[block], bmap.key_bounds[block + 1]):
             code = int(bmap.keys[i])
             key = (block, code) if positional else code
-            table[key] = bmap.ids[bmap.offsets[i] : bmap.offsets[i + 1]].tolist()
+            table[key] = (bmap.ids[bmap.offsets[i] : bmap.offsets[i + 1]].astype(np.int64) + bmap.id_base).tolist()
     return table
 
 

@@ -35,6 +35,7 @@ import pytest
 import zarr
 from corpus_helpers import encode, png_bytes, write_idx
 from PIL import Image
+from storage.layout import FORMAT_VERSION
 
 CLI = [sys.executable, "-m", "workflows.cli"]
 # No storage retries (they only slow failures down here) and no traceback on request.
@@ -354,8 +355,8 @@ CASES: dict[str, Case] = {
     "index-folder-not-an-index": Case(query(index=lambda c: str(c.bad / "no-images")), in_bad("no-images"),
                                       r"no committed patchhash index here.*Build one with `patchhash index"),
     "index-does-not-exist": Case(query(index=lambda c: str(c.bad / "no-index-here")), in_bad("no-index-here"), r"Build one with"),
-    "index-newer-format": Case(query(index=broken_index(edit_manifest(lambda m: {**m, "format_version": 3}))),
-                               lambda c: INDEX_AT(c) + "/manifest.json", r"index format version 3 is newer.*upgrade patchhash"),
+    "index-newer-format": Case(query(index=broken_index(edit_manifest(lambda m: {**m, "format_version": FORMAT_VERSION + 1}))),
+                               lambda c: INDEX_AT(c) + "/manifest.json", rf"index format version {FORMAT_VERSION + 1} is newer.*upgrade patchhash"),
     "index-half-written": Case(query(index=broken_index(stage_only)), INDEX_AT,
                                r"interrupted before its first commit\. Rerun the same `patchhash index"),
     "index-manifest-not-json": Case(query(index=broken_index(lambda r: (r / "manifest.json").write_text("{"))),

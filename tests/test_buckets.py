@@ -42,6 +42,7 @@ def assert_same_map(a: BucketMap, b: BucketMap):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype, name
         np.testing.assert_array_equal(x, y, err_msg=name)
+    assert a.id_base == b.id_base
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -110,7 +111,7 @@ def test_bucket_lookup():
     assert bmap.bucket(4).size == 0
     assert bmap.bucket(0).size == 0
     assert bmap.bucket(2**40).size == 0 and bmap.bucket(-1).size == 0
-    assert not bmap.bucket(1).flags.writeable
+    assert bmap.bucket(1).dtype == np.int64
     with pytest.raises(IndexError):
         bmap.bucket(1, group=1)
     pos = build_bucket_map(codes, np.array([10, 20, 30]), positional=True)
@@ -187,5 +188,27 @@ def test_bucket_map_checks_its_layout():
         BucketMap(good.keys, good.offsets[:-1], good.ids, good.key_bounds)
     with pytest.raises(ValueError, match="key_bounds"):
         BucketMap(good.keys, good.offsets, good.ids, np.array([0, 1], np.int64))
-    with pytest.raises(ValueError, match="int64"):
-        BucketMap(good.keys, good.offsets, good.ids.astype(np.int32), good.key_bounds)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        BucketMap(good.keys, good.offsets, good.ids.astype(np.int16), good.key_bounds)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        BucketMap(good.keys, good.offsets.astype(np.uint32), good.ids, good.key_bounds)
+
+
+def test_maps_hold_4_byte_ids_relative_to_their_first_image_and_8_byte_ones_where_needed():
+    rng = np.random.default_rng(3)
+    codes = random_codes(rng, 40, 4, 32, alphabet=9)
+    ids = 5_000_000_000 + sparse_ids(rng, 40)
+    for positional in (False, True):
+        bmap = build_bucket_map(codes, ids, positional)
+        assert (bmap.ids.dtype, bmap.offsets.dtype, bmap.id_base) == (np.int32, np.int32, ids[0])
+        assert bmap.id_span == (ids[0], ids[-1] + 1)
+        assert bucket_map_as_dict(bmap, positional) == brute_force_buckets(codes, ids, positional)
+        assert sorted(set(bmap.image_ids().tolist())) == ids.tolist()
+        wide = bmap.rebased(0)  # 5e9 does not fit 4 bytes
+        assert (wide.ids.dtype, wide.offsets.dtype, wide.id_base) == (np.int64, np.int32, 0)
+        assert bucket_map_as_dict(wide, positional) == bucket_map_as_dict(bmap, positional)
+        assert_same_map(wide.rebased(int(ids[0])), bmap)
+        with pytest.raises(ValueError, match="above the map's smallest id"):
+            bmap.rebased(int(ids[0]) + 1)
+    far = build_bucket_map(codes[:2], np.array([0, 2**31 + 5]), False)  # a span of more than 2**31 ids
+    assert far.ids.dtype == np.int64 and far.bucket(int(codes[1, 0])).tolist()[-1] == 2**31 + 5

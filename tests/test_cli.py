@@ -104,6 +104,12 @@ def test_index_and_info_from_the_command_line(tmp_path, tiny_model, fmnist_train
     assert data["n_queries"] == 50 and data["workers"] == 1
     assert {m: len(r) for m, r in data["runs_s"].items()} == {"default": 2, "seed": 2}
     assert all(v > 0 for v in data["queries_per_s"].values()) and len(data["peak_rss_mb"]) == 1
+    # what benchmarks/scale_model.py --from-bench takes
+    plan = data["plan_inputs"]
+    assert (plan["images"], plan["partitions"]) == (200, info["buckets"]["pos"]["partitions"])
+    assert plan["index_bytes_per_image"] > 100 and plan["objects_per_partition"] > 5 and plan["local_bytes_per_image"] > 100
+    assert all(plan[mode]["search_ms"] > 0 and plan[mode]["encode_ms"] > 0 and plan[mode]["merge_ms"] > 0 for mode in ("default", "seed"))
+    assert "per query and partition" in bench.stdout and "scale_model.py --from-bench" in bench.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import fsspec
 import numpy as np
@@ -201,9 +202,13 @@ def flaky(monkeypatch):
 
 
 def _write_png_folder(url: str, images: np.ndarray) -> None:
+    """Write the images, dated a minute ago: a file written within 2 s of an index run is
+    fingerprinted by content, one written earlier by size and time (storage/fingerprint.py), so
+    two runs on either side of that moment would record different fingerprints."""
     fs, path = fsspec.url_to_fs(url)
     for i, image in enumerate(images):
         fs.pipe_file(f"{path}/{i:04d}.png", png_bytes(image[:, :, 0]))
+        fs.store[f"{path}/{i:04d}.png"].created -= timedelta(minutes=1)
 
 
 def test_transient_storage_errors_are_retried_and_change_nothing(client, flaky, tiny_model, fmnist_train, data, tmp_path):

@@ -53,7 +53,7 @@ def _maps_from_index(index_url: str, kind: str, storage_options=None) -> dict:
             keys, offsets, ids, bounds = arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"]
             for block in range(len(bounds) - 1):
                 for i in range(bounds[block], bounds[block + 1]):
-                    bucket = ids[offsets[i] : offsets[i + 1]]
+                    bucket = ids[offsets[i] : offsets[i + 1]].astype(np.int64) + attrs["id_base"]
                     assert np.all(np.diff(bucket) > 0), "bucket ids must be sorted and unique"
                     assert np.all((bucket >= part.start) & (bucket < part.stop))
                     table[(block, int(keys[i])) if kind == "pos" else int(keys[i])].update(bucket.tolist())

@@ -22,6 +22,7 @@ from snapshots import index_snapshot
 
 from storage.arrays import read_array_group
 from storage.gc import index_objects, plan_gc
+from storage.layout import FORMAT_VERSION
 from storage.manifest import list_versions, read_manifest
 from workflows.compact import CompactionPolicy
 from workflows.index import IndexSettings, index
@@ -67,7 +68,8 @@ def _live_ids_in_maps(url: str) -> set[int]:
     for p in manifest.partitions:
         for kind in p.maps:
             for path in p.map_paths(kind):
-                ids.update(read_array_group(f"{url}/{path}")[0]["ids"].tolist())
+                arrays, attrs = read_array_group(f"{url}/{path}")
+                ids.update((arrays["ids"].astype(np.int64) + attrs.get("id_base", 0)).tolist())
     return ids
 
 
@@ -246,7 +248,7 @@ def test_format_1_index_is_read_as_before_then_upgraded_in_place(client, pool, q
     before = {mode: answer(url, queries, str(tmp_path / f"v1-{mode}.parquet"), client, mode) for mode in ("seed", "default")}
     assert upgrade(url) == 3
     upgraded = read_manifest(url)
-    assert (upgraded.format_version, upgraded.n_ok, upgraded.n_errors) == (2, 24, 1)
+    assert (upgraded.format_version, upgraded.n_ok, upgraded.n_errors) == (FORMAT_VERSION, 24, 1)
     assert [(s.source, s.corpus) for s in upgraded.sources] == [(0, str(photos))]
     assert json.loads(Path(url, "versions", "v000002.json").read_text())["format_version"] == 1, "older versions stay as they were"
     for mode in ("seed", "default"):
@@ -263,7 +265,7 @@ def test_first_sync_of_a_format_1_index_upgrades_it(client, queries, tmp_path):
     url, photos = _v1_copy(tmp_path)
     (photos / "broken.png").unlink()
     report = index(str(photos), url, None, client=client)
-    assert report.upgraded and report.removed == 1 and read_manifest(url).format_version == 2
+    assert report.upgraded and report.removed == 1 and read_manifest(url).format_version == FORMAT_VERSION
 
 
 # --------------------------------------------------------------------------- killed at every failpoint

@@ -93,6 +93,16 @@ def test_results_do_not_depend_on_blocks_or_window(client, small_index, query_np
     assert pq.read_table(a).equals(pq.read_table(b))
 
 
+def test_a_tree_of_merges_gives_the_results_of_one_merge(client, small_index, query_npy, tmp_path, monkeypatch):
+    import workflows.query as query_module
+
+    one, tree = str(tmp_path / "one.parquet"), str(tmp_path / "tree.parquet")
+    query(small_index, query_npy, one, QuerySettings(block_size=20), client=client)
+    monkeypatch.setattr(query_module, "_MERGE_FAN_IN", 2)  # 4 partitions: two levels of merges
+    query(small_index, query_npy, tree, QuerySettings(block_size=20), client=client)
+    assert pq.read_table(one).equals(pq.read_table(tree))
+
+
 def test_csv_and_jsonl_hold_the_same_rows(client, small_index, query_npy, tmp_path):
     base = pq.read_table(_run(client, small_index, query_npy, tmp_path / "r.parquet")).to_pylist()
     csv_rows = pacsv.read_csv(_run(client, small_index, query_npy, tmp_path / "r.csv")).to_pylist()

@@ -224,3 +224,4 @@ def test_grids_of_256_positions_or_more_count_votes_in_wider_integers():
     got = rerank_search(queries, bmap, codes, 1, bits, k=5, shortlist=4)
     assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(n), 1, bits, 5, 4)
     assert got.ids[0, 0] == 0 and got.scores[0, 0] == grid * bits  # all 256 positions voted for it
+

@@ -17,6 +17,7 @@ from reference import reference_seed_search
 
 from storage import MassDeletionError
 from storage.manifest import list_versions, read_manifest
+from storage.layout import FORMAT_VERSION
 from storage.runlog import read_runs
 from workflows.index import IndexSettings, index
 
@@ -199,5 +200,5 @@ def test_run_summary_and_log_count_each_kind_of_change(tiny_model, pool, tmp_pat
     errors = subprocess.run([*CLI, "info", "--index", url, "--errors", "--json"], capture_output=True, text=True, timeout=300)
     assert [os.path.basename(e["uri"]) for e in json.loads(errors.stdout)] == ["half.png"]
     info = json.loads(subprocess.run([*CLI, "info", "--index", url, "--json"], capture_output=True, text=True, timeout=300).stdout)
-    assert (info["n_images"], info["n_unreadable"], info["format_version"]) == (12, 1, 2)
+    assert (info["n_images"], info["n_unreadable"], info["format_version"]) == (12, 1, FORMAT_VERSION)
     assert info["versions"] == list_versions(url)

@@ -58,12 +58,13 @@ def _build_and_write(index: IndexLocation, layout: str, start: int, stop: int, f
     from pipeline.buckets import build_bucket_map
     from storage.arrays import write_array_group
 
-    bmap = build_bucket_map(flat, ids, positional=layout == "pos")
+    bmap = build_bucket_map(flat, ids, positional=layout == "pos").rebased(start)
     stats = bmap.stats()
     path = partition_path(layout, start, stop, version)
     arrays = {"keys": bmap.keys, "offsets": bmap.offsets, "ids": bmap.ids, "key_bounds": bmap.key_bounds}
     # the attribute that holds the layout is called "kind" on disk (docs/FORMAT.md)
-    write_array_group(index.join(path), arrays, {"kind": layout, "start": start, "stop": stop, "stats": stats}, index.storage_options)
+    write_array_group(index.join(path), arrays, {"kind": layout, "start": start, "stop": stop, "id_base": start, "stats": stats},
+                      index.storage_options)
     return MapEntry(path, stats)
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -31,7 +32,7 @@ from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_forma
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option
 from workflows.progress import progress
-from workflows.worker_cache import cache_budget, load_codes, load_partition, trim_worker_cache
+from workflows.worker_cache import cache_budget, load_codes, load_partition, save_tables, trim_worker_cache
 
 __all__ = ["MODES", "QuerySettings", "QueryReport", "QueryBlock", "QueryJob", "query", "in_order", "image_uris",
            "image_uri_array"]
@@ -193,7 +194,7 @@ def search_task(index: IndexLocation, partition, block: QueryBlock, settings: Qu
     if settings.mode == "seed":
         found = seed_search(block.codes, bmap, settings.threshold, bits, settings.k, id_range=(start, stop))
     else:
-        codes = load_codes(index, partition.codes, start, stop)
+        codes = load_codes(index, partition)
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
@@ -201,7 +202,8 @@ def search_task(index: IndexLocation, partition, block: QueryBlock, settings: Qu
         from pipeline.shifts import best_of_copies
 
         found = best_of_copies(found, settings.n_copies, settings.k)
-    trim_worker_cache()  # the search may have built multi-index tables on the map
+    save_tables(index, partition, bmap)  # the search may have built multi-index tables on the map
+    trim_worker_cache()
     return found
 
 
@@ -325,6 +327,10 @@ def in_order(dask, shards: Iterable, submit: Callable[[object], list], limit: in
 
 
 _MAX_ERRORS = 20  # unreadable queries a QueryReport lists
+# Partitions' top-k lists merged by one task. Beyond it, merges form a tree: at 1,000
+# partitions one task would receive 160 MB of lists per block of 1,000 queries, each of the
+# tree's 5 MB, for the same CPU time (benchmarks/scale_model.py).
+_MERGE_FAN_IN = 32
 
 
 class QueryJob:
@@ -344,13 +350,22 @@ class QueryJob:
             raise ConfigError(f"--threshold must be between 0 and the code length {self.manifest.bits}, got {settings.threshold}")
         self.source = queries if isinstance(queries, Corpus) else open_corpus(queries, index.storage_options)
         self.partitions = self.manifest.search_partitions(MAP_LAYOUT[settings.mode])
-        self.uris = image_uri_array(index, self.manifest)
+        # Every image's uri is read while the workers answer the first block (a few seconds at
+        # 10M images, which would otherwise hold back the first tasks): needed only to write it.
+        reader = ThreadPoolExecutor(1, thread_name_prefix="patchhash-uris")
+        self._uris = reader.submit(image_uri_array, index, self.manifest)
+        reader.shutdown(wait=False)  # the thread ends with its one task
         self.shards = self.source.shards(settings.block_size)
         self.on_block, self.report_limit = on_block, report_limit
         self.counts = {"failed": 0, "without_hits": 0, "candidates": 0, "rows": 0}
         self.blocks_skipped = 0
         self.errors: list[ReadError] = []
         self.shown: list[tuple[QueryBlock, object]] = []
+
+    @property
+    def uris(self) -> pa.LargeStringArray:
+        """Uri of every image id (:func:`image_uri_array`), once read."""
+        return self._uris.result()
 
     def spec(self) -> dict:
         """What identifies the job in a results dataset (``_job.json``), for resuming."""
@@ -385,6 +400,9 @@ class QueryJob:
             parts = [dask.submit(search_task, self.index, p, block, settings, bits, pure=False,
                                  **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                      for p, w in zip(self.partitions, pinned_to)]
+            while len(parts) > _MERGE_FAN_IN:  # a tree: no task receives every partition's lists at once
+                parts = [dask.submit(merge_task, parts[i:i + _MERGE_FAN_IN], settings.k, pure=False)
+                         for i in range(0, len(parts), _MERGE_FAN_IN)]
             return [block, dask.submit(merge_task, parts, settings.k, pure=False)]
 
         return submit

@@ -3,7 +3,9 @@
 :class:`WorkerCache` is a least-recently-used cache bounded in bytes, one per worker process
 (:func:`load_partition` and :func:`load_codes` fill it). Every object a partition is made of
 is immutable once committed, so a worker loads each partition once per job, or once per
-cluster when it stays warm.
+cluster when it stays warm. Where the machine keeps local copies of partitions
+(:mod:`workflows.partition_files`, the default), the cache holds memory-mapped arrays that
+cost it nothing: the page cache serves them across blocks, jobs and worker processes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from storage import ConfigError
 from storage.location import IndexLocation
 
-__all__ = ["WorkerCache", "cache_budget", "entry_nbytes", "load_partition", "load_codes", "trim_worker_cache"]
+__all__ = ["WorkerCache", "cache_budget", "entry_nbytes", "load_partition", "load_codes", "save_tables", "trim_worker_cache"]
 
 
 class WorkerCache:
@@ -84,13 +86,20 @@ def cache_budget() -> int:
 
 
 def entry_nbytes(value) -> int:
-    """Bytes of a cached bucket map (its multi-index tables included) or array."""
+    """Bytes of a cached bucket map (its multi-index tables included) or array held in this
+    process's memory; memory-mapped arrays count nothing (the page cache holds them)."""
     from pipeline.buckets import BucketMap
-    from pipeline.mih import index_nbytes
+    from pipeline.mih import cached_indexes
 
     if isinstance(value, BucketMap):
-        return value.keys.nbytes + value.offsets.nbytes + value.ids.nbytes + value.key_bounds.nbytes + index_nbytes(value)
-    return value.nbytes
+        arrays = [value.keys, value.offsets, value.ids, value.key_bounds]
+        arrays += [a for index in cached_indexes(value) for a in (index.order, index.table_keys, index.starts)]
+        return sum(_resident(a) for a in arrays)
+    return _resident(value)
+
+
+def _resident(array: np.ndarray) -> int:
+    return 0 if isinstance(array, np.memmap) else array.nbytes
 
 
 _cache = WorkerCache()
@@ -103,8 +112,10 @@ def trim_worker_cache() -> None:
 
 def load_partition(index: "IndexLocation | str", partition, storage_options=None):
     """The live bucket map of a :class:`~storage.manifest.SearchPartition`: its base map merged
-    with its deltas, tombstoned ids dropped. Every object it is made of is immutable once
-    committed, so the result is cached per worker process under the partition's key."""
+    with its deltas, tombstoned ids dropped, ids relative to the partition's start. Every
+    object it is made of is immutable once committed, so the result is cached per worker
+    process under the partition's key, and memory-mapped from a local copy where the machine
+    keeps them (:mod:`workflows.partition_files`), with the multi-index tables saved there."""
     from pipeline.buckets import BucketMap, drop_ids, merge_bucket_maps
     from storage.arrays import read_array_group
     from storage.tables import read_parquet
@@ -112,28 +123,66 @@ def load_partition(index: "IndexLocation | str", partition, storage_options=None
     index = IndexLocation.of(index, storage_options)
 
     def read_map(path: str) -> BucketMap:
-        arrays, _ = read_array_group(index.resolve(path), index.storage_options)
-        return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"])
+        arrays, attrs = read_array_group(index.resolve(path), index.storage_options)
+        # format 2 maps hold 8-byte image ids (no id_base)
+        return BucketMap(arrays["keys"], arrays["offsets"], arrays["ids"], arrays["key_bounds"], attrs.get("id_base", 0))
 
-    def load():
+    def build():
         maps = [read_map(path) for path in partition.maps]
         bmap = maps[0] if len(maps) == 1 else merge_bucket_maps(maps)
         if partition.tombstones:
             dead = read_parquet(index.resolve(partition.tombstones), index.storage_options, ["image_id"]).column("image_id")
             bmap = drop_ids(bmap, dead.to_numpy())
+        return bmap.rebased(partition.start)
+
+    def load():
+        files, folder = _local(index, partition)
+        if folder is None:
+            return build()
+        bmap = files.bucket_map(folder, build)
+        files.adopt_tables(folder, bmap)
         return bmap
 
     return _cache.get(("partition", index.url, partition.key), load)
 
 
-def load_codes(index: "IndexLocation | str", codes: str, start: int, stop: int, storage_options=None) -> np.ndarray:
-    """Flattened ``[stop - start, G]`` codes of images ``start..stop`` from the codes array
-    ``codes`` (committed rows never change), cached per worker process like the bucket maps."""
+def save_tables(index: "IndexLocation | str", partition, bmap) -> None:
+    """Keep in the partition's local copy the multi-index tables a search just built on ``bmap``."""
+    files, folder = _local(IndexLocation.of(index), partition)
+    if folder is not None:
+        files.save_tables(folder, bmap)
+
+
+def load_codes(index: "IndexLocation | str", partition, storage_options=None) -> np.ndarray:
+    """Flattened ``[stop - start, G]`` codes of a partition's images ``start..stop`` (committed
+    rows never change), cached per worker process like the bucket maps, and memory-mapped from
+    the partition's local copy where the machine keeps them."""
     from storage.arrays import read_rows
 
     index = IndexLocation.of(index, storage_options)
+    start, stop = partition.start, partition.stop
+
+    def read():
+        return read_rows(index.resolve(partition.codes), start, stop, index.storage_options).reshape(stop - start, -1)
 
     def load():
-        return read_rows(index.resolve(codes), start, stop, index.storage_options).reshape(stop - start, -1)
+        files, folder = _local(index, partition)
+        return read() if folder is None else files.codes(folder, read)
 
-    return _cache.get(("codes", index.url, codes, start, stop), load)
+    return _cache.get(("codes", index.url, partition.codes, start, stop), load)
+
+
+_folders: dict = {}
+
+
+def _local(index: IndexLocation, partition):
+    """``(files, folder)`` of the partition's local copy, or ``(None, None)`` when there is none."""
+    from workflows.partition_files import local_files
+
+    files = local_files()
+    if files is None:
+        return None, None
+    key = (files.root, index.url, partition.key)
+    if key not in _folders:
+        _folders[key] = files.folder(index, partition)
+    return files, _folders[key]
