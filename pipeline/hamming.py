@@ -424,24 +424,24 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
                 for i in range(r):
                     probe ^= dtype.type(1) << dtype.type(pos[i])
                 b = np.uint64(_mih_bucket(probe, width, tb))
+                # Branch-free: about half the candidates match, so a branch per candidate
+                # would be mispredicted half the time. Each candidate is written at n, and n
+                # moves on only for a match (with every key matched, n is past the buffer:
+                # that test is always true until then, so it is predicted right).
                 for j in range(np.uint64(s_starts[b]), np.uint64(s_starts[b + np.uint64(1)])):
                     key = s_keys[j]
                     x = key ^ q
                     d = np.int64(ctpop(x))
-                    if d > t:
-                        continue
-                    if hashed and ((key & masks[s]) >> shift) != probe:
-                        continue
+                    keep = d <= t
+                    if hashed:
+                        keep &= ((key & masks[s]) >> shift) == probe
                     # Report the key from the first substring within the radius only.
-                    first = True
                     for s2 in range(s):
-                        if np.int64(ctpop(x & masks[s2])) <= radius:
-                            first = False
-                            break
-                    if first:
+                        keep &= np.int64(ctpop(x & masks[s2])) > radius
+                    if n < out_idx.size:
                         out_idx[n] = s_order[j]
                         out_dist[n] = d
-                        n += 1
+                    n += np.int64(keep)
                 if not _next_combination(pos, r, width):
                     break
     return n

@@ -185,8 +185,8 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     found_dist = np.empty(found_at.size, np.uint8)
     # Keys at distance exactly t (most matches: the outermost ring is the largest) are kept
     # as keys only; their buckets are looked up for the queries whose rings closer in fit
-    # the vote budget, the only ones whose radius can reach t (2026-12-06, a 1M partition:
-    # half the queries stop at radius 1, and 70% of the matches were never used).
+    # the vote budget, the only ones whose radius can reach t (in a large partition, many
+    # queries stop short of t).
     outer_key = np.empty(found_at.size, np.int64)
     used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
     used_size = np.empty(found_at.size, np.int32)

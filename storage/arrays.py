@@ -110,9 +110,9 @@ def write_rows(url: str, start: int, values: np.ndarray, storage_options=None) -
 def write_array_group(url: str, arrays: Mapping[str, np.ndarray], attrs: Mapping, storage_options=None) -> None:
     """Write named 1-D arrays (and JSON ``attrs``) as one Zarr group, replacing what was there.
 
-    Compressed with Blosc's zstd after a byte shuffle: the sorted keys, offsets and ids of a
-    bucket map take 0.43, 0.10 and 0.52 of their bytes, against 0.92, 0.71 and 0.78 with zstd
-    alone (a 1M-image synthetic partition; docs/BENCHMARKS.md section 5).
+    Compressed with Blosc's zstd after a byte shuffle: the sorted keys, offsets and ascending
+    ids of a bucket map shuffle into long runs of equal bytes (with 4-byte ids, a 1M-image
+    synthetic index went from 636 to 474 bytes per image; docs/SCALE.md).
     """
     from zarr.codecs import BloscCodec
 
