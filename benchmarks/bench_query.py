@@ -67,7 +67,10 @@ def main(argv=None) -> dict:
         index_url = args.index or f"{tmp}/index"
         if not Path(index_url, "manifest.json").exists():
             corpus = subset(args.corpus, args.images, f"{tmp}/corpus.npy")
-            index(corpus, index_url, args.model, IndexSettings(), ClusterSettings(workers=2))
+            # the index is only the benchmark's input: the smoke run builds it on threads of this
+            # process instead of starting (and importing TensorFlow in) two more
+            index(corpus, index_url, args.model, IndexSettings(),
+                  ClusterSettings(workers=1, processes=False) if args.smoke else ClusterSettings(workers=2))
         queries = subset(args.query_images, args.queries, f"{tmp}/queries.npy")
         rates = {w: throughput(index_url, queries, w, modes, args.repeats) for w in sizes}
     print(f"\nqueries/s, whole query job on a running cluster (median of {args.repeats}), {args.queries} queries:")
