@@ -94,7 +94,7 @@ def plan(cal: Calibration, images: int, cores: int, encode_images_per_s_per_core
     }
 
 
-def calibrate(work: str, n_images: int, partition_size: int, n_queries: int) -> tuple[Calibration, list, np.ndarray]:
+def calibrate(work: str, n_images: int, partition_size: int, n_queries: int) -> tuple[Calibration, list]:
     """Build the synthetic index and time its partitions one at a time (module docstring)."""
     from bench_scale import build, disk_bytes
 
@@ -130,9 +130,10 @@ def calibrate(work: str, n_images: int, partition_size: int, n_queries: int) -> 
         started = time.process_time()
         lists.append(rerank_search(queries, bmap, codes, *args))
         search_ms.append(1000 * (time.process_time() - started) / n_queries)
+    merged = lists * (MERGE_FAN_IN // len(lists) + 1)  # about one merge task's lists
     started = time.process_time()
-    merge_topk(lists * (MERGE_FAN_IN // len(lists) + 1), settings.k)
-    merge_ms = 1000 * (time.process_time() - started) / n_queries / (len(lists) * (MERGE_FAN_IN // len(lists) + 1))
+    merge_topk(merged, settings.k)
+    merge_ms = 1000 * (time.process_time() - started) / n_queries / len(merged)
     objects = sum(1 for f in Path(index_url).rglob("*") if f.is_file())
     cal = Calibration(
         partition_size=partition_size, search_ms=float(np.median(search_ms)), encode_ms=encode_ms, merge_ms=merge_ms,
@@ -141,7 +142,7 @@ def calibrate(work: str, n_images: int, partition_size: int, n_queries: int) -> 
     )
     print(f"calibrated on {len(lists)} partition(s) of {partition_size:,} images, one at a time: search "
           + ", ".join(f"{v:.3f}" for v in search_ms) + " CPU ms per query and partition", flush=True)
-    return cal, lists, queries
+    return cal, lists
 
 
 def from_bench(path: str, build_rate: float) -> Calibration:
@@ -227,7 +228,7 @@ def main(argv=None) -> dict:
         cal, lists = from_bench(args.from_bench, args.build_rate), []
     else:
         with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-            cal, lists, _ = calibrate(work, args.calibrate_images, args.partition_size, args.queries)
+            cal, lists = calibrate(work, args.calibrate_images, args.partition_size, args.queries)
     encode_rate = 1000 / cal.encode_ms
     print("calibration: " + ", ".join(f"{k} {v:,.3f}" for k, v in asdict(cal).items()))
     checked = check(cal, args.check) if args.check else []

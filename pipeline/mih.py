@@ -22,7 +22,7 @@ from .buckets import BucketMap
 from .hamming import ball_size, mih_build, mih_cost, mih_split, mih_table_bits
 
 __all__ = ["METHODS", "METHOD_CODE", "SCAN", "ENUMERATE", "MIH", "SearchIndex", "prepare_index", "adopt_index", "cached_indexes",
-           "choose_method", "mih_substrings", "index_nbytes", "no_tables"]
+           "choose_method", "mih_substrings", "no_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,6 @@ class SearchIndex:
 # to their map, or the map would never be collected.
 _index_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _index_cache_lock = threading.Lock()
-
-
-def index_nbytes(bmap: BucketMap) -> int:
-    """Bytes of the multi-index tables :func:`prepare_index` has built and cached on ``bmap``."""
-    with _index_cache_lock:
-        return sum(index.nbytes for index in _index_cache.get(bmap, {}).values())
 
 
 def cached_indexes(bmap: BucketMap) -> list[SearchIndex]:

@@ -224,15 +224,13 @@ def _local_copy_bytes() -> tuple[str, int]:
     """``(machine and folder, bytes)`` of this worker's local copies of partitions."""
     import os
     import socket
-    from pathlib import Path
 
     from workflows.partition_files import local_files
 
     files = local_files()
-    if files is None or not files.root.is_dir():
+    if files is None:
         return ("", 0)
-    size = sum(f.stat().st_size for f in Path(files.root).rglob("*") if f.is_file())
-    return (f"{socket.gethostname()}:{os.path.realpath(files.root)}", size)
+    return (f"{socket.gethostname()}:{os.path.realpath(files.root)}", files.nbytes())
 
 
 def _index_figures(index: IndexLocation) -> dict:

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -117,17 +116,16 @@ class PartitionFiles:
         if bmap is not None:
             return bmap
         built = build()
-        meta = {"id_base": built.id_base, "written": time.time()}
-        self._write_folder(folder, {name: getattr(built, name) for name in _MAP_ARRAYS}, meta)
+        self._write_folder(folder, {name: getattr(built, name) for name in _MAP_ARRAYS}, {"id_base": built.id_base})
         bmap = self._open_map(folder)
-        return bmap if bmap is not None else BucketMap(built.keys, built.offsets, built.ids, built.key_bounds, built.id_base)
+        return bmap if bmap is not None else built  # not kept (no room, or the disk refused): from memory
 
     def _open_map(self, folder: Path):
         from pipeline.buckets import BucketMap
 
         try:
             meta = json.loads((folder / "meta.json").read_text())
-            arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=_MAPPED, allow_pickle=False) for name in _MAP_ARRAYS}
+            arrays = {name: _mapped(folder / f"{name}.npy") for name in _MAP_ARRAYS}
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
         os.utime(folder)  # least recently used goes first
@@ -139,16 +137,16 @@ class PartitionFiles:
         """The partition's codes, memory-mapped from ``folder``; ``read()`` gives them the first time."""
         path = folder / "codes.npy"
         try:
-            return np.load(path, mmap_mode=_MAPPED, allow_pickle=False)
+            return _mapped(path)
         except (FileNotFoundError, ValueError):
             pass
         values = read()
         if folder.is_dir():
             self._write_file(path, values)
             try:
-                return np.load(path, mmap_mode=_MAPPED, allow_pickle=False)
+                return _mapped(path)
             except (FileNotFoundError, ValueError):
-                pass
+                pass  # not kept (no room, or the disk refused): from memory
         return values
 
     # ------------------------------------------------------------------ multi-index tables
@@ -161,7 +159,7 @@ class PartitionFiles:
         for tables in sorted(folder.glob("mih-*")):
             try:
                 meta = json.loads((tables / "meta.json").read_text())
-                arrays = {name: np.load(tables / f"{name}.npy", mmap_mode=_MAPPED, allow_pickle=False) for name in _TABLE_ARRAYS}
+                arrays = {name: _mapped(tables / f"{name}.npy") for name in _TABLE_ARRAYS}
                 adopt_index(bmap, SearchIndex(meta["bits"], meta["n_keys"], **arrays))
                 adopted += 1
             except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
@@ -179,11 +177,11 @@ class PartitionFiles:
             if not folder.is_dir() or target.exists():
                 continue
             arrays = {name: getattr(index, name) for name in _TABLE_ARRAYS}
-            self._write_folder(target, arrays, {"bits": index.bits, "n_keys": index.n_keys}, evict=True)
+            self._write_folder(target, arrays, {"bits": index.bits, "n_keys": index.n_keys})
 
     # ------------------------------------------------------------------ writing and eviction
 
-    def _write_folder(self, folder: Path, arrays: dict, meta: dict, evict: bool = True) -> None:
+    def _write_folder(self, folder: Path, arrays: dict, meta: dict) -> None:
         """Write ``arrays`` and ``meta.json`` under a temporary name, then rename it ``folder``
         (another process that got there first wins: its copy is the same)."""
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -199,8 +197,7 @@ class PartitionFiles:
                 log.warning("could not keep a local copy at %s (%s); searching from memory", folder, err)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if evict:
-            self.evict()
+        self.evict()
 
     def _write_file(self, path: Path, values: np.ndarray) -> None:
         tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}.npy")
@@ -212,6 +209,10 @@ class PartitionFiles:
             tmp.unlink(missing_ok=True)
         self.evict()
 
+    def nbytes(self) -> int:
+        """Bytes the copies take now (0 before the first)."""
+        return _tree_bytes(self.root)
+
     def evict(self) -> None:
         """Remove the least recently used copies until the rest fit the budget."""
         try:
@@ -221,7 +222,7 @@ class PartitionFiles:
         sized = []
         for folder in folders:
             try:
-                sized.append((folder.stat().st_mtime, folder, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())))
+                sized.append((folder.stat().st_mtime, folder, _tree_bytes(folder)))
             except FileNotFoundError:
                 continue
         total = sum(size for _, _, size in sized)
@@ -231,3 +232,12 @@ class PartitionFiles:
             shutil.rmtree(folder, ignore_errors=True)
             total -= size
             log.info("removed the local copy %s (%d bytes) to stay within %d bytes", folder, size, self.budget)
+
+
+def _mapped(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode=_MAPPED, allow_pickle=False)
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (0 if it does not exist)."""
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
