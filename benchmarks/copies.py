@@ -29,11 +29,14 @@ Wallpapers are copied from their full-size image. Every copy keeps transparency 
 format does.
 
 **Measured**, one step after the other in one run: ``patchhash index`` and ``patchhash query
---k 10`` with default settings (``--model`` only), and the same queries with ``--flip``; then
+--k 10`` with default settings (no ``--model`` unless given: the index gets the model a folder
+of image files gets by default), and the same queries with ``--flip``; then
 imagehash dHash and pHash (``photo_refs.py imagehash --flatten black``: each image composited
 on black, hashed, the 10 nearest by exact Hamming distance). A copy is found at rank r when
-its original is the r-th hit. Recall@1 and @10 per kind and overall, and the CPU seconds of
-each tool (user + system of the commands and their children).
+its original is the r-th hit. A wallpaper shipped as several files (resolutions, portrait
+crops: :func:`same_picture`) is one picture, so a hit on any of its files finds it, for every
+tool alike. Recall@1 and @10 per kind and overall, and the CPU seconds of each tool (user +
+system of the commands and their children).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -203,15 +207,15 @@ def write_queries(icons, wallpapers, n_icons: int, folder: Path, seed: int = 0) 
 
 
 def with_rules(model: str, rules: str, folder: Path) -> str:
-    """A copy of ``model`` in ``folder`` whose card names the input rules ``"background,centre"``."""
+    """A copy of ``model`` in ``folder`` whose card names the input rules ``"background,centre[,mirror]"``."""
     import shutil
 
     from pipeline.modelcard import resolve_model_url
+    from storage.canonical import InputRules
 
-    background, centre = rules.split(",")
     shutil.copytree(resolve_model_url(model), folder)
     card = json.loads((folder / "card.json").read_text())
-    card["input"] = {"background": background, "centre": centre}
+    card["input"] = InputRules(*rules.split(",")).to_json()
     (folder / "card.json").write_text(json.dumps(card, indent=1))
     return str(folder)
 
@@ -219,15 +223,40 @@ def with_rules(model: str, rules: str, folder: Path) -> str:
 # --------------------------------------------------------------------------- scoring
 
 
-def recall(ranked: dict[str, list[int]], queries: list[dict]) -> dict:
-    """Recall@1 and @10 per kind and overall; ``ranked``: per query file, the index positions of its hits in order."""
+def same_picture(files: list[Path]) -> list[int]:
+    """Per indexed file, the position of the first file showing the same picture: a wallpaper's
+    name without its resolution (``_1920x1080``) and ``_Portrait`` suffixes in the same folder.
+
+    ``sway-backgrounds`` ships one wallpaper as 8 files (resolutions, landscape and portrait
+    crops) and ``mate-backgrounds`` one at 3 resolutions. Each file is indexed, and each is a
+    copy of the others as "other size" counts an icon's other shipped sizes, so a hit on any
+    of them finds the original. Icons are their own picture (their other sizes are not indexed).
+    """
+    first: dict[tuple[str, str], int] = {}
+    out = []
+    for i, path in enumerate(map(Path, files)):
+        if "backgrounds" not in path.parts:
+            out.append(i)
+            continue
+        stem = re.sub(r"(_\d+x\d+)?(_Portrait)?$", "", path.stem)
+        out.append(first.setdefault((str(path.parent), stem), i))
+    return out
+
+
+def recall(ranked: dict[str, list[int]], queries: list[dict], picture: list[int] | None = None) -> dict:
+    """Recall@1 and @10 per kind and overall; ``ranked``: per query file, the index positions of its hits in order.
+
+    ``picture`` (:func:`same_picture`): a hit on another file of the original's picture finds it.
+    """
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for q in queries:
-        hits = ranked.get(q["file"], [])
+        target, hits = q["original"], ranked.get(q["file"], [])
+        if picture is not None:
+            target, hits = picture[target], [picture[p] for p in hits]
         for key in (q["kind"], "overall"):
             counts[key][0] += 1
-            counts[key][1] += hits[:1] == [q["original"]]
-            counts[key][2] += q["original"] in hits[:10]
+            counts[key][1] += hits[:1] == [target]
+            counts[key][2] += target in hits[:10]
     return {kind: {"queries": n, "recall_at_1": r1 / n, "recall_at_10": r10 / n} for kind, (n, r1, r10) in counts.items()}
 
 
@@ -251,10 +280,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-index", type=int, default=0, help="index only the first N distinct icons (0: all)")
     ap.add_argument("--icon-packages", default=",".join(ICON_PACKAGES))
     ap.add_argument("--wallpaper-packages", default=",".join(WALLPAPER_PACKAGES), help="comma-separated; '' for none")
-    ap.add_argument("--model", default="fashion-mnist", help="model directory or built-in name")
-    ap.add_argument("--input-rules", metavar="BACKGROUND,CENTRE",
+    ap.add_argument("--model", help="model directory or built-in name (default: none given, so the index gets the model a "
+                                    "folder of image files gets by default)")
+    ap.add_argument("--input-rules", metavar="BACKGROUND,CENTRE[,MIRROR]",
                     help="run with a copy of the model whose card names these input rules instead (e.g. keep,none: as "
-                         "before the rules; black,mass: centred too); the weights are the model's")
+                         "before the rules; black,mass,mean: centred and mirrored too); the weights are the model's")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE.parent / "copies")
     ap.add_argument("--debs", type=Path, help="a folder holding the .deb files already (else apt-get download)")
     ap.add_argument("--workdir", help="where the corpus, copies and indexes go (default: a temporary directory)")
@@ -279,6 +309,7 @@ def main(argv=None) -> dict:
                         and p.is_file() and not p.is_symlink()) if wallpaper_packages else []
     index_files = [path for path, _ in icons] + wallpapers
     position = {os.path.realpath(p): i for i, p in enumerate(index_files)}
+    picture = same_picture(index_files)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         corpus = work / "corpus.txt"  # the files where they were unpacked: a uri list
@@ -287,14 +318,17 @@ def main(argv=None) -> dict:
         print(f"index: {len(icons)} icons + {len(wallpapers)} wallpapers; {len(queries)} copies of "
               f"{len({q['original'] for q in queries})} originals", flush=True)
         index = str(work / "index")
-        model = with_rules(args.model, args.input_rules, work / "model") if args.input_rules else args.model
-        built = run_measured(patchhash("index", "--corpus", str(corpus), "--index", index, "--model", model), "patchhash index")
+        from workflows.index import default_model
+
+        model = with_rules(args.model or default_model("images"), args.input_rules, work / "model") if args.input_rules else args.model
+        built = run_measured(patchhash("index", "--corpus", str(corpus), "--index", index, *(["--model", model] if model else [])),
+                             "patchhash index")
         runs = {}
         for label, extra in (("default", []), ("flip", ["--flip"])):
             out = work / f"{label}.parquet"
             runs[label] = run_measured(patchhash("query", "--index", index, "--queries", str(work / "queries"), "--out", str(out),
                                                  "--k", "10", *extra), f"patchhash query {label}")
-            runs[label]["recall"] = recall(patchhash_ranks(out, position), queries)
+            runs[label]["recall"] = recall(patchhash_ranks(out, position), queries, picture)
         paths = work / "paths.json"
         paths.write_text(json.dumps({"corpus": [str(p) for p in index_files],
                                      "queries": [str(work / "queries" / q["file"]) for q in queries]}))
@@ -304,10 +338,10 @@ def main(argv=None) -> dict:
             hashes[kind] = run_measured([sys.executable, str(HERE / "photo_refs.py"), "imagehash", "--kind", kind, "--flatten", "black",
                                          "--paths", str(paths), "--out", str(out), "--k", "10"], kind)
             top = json.loads(out.read_text())["top"]
-            hashes[kind]["recall"] = recall({q["file"]: t for q, t in zip(queries, top)}, queries)
+            hashes[kind]["recall"] = recall({q["file"]: t for q, t in zip(queries, top)}, queries, picture)
     figures = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "indexed": {"icons": len(icons), "wallpapers": len(wallpapers)},
+        "indexed": {"icons": len(icons), "wallpapers": len(wallpapers), "pictures": len(set(picture))},
         "queries": len(queries),
         "patchhash": {"index": without_samples(built), "query": without_samples(runs["default"]), "query_flip": without_samples(runs["flip"]),
                       "cpu_s": built["cpu_s"] + runs["default"]["cpu_s"]},

@@ -48,7 +48,7 @@ __all__ = [
 
 CARD_FORMAT = "patchhash-model"
 CARD_VERSION = 1
-BUILTIN_MODELS = ("fashion-mnist", "fashion-mnist-unsupervised")
+BUILTIN_MODELS = ("fashion-mnist", "fashion-mnist-unsupervised", "icons-photos")
 
 
 def sha256_bytes(data: bytes) -> str:

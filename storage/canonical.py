@@ -1,6 +1,6 @@
-"""The canonical form of an image: its background and its position, before it is resized.
+"""The canonical form of an image: its background, its position and its orientation.
 
-Copies of an image met in practice differ from it in ways the model's codes should not see. Two
+Copies of an image met in practice differ from it in ways the model's codes should not see. Three
 of them are undone here, each by a rule that maps the copy and the original to the same pixels:
 
 * **background** (``"black"``): an icon with transparency is composited on black, but a copy of
@@ -20,10 +20,16 @@ of them are undone here, each by a rule that maps the copy and the original to t
   is resized to the model input is moved by the exact, fractional offset instead, within the
   resize (:func:`mass_shift`; :mod:`storage.images`): whole pixels of a 48 px icon are 0.6 px at
   28x28, so copies of it at other sizes would land up to a pixel apart.
+* **mirror** (``"mean"``): a mirrored copy (left-right) gives other codes everywhere. The rule
+  flips the model's input, after the resize, so that the mean of its brightness lies left of
+  its vertical centre line or on it (:func:`mirror_by_mean`): an image and its mirror image
+  then give the same input. An image that is nearly balanced left and right can land either
+  way, in the original and in a copy; ``--flip`` searches a query both ways for those.
 
 A model card records the rules its model was trained and indexed with (``"input"`` in the card,
-:class:`InputRules`); both are off unless the card asks for them, so an index keeps converting
-its images as when it was built.
+:class:`InputRules`); each is off unless the card asks for it, so an index keeps converting
+its images as when it was built. The mirror rule is written to a card only when set, so a card
+without it reads the same in versions that do not know it.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "grey_of", "luma", "mass_offset",
-           "mass_shift"]
+           "mass_shift", "mirror_by_mean"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 BORDER_SHARE = 0.6
 
 _BACKGROUNDS = ("keep", "black")
 _CENTRES = ("none", "mass")
+_MIRRORS = ("none", "mean")
 
 
 @dataclass(frozen=True)
@@ -52,31 +59,40 @@ class InputRules:
         ``"black"``: a plain, non-black background connected to the border becomes black.
     centre : {"none", "mass"}
         ``"mass"``: the image is moved so that the median of its brightness is at its centre.
+    mirror : {"none", "mean"}
+        ``"mean"``: the model's input is flipped left-right where the mean of its brightness
+        lies right of its centre.
     """
 
     background: str = "keep"
     centre: str = "none"
+    mirror: str = "none"
 
     def __post_init__(self) -> None:
         if self.background not in _BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(_BACKGROUNDS)}, got {self.background!r}")
         if self.centre not in _CENTRES:
             raise ValueError(f"centre must be one of {', '.join(_CENTRES)}, got {self.centre!r}")
+        if self.mirror not in _MIRRORS:
+            raise ValueError(f"mirror must be one of {', '.join(_MIRRORS)}, got {self.mirror!r}")
 
     @property
     def active(self) -> bool:
         return self != InputRules()
 
     def to_json(self) -> dict[str, str]:
-        return {"background": self.background, "centre": self.centre}
+        d = {"background": self.background, "centre": self.centre}
+        if self.mirror != "none":  # only when set: a card without it reads the same everywhere
+            d["mirror"] = self.mirror
+        return d
 
     @classmethod
     def from_json(cls, d: object) -> "InputRules":
         """From a card's ``"input"`` (absent: no rule, as cards written before the rules)."""
         if d is None:
             return cls()
-        if not isinstance(d, dict) or set(d) - {"background", "centre"}:
-            raise ValueError(f"input must be an object with keys background and centre, got {d!r}")
+        if not isinstance(d, dict) or set(d) - {"background", "centre", "mirror"}:
+            raise ValueError(f"input must be an object with keys background, centre and mirror, got {d!r}")
         return cls(**d)
 
     def apply(self, image: np.ndarray, centre: bool = True) -> np.ndarray:
@@ -88,6 +104,13 @@ class InputRules:
         if self.centre == "mass" and centre:
             image = centre_by_mass(image)
         return image
+
+    def orient(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` (``uint8 [n, h, w, c]``, the model's input) with the mirror rule applied:
+        the input itself when the rule is off or flips no image."""
+        if self.mirror != "mean" or not len(batch):
+            return batch
+        return mirror_by_mean(batch)
 
 
 def black_background(image: np.ndarray) -> np.ndarray:
@@ -152,6 +175,25 @@ def centre_by_mass(image: np.ndarray) -> np.ndarray:
     out = np.zeros_like(image)
     if abs(dy) < h and abs(dx) < w:
         out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
+def mirror_by_mean(batch: np.ndarray) -> np.ndarray:
+    """``batch`` (``uint8 [n, h, w, c]``) with each image whose brightness mean lies right of its
+    vertical centre line flipped left-right; an image whose mean lies on it is left as it is.
+
+    The test is exact integer arithmetic (the brightness-weighted sum of ``2 x - (w - 1)`` over
+    the columns ``x``, which a mirror negates), so an image and its mirror image give the same
+    result unless the mean lies exactly on the line.
+    """
+    width = batch.shape[2]
+    grey = batch[..., 0] if batch.shape[3] == 1 else luma(batch)
+    weight = 2 * np.arange(width, dtype=np.int64) - (width - 1)
+    right = grey.sum(axis=1, dtype=np.int64) @ weight > 0
+    if not right.any():
+        return batch
+    out = batch.copy()
+    out[right] = batch[right][:, :, ::-1]
     return out
 
 

@@ -25,12 +25,13 @@ def test_copies_smoke(smoke):
     figures, stdout = smoke
     if "skipped" in figures:
         pytest.skip(f"the icon theme cannot be fetched here: {figures['skipped']}")
-    assert figures["indexed"] == {"icons": 40, "wallpapers": 0}
+    assert figures["indexed"] == {"icons": 40, "wallpapers": 0, "pictures": 40}
     ours = figures["patchhash"]["query"]["recall"]
     assert set(ours) == {*copies.KINDS, "overall"} and figures["queries"] == ours["overall"]["queries"]
     assert ours["flattened on black"]["recall_at_1"] == 1.0  # exactly what the index holds
-    assert ours["flattened on white"]["recall_at_1"] == 1.0  # the background rule of the shipped model
-    assert figures["patchhash"]["query_flip"]["recall"]["mirror"]["recall_at_1"] == 1.0  # a mirror mirrors back exactly
+    assert ours["flattened on white"]["recall_at_1"] == 1.0  # the background rule of the default model for files
+    assert ours["mirror"]["recall_at_1"] == 1.0  # the mirror rule of the default model for files: no --flip needed
+    assert figures["patchhash"]["query_flip"]["recall"]["mirror"]["recall_at_1"] == 1.0
     assert figures["imagehash"]["dhash"]["cpu_s"] > 0 and figures["patchhash"]["cpu_s"] > 0
     assert "| overall |" in stdout
 
@@ -81,3 +82,16 @@ def test_recall_per_kind_and_overall():
     assert got["mirror"] == {"queries": 2, "recall_at_1": 0.5, "recall_at_10": 1.0}
     assert got["grey"] == {"queries": 1, "recall_at_1": 0.0, "recall_at_10": 0.0}
     assert got["overall"] == {"queries": 3, "recall_at_1": 1 / 3, "recall_at_10": 2 / 3}
+
+
+def test_a_wallpaper_shipped_as_several_files_is_one_picture():
+    files = [Path("/i/usr/share/icons/A/48x48/apps/x_16x16.png"), Path("/i/usr/share/backgrounds/sway/Blue_1920x1080.png"),
+             Path("/i/usr/share/backgrounds/sway/Blue_768x1024_Portrait.png"), Path("/i/usr/share/backgrounds/mate/Blue.jpg"),
+             Path("/i/usr/share/backgrounds/mate/Blue_3840x2160.jpg"), Path("/i/usr/share/backgrounds/mate/Waves.png")]
+    picture = copies.same_picture(files)
+    assert picture == [0, 1, 1, 3, 3, 5]  # an icon is its own picture; folders keep pictures apart
+    queries = [{"file": "a", "kind": "grey", "original": 2}, {"file": "b", "kind": "grey", "original": 4}]
+    ranked = {"a": [1, 0], "b": [5, 0]}
+    assert copies.recall(ranked, queries)["overall"]["recall_at_1"] == 0.0
+    got = copies.recall(ranked, queries, picture)["overall"]
+    assert got["recall_at_1"] == 0.5 and got["recall_at_10"] == 0.5  # 1 is 2's picture; 5 is not 4's

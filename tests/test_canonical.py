@@ -1,5 +1,6 @@
-"""The canonical form of an image (storage/canonical.py): a plain background becomes black, and
-an image moves so that its brightness median is at its centre (issue 19, transparency and shifts).
+"""The canonical form of an image (storage/canonical.py): a plain background becomes black, an
+image moves so that its brightness median is at its centre, and it is flipped so that its
+brightness mean is left of its centre (issue 19, transparency, shifts and mirrors).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from corpus_helpers import FASHION_TRAIN
 from PIL import Image, ImageDraw
 
 from storage import ImageSpec, InputRules, open_corpus
-from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset
+from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset, mirror_by_mean
 from storage.images import convert, convert_batch, decode_and_convert
 
 BLACK = InputRules(background="black")
 BACKGROUNDS = ((255, 255, 255), (200, 220, 255), (90, 90, 90))
 CENTRED = InputRules(background="black", centre="mass")
+CANONICAL = InputRules(background="black", centre="mass", mirror="mean")
 
 
 def icon(seed: int, size: int = 48) -> Image.Image:
@@ -56,11 +58,15 @@ def test_rules_validate_and_round_trip_through_json():
     assert InputRules() == InputRules.from_json(None)  # a card written before the rules
     assert not InputRules().active and BLACK.active and CENTRED.active
     assert InputRules.from_json(json.loads(json.dumps(CENTRED.to_json()))) == CENTRED
+    assert InputRules.from_json(json.loads(json.dumps(CANONICAL.to_json()))) == CANONICAL
+    assert "mirror" not in CENTRED.to_json()  # written only when set: older readers still read the card
     with pytest.raises(ValueError, match="background must be one of keep, black"):
         InputRules(background="white")
     with pytest.raises(ValueError, match="centre must be one of none, mass"):
         InputRules(centre="centroid")
-    with pytest.raises(ValueError, match="keys background and centre"):
+    with pytest.raises(ValueError, match="mirror must be one of none, mean"):
+        InputRules(mirror="always")
+    with pytest.raises(ValueError, match="keys background, centre and mirror"):
         InputRules.from_json({"background": "black", "colour": "x"})
 
 
@@ -190,6 +196,48 @@ def test_a_resized_image_is_centred_by_a_fraction_of_a_pixel(tmp_path):
         assert np.array_equal(decoded, centred)
 
 
+# --------------------------------------------------------------------------- mirror
+
+
+def test_an_image_and_its_mirror_image_give_the_same_input():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+    assert np.array_equal(mirror_by_mean(batch), mirror_by_mean(batch[:, :, ::-1]))
+    grey = batch[..., 0].astype(np.int64)
+    moment = (grey * (2 * np.arange(28) - 27)).sum(axis=(1, 2))
+    out = mirror_by_mean(batch)
+    assert np.array_equal(out[moment <= 0], batch[moment <= 0])  # mean on the left already: unchanged
+    assert np.array_equal(out[moment > 0], batch[moment > 0][:, :, ::-1])
+    assert (((out[..., 0].astype(np.int64)) * (2 * np.arange(28) - 27)).sum(axis=(1, 2)) <= 0).all()
+
+
+def test_the_mirror_rule_weighs_colour_by_its_luma_and_keeps_balanced_images():
+    rgb = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    rgb[0, :, 6, 2] = 255  # blue on the right: flipped to the left
+    rgb[1, :, 1, 0] = rgb[1, :, 6, 0] = 255  # balanced: left as it is
+    out = mirror_by_mean(rgb)
+    assert out[0, :, 1, 2].all() and not out[0, :, 6].any()
+    assert np.array_equal(out[1], rgb[1])
+    balanced = rgb[1:]
+    assert mirror_by_mean(balanced) is balanced  # nothing to flip: no copy
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_mirrored_copy_decodes_to_the_same_input(seed):
+    """Whole decoding with every rule: a file and its mirror image (at the model's size or
+    resized, moved or not) give the same pixels, as the rules promise."""
+    from PIL import ImageOps
+
+    spec = ImageSpec(28, 28, 1, rules=CANONICAL)
+    for size in (28, 48):
+        original = icon(seed, size)
+        a = decode_and_convert(png(original), "a.png", spec)
+        b = decode_and_convert(png(ImageOps.mirror(original)), "b.png", spec)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, size  # resizing may round a level apart
+        arrays, _ = convert_batch(np.stack([np.asarray(original), np.asarray(ImageOps.mirror(original))]), spec)
+        assert np.abs(arrays[0].astype(int) - arrays[1].astype(int)).max() <= 1, size
+
+
 # --------------------------------------------------------------------------- models and whole jobs
 
 
@@ -200,6 +248,7 @@ def test_cards_say_which_rules_their_model_uses():
     shipped = read_card("fashion-mnist")
     assert shipped.input_rules == BLACK and shipped.image_spec == ImageSpec(28, 28, 1, rules=BLACK)
     assert read_card("fashion-mnist-unsupervised").input_rules == InputRules()  # a card from before the rules
+    assert read_card("icons-photos").input_rules == CANONICAL  # the default for image files (docs/MODEL.md)
     d = shipped.to_json()
     assert d["input"] == {"background": "black", "centre": "none"}
     assert ModelCard.from_json(d).input_rules == BLACK
@@ -251,7 +300,7 @@ def found_first_by_name(results) -> int:
                if r == 1 and u is not None)
 
 
-@pytest.mark.parametrize("rules", [BLACK, CENTRED])
+@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL])
 def test_decoding_a_small_file_with_rules_is_converting_it_bit_for_bit(rules):
     from storage.images import decode_image
 
@@ -267,8 +316,9 @@ def test_training_records_its_rules_in_the_card(fmnist_train, tmp_path):
     from workflows.train import train
 
     np.save(tmp_path / "corpus.npy", fmnist_train[:64, :, :, 0])
-    card = train(str(tmp_path / "corpus.npy"), str(tmp_path / "model"), bits=8, stem=(), epochs=1, batch_size=32, centre="mass")
-    assert card.input_rules == CENTRED
-    assert json.loads((tmp_path / "model" / "card.json").read_text())["input"] == {"background": "black", "centre": "mass"}
+    card = train(str(tmp_path / "corpus.npy"), str(tmp_path / "model"), bits=8, stem=(), epochs=1, batch_size=32, centre="mass",
+                 mirror="mean")
+    assert card.input_rules == CANONICAL
+    assert json.loads((tmp_path / "model" / "card.json").read_text())["input"] == {"background": "black", "centre": "mass", "mirror": "mean"}
     with pytest.raises(ConfigError, match="background must be one of keep, black"):
         train(str(tmp_path / "corpus.npy"), str(tmp_path / "other"), background="white")

@@ -152,6 +152,24 @@ def test_index_refuses_another_model(client, tiny_model, corpus_npy, tmp_path):
         index(corpus_npy, url, "fashion-mnist", client=client)
 
 
+def test_a_new_index_without_a_model_gets_the_one_for_its_kind_of_corpus(client, fmnist_train, tmp_path):
+    """Arrays (the Fashion-MNIST demo's kind) get ``fashion-mnist``; image files get
+    ``icons-photos`` (docs/MODEL.md says why); a later run without ``--model`` keeps the index's."""
+    from pipeline.modelcard import read_card
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(fmnist_train[i, :, :, 0]).save(folder / f"{i}.png")
+    np.save(tmp_path / "images.npy", fmnist_train[:3, :, :, 0])
+    for corpus, expected in ((str(tmp_path / "images.npy"), "fashion-mnist"), (str(folder), "icons-photos")):
+        url = str(tmp_path / f"idx-{expected}")
+        index(corpus, url, None, IndexSettings(shard_size=2), client=client)
+        assert read_card(join_url(url, "model")).name == expected
+    Image.fromarray(fmnist_train[3, :, :, 0]).save(folder / "3.png")
+    assert index(str(folder), str(tmp_path / "idx-icons-photos"), None, client=client).n_new == 1
+
+
 def test_unreadable_images_are_recorded_and_strict_fails_before_commit(client, tiny_model, fmnist_train, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -33,7 +33,7 @@ def test_examples_cover_index_query_and_a_cluster():
     assert {"index", "query"} <= commands
     cluster = load_job_spec(str(JOBS / "cluster-index.yaml"), "index").values
     assert cluster["scheduler"].startswith("tls://") and cluster["tls_ca"] == str(JOBS / "certs" / "ca.pem")
-    assert cluster["model"] == "fashion-mnist", "built-in model names are not paths"
+    assert cluster["model"] == "icons-photos", "built-in model names are not paths"
 
 
 def test_schema_lists_exactly_each_commands_options():

@@ -264,6 +264,8 @@ def train(
                                                  "matches its copy flattened onto any colour); keep: as is. Recorded in the card.")] = "black",
     centre: Annotated[str, typer.Option(help="mass: each image is moved so that the median of its brightness is at its centre (moved "
                                              "copies then match); none: as is. Recorded in the card.")] = "none",
+    mirror: Annotated[str, typer.Option(help="mean: each image is flipped left-right where the mean of its brightness lies right of its "
+                                             "centre (mirrored copies then match); none: as is. Recorded in the card.")] = "none",
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
@@ -279,7 +281,7 @@ def train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
-        shift_weight=shift_weight, max_shift=max_shift, background=background, centre=centre, sample=sample, seed=seed, name=name,
+        shift_weight=shift_weight, max_shift=max_shift, background=background, centre=centre, mirror=mirror, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_storage_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")
@@ -289,7 +291,7 @@ def train(
 @options(index=replace(INDEX, required=False), storage_options=STORAGE_OPTIONS)
 def info(
     *,
-    model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name (fashion-mnist).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model directory or built-in name (fashion-mnist, icons-photos).")] = None,
     index,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     runs: Annotated[int, typer.Option(help="With --index: show the last N runs of its run log.")] = 5,
@@ -319,7 +321,8 @@ def info(
     corpus=Option(None, "Images to index: folder/glob, IDX, .npy, Zarr, or a list of URIs.", type="path", required=True,
                   example="images/"),
     index=replace(INDEX, help="Index URL (created if absent, appended to otherwise)."),
-    model=Option(None, "Model directory or built-in name; default: the index's own, or fashion-mnist for a new index.",
+    model=Option(None, "Model directory or built-in name; default: the index's own, or for a new index fashion-mnist (a corpus of "
+                       "arrays) or icons-photos (image files).",
                  type="model", example="fashion-mnist"),
     settings=IndexSettings,
     compact=Option(True, "Compact partitions that pass the fragmentation thresholds after the commit (--no-compact: leave it "

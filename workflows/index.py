@@ -40,7 +40,7 @@ from workflows.runtime import failpoint
 from workflows.sharding import auto_shard_size, mean_file_bytes
 from workflows.sync import ARRAY_KINDS, SyncPlan, find_source, plan_sync
 
-__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "build_partitions", "MAP_LAYOUTS"]
+__all__ = ["IndexSettings", "IndexReport", "index", "install_model", "default_model", "build_partitions", "MAP_LAYOUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,23 @@ def _check_model(index: IndexLocation, model: str | None) -> None:
         )
 
 
+ARRAY_MODEL = "fashion-mnist"
+FILES_MODEL = "icons-photos"
+
+
+def default_model(corpus_kind: str) -> str:
+    """The built-in model a new index gets without ``--model``: :data:`ARRAY_MODEL` for a corpus
+    of arrays (IDX, ``.npy``, Zarr: the Fashion-MNIST demo's kind), :data:`FILES_MODEL` for image
+    files (a folder or a list of files: icons, pictures, photos). Why: docs/MODEL.md."""
+    return ARRAY_MODEL if corpus_kind in ARRAY_KINDS else FILES_MODEL
+
+
 def install_model(index: "IndexLocation | str", model: str | None) -> None:
-    """Copy the model into a new index (replacing one left by an uncommitted attempt)."""
+    """Copy the model (default :data:`ARRAY_MODEL`) into a new index (replacing one left by an uncommitted attempt)."""
     from pipeline.modelcard import read_card, resolve_model_url
 
     index = IndexLocation.of(index)
-    source = resolve_model_url(model or "fashion-mnist")
+    source = resolve_model_url(model or ARRAY_MODEL)
     card = read_card(source, index.storage_options)  # validates before anything is copied
     target = index.child(MODEL_DIR)
     if target.exists(CARD_FILE) and read_card(target.url, target.storage_options, verify=False).model_sha256 == card.model_sha256:
@@ -267,8 +278,9 @@ def index(
     """Make ``index_url`` (a URL with its ``storage_options``, also those of ``corpus``, or an
     :class:`~storage.location.IndexLocation`) mirror ``corpus``, under the index's lock.
 
-    Creates the index on first use (bound to ``model``, default the built-in
-    ``fashion-mnist``). Afterwards, for a corpus the index already holds, adds new images,
+    Creates the index on first use, bound to ``model``; by default the built-in
+    ``fashion-mnist`` for a corpus of arrays, ``icons-photos`` for image files
+    (:func:`default_model`). Afterwards, for a corpus the index already holds, adds new images,
     removes those no longer listed, encodes changed files again and retries unreadable ones
     (:mod:`workflows.sync`); with ``settings.append_only`` it only adds. A run with nothing to
     change is a quick no-op. A format-1 index is upgraded first. Pass a connected ``client``
@@ -309,6 +321,10 @@ def _index_job(corpus: str, index: IndexLocation, model: str | None, settings: I
         manifest = commit_upgrade(index, manifest, lock)
         upgraded = True
     if manifest is None:
+        if model is None:
+            model = default_model(source.kind)
+            log.info("no model given: a corpus of %s gets the built-in %s model (--model chooses another)",
+                     "arrays" if model == ARRAY_MODEL else "image files", model)
         install_model(index, model)
     card = read_card(index.join(MODEL_DIR), index.storage_options)
     state = read_state(index, manifest) if manifest else STATE_SCHEMA.empty_table()

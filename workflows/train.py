@@ -63,6 +63,7 @@ def train(
     max_shift: float = 2.0,
     background: str = "black",
     centre: str = "none",
+    mirror: str = "none",
     sample: int | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -75,7 +76,7 @@ def train(
     ``stride``, ``input_shape``, ``stem`` (``()`` for none). ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
     corpus image) makes the training label-aware with weight ``label_weight``;
     ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels (see
-    :mod:`pipeline.train`). ``background`` and ``centre`` are the canonical-form rules
+    :mod:`pipeline.train`). ``background``, ``centre`` and ``mirror`` are the canonical-form rules
     (:class:`storage.InputRules`) the images go through, in training and in every later index and
     query with this model. ``command`` is recorded in the card (the CLI passes its own
     command line). Returns the saved model's card.
@@ -92,7 +93,7 @@ def train(
         config: ModelConfig = replace(PRESETS[preset], **overrides)
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight,
                                  shift_weight=shift_weight, max_shift=max_shift)
-        rules = InputRules(background=background, centre=centre)
+        rules = InputRules(background=background, centre=centre, mirror=mirror)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     spec = ImageSpec(*config.input_shape, rules=rules)
