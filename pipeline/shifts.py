@@ -13,7 +13,9 @@ unsharp mask (the copy plus its difference from a 3x3 box blur of itself); docs/
 measured both.
 
 With ``flip`` (``--flip``) the left-right mirror of each query is searched too, with the same
-shifts: a mirrored copy of an indexed image is found at twice the cost of a query.
+shifts: a mirrored copy of an indexed image is found at twice the cost of a query. A query job
+with a model that has the mirror rule mirrors only some queries (:mod:`storage.canonical`), so
+their copies are merged by :func:`best_of_groups`, which takes any number per query.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from .topk import TopK
 
-__all__ = ["offsets", "shifted_copies", "query_copies", "best_of_copies"]
+__all__ = ["offsets", "shifted_copies", "query_copies", "best_of_copies", "best_of_groups"]
 
 MAX_STEPS = 4
 """Offsets per direction at most (``radius / step``): 81 copies of each query."""
@@ -130,17 +132,28 @@ def best_of_copies(topk: TopK, n_copies: int, k: int) -> TopK:
     if n_rows % n_copies:
         raise ValueError(f"{n_rows} result rows are not a whole number of {n_copies} copies")
     n = n_rows // n_copies
-    ids = topk.ids.reshape(n, -1)
-    scores = topk.scores.reshape(n, -1)
+    return best_of_groups(topk, np.repeat(np.arange(n), n_copies), n, k)
+
+
+def best_of_groups(topk: TopK, owners: np.ndarray, n: int, k: int) -> TopK:
+    """As :func:`best_of_copies`, with row ``r`` a copy of query ``owners[r]`` (``0 <= owners < n``;
+    a query may have any number of copies)."""
+    owners = np.asarray(owners)
+    if owners.shape != (topk.ids.shape[0],) or (len(owners) and not 0 <= owners.min() <= owners.max() < n):
+        raise ValueError(f"owners must name one of {n} queries for each of the {topk.ids.shape[0]} result rows")
     out_ids = np.full((n, k), -1, np.int64)
     out_scores = np.zeros((n, k), np.float64)
+    order = np.argsort(owners, kind="stable")
+    bounds = np.searchsorted(owners[order], np.arange(n + 1))
     for q in range(n):
-        valid = ids[q] >= 0
-        qi, qs = ids[q][valid], scores[q][valid]
-        order = np.lexsort((qi, -qs))  # best first; the first occurrence of an id is its best
-        qi, qs = qi[order], qs[order]
+        rows = order[bounds[q]:bounds[q + 1]]
+        qi, qs = topk.ids[rows].ravel(), topk.scores[rows].ravel()
+        valid = qi >= 0
+        qi, qs = qi[valid], qs[valid]
+        best = np.lexsort((qi, -qs))  # best first; the first occurrence of an id is its best
+        qi, qs = qi[best], qs[best]
         _, first = np.unique(qi, return_index=True)
         keep = np.sort(first)[:k]
         out_ids[q, :len(keep)] = qi[keep]
         out_scores[q, :len(keep)] = qs[keep]
-    return TopK(out_ids, out_scores, topk.n_candidates.reshape(n, n_copies).sum(axis=1))
+    return TopK(out_ids, out_scores, np.bincount(owners, weights=topk.n_candidates, minlength=n).astype(topk.n_candidates.dtype))

@@ -24,7 +24,8 @@ of them are undone here, each by a rule that maps the copy and the original to t
   flips the model's input, after the resize, so that the mean of its brightness lies left of
   its vertical centre line or on it (:func:`mirror_by_mean`): an image and its mirror image
   then give the same input. An image that is nearly balanced left and right can land either
-  way, in the original and in a copy; ``--flip`` searches a query both ways for those.
+  way, in the original and in a copy: a query job searches such a query both ways
+  (:func:`mirror_margin` under :data:`BALANCED`), and ``--flip`` every query.
 
 A model card records the rules its model was trained and indexed with (``"input"`` in the card,
 :class:`InputRules`); each is off unless the card asks for it, so an index keeps converting
@@ -39,10 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "grey_of", "luma", "mass_offset",
-           "mass_shift", "mirror_by_mean"]
+           "mass_shift", "mirror_by_mean", "mirror_margin", "BALANCED"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 BORDER_SHARE = 0.6
+BALANCED = 0.002  # mirror_margin under which a query is searched both ways (docs/QUALITY.md)
 
 _BACKGROUNDS = ("keep", "black")
 _CENTRES = ("none", "mass")
@@ -195,6 +197,17 @@ def mirror_by_mean(batch: np.ndarray) -> np.ndarray:
     out = batch.copy()
     out[right] = batch[right][:, :, ::-1]
     return out
+
+
+def mirror_margin(batch: np.ndarray) -> np.ndarray:
+    """Per image of ``batch`` (``uint8 [n, h, w, c]``), how far the mean of its brightness lies
+    from its vertical centre line, as a share of half its width (0 for an all-black image)."""
+    width = batch.shape[2]
+    grey = batch[..., 0] if batch.shape[3] == 1 else luma(batch)
+    columns = grey.sum(axis=1, dtype=np.int64)
+    moment = columns @ (2 * np.arange(width, dtype=np.int64) - (width - 1))
+    total = columns.sum(axis=1) * max(width - 1, 1)
+    return np.abs(moment) / np.maximum(total, 1)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

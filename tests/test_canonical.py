@@ -14,7 +14,7 @@ from corpus_helpers import FASHION_TRAIN
 from PIL import Image, ImageDraw
 
 from storage import ImageSpec, InputRules, open_corpus
-from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset, mirror_by_mean
+from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset, mirror_by_mean, mirror_margin
 from storage.images import convert, convert_batch, decode_and_convert
 
 BLACK = InputRules(background="black")
@@ -220,6 +220,15 @@ def test_the_mirror_rule_weighs_colour_by_its_luma_and_keeps_balanced_images():
     assert np.array_equal(out[1], rgb[1])
     balanced = rgb[1:]
     assert mirror_by_mean(balanced) is balanced  # nothing to flip: no copy
+
+
+def test_the_mirror_margin_is_the_means_distance_from_the_centre_line():
+    batch = np.zeros((4, 8, 9, 1), dtype=np.uint8)
+    batch[0, :, 0] = 200  # all at the left edge: a whole half-width away
+    batch[1, :, 4] = 200  # on the centre line
+    batch[2, :, 2] = batch[2, :, 8] = 100  # mean at column 5: a quarter of the half-width, right
+    # batch[3] is black
+    assert mirror_margin(batch).tolist() == [1.0, 0.0, 0.25, 0.0]
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.topk import TopK
-from pipeline.shifts import best_of_copies, offsets, query_copies, shifted_copies
+from pipeline.shifts import best_of_copies, best_of_groups, offsets, query_copies, shifted_copies
 
 
 def test_offsets_start_unshifted_and_cover_the_square():
@@ -48,6 +48,17 @@ def test_best_of_copies_pads_and_breaks_ties_by_id():
     scores = np.array([[7., 0], [7, 0]])
     merged = best_of_copies(TopK(ids, scores, np.array([1, 1])), 2, 3)
     assert merged.ids.tolist() == [[2, 4, -1]] and merged.scores.tolist() == [[7, 7, 0]]
+
+
+def test_best_of_groups_merges_any_number_of_copies_per_query():
+    ids = np.array([[5, 7], [1, 2], [7, 9], [2, 3], [6, -1]])
+    scores = np.array([[10., 8], [5, 4], [12, 8], [6, 4], [1, 0]])
+    merged = best_of_groups(TopK(ids, scores, np.array([2, 2, 2, 2, 1])), np.array([0, 1, 0, 1, 0]), 3, 3)
+    assert merged.ids.tolist() == [[7, 5, 9], [2, 1, 3], [-1, -1, -1]]  # query 2 has no copy: nothing found
+    assert merged.scores.tolist() == [[12, 10, 8], [6, 5, 4], [0, 0, 0]]
+    assert merged.n_candidates.tolist() == [5, 4, 0]
+    with pytest.raises(ValueError, match="owners must name one of 2 queries"):
+        best_of_groups(TopK(ids, scores, np.zeros(5, np.int64)), np.array([0, 1, 0, 1, 2]), 2, 3)
 
 
 def test_half_pixel_offsets_and_copies():
@@ -104,3 +115,41 @@ def test_flip_finds_mirrored_copies_first(make_index, fmnist_train, client, tmp_
         top_score = found[True][q][0][1]
         assert top_score == full and image_id in [i for i, s in found[True][q] if s == full], (q, found[True][q][:3])
     assert sum(found[False][q][0][0] == i for q, i in enumerate(originals)) < len(originals)  # without it some are missed
+
+
+def test_balanced_queries_are_searched_both_ways_with_the_mirror_rule(make_index, fmnist_train, client, tmp_path, monkeypatch):
+    """With a model whose card has ``mirror: mean`` (``icons-photos``), a query whose brightness is
+    balanced within ``BALANCED`` is searched as with ``--flip``, any other as without it."""
+    from mirror_helpers import results
+
+    from pipeline.encode import load_encoder
+    from storage.canonical import mirror_margin
+    from workflows import query as query_module
+    from workflows.query import QuerySettings, query
+
+    images = fmnist_train[:300]
+    _, index_url = make_index(images, shard_size=64, partitions=2, model="icons-photos")
+    queries = np.concatenate([images[:20], images[20:40, :, ::-1]])
+    np.save(tmp_path / "queries.npy", queries)
+    spec = load_encoder("icons-photos").card.image_spec
+    from storage.images import convert_batch
+
+    margins = mirror_margin(convert_batch(queries, spec)[0])
+
+    def run(label, **kwargs):
+        out = str(tmp_path / f"{label}.parquet")
+        query(index_url, str(tmp_path / "queries.npy"), out, QuerySettings(**kwargs), client=client)
+        return results(out, column="image_id")
+
+    flipped = run("flip", flip=True)
+    monkeypatch.setattr(query_module, "BALANCED", -1.0)  # no query balanced: each searched once
+    plain = run("plain")
+    monkeypatch.setattr(query_module, "BALANCED", 2.0)  # every query balanced
+    assert run("all") == flipped
+    monkeypatch.undo()
+    auto = run("auto")
+    balanced = margins < query_module.BALANCED
+    assert 0 < balanced.sum() < len(queries), margins  # both kinds of query are in the test
+    assert any(plain[q] != flipped[q] for q in np.flatnonzero(balanced))  # and searching both ways changes something
+    for q in range(len(queries)):
+        assert auto[q] == (flipped[q] if balanced[q] else plain[q]), q

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import ConfigError, Corpus, CorpusError, ReadError, join_url, open_corpus
+from storage.canonical import BALANCED, mirror_margin
 from storage.layout import MODEL_DIR
 from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest
@@ -95,7 +96,8 @@ class QuerySettings:
     shift_step: float = option(1, "Default mode: the shifts' step s in pixels, 1 or less (0.5 for copies of larger images).",
                                minimum=0, maximum=1, open_minimum=True, check=False, example="1")
     flip: bool = option(False, "Also search each query mirrored left-right and keep each image's best score: finds "
-                        "mirrored copies, at twice the work.", example="false")
+                        "mirrored copies, at twice the work (a model with the mirror rule, as icons-photos, finds them "
+                        "without it, and searches both ways only the queries balanced left and right).", example="false")
     block_size: int = option(1000, "Queries per task.", minimum=1, example="1000")
     strict: bool = option(False, "Exit non-zero if any query cannot be read.", example="false")
     format: str | None = option(None, "parquet, csv, jsonl, or dataset (a folder of Parquet parts, one per block; a rerun "
@@ -167,6 +169,7 @@ class QueryBlock:
     uris: list[str]
     codes: np.ndarray
     errors: list[ReadError]
+    owners: np.ndarray | None = None  # per row of codes, its query (set when queries have unequal numbers of copies)
 
 
 # --------------------------------------------------------------------------- worker tasks
@@ -181,8 +184,16 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
     data = shard.read(encoder.card.image_spec)
     gh, gw = encoder.card.grid
     pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
+    owners = None
+    if encoder.card.input_rules.mirror == "mean" and not flip and len(data.pixels):
+        # the mirror rule may turn a nearly balanced query and its original different ways: search those both ways
+        balanced = np.flatnonzero(mirror_margin(data.pixels) < BALANCED)
+        if len(balanced):
+            per_query = len(pixels) // len(data.pixels)
+            owners = np.concatenate([np.repeat(np.arange(len(data.pixels)), per_query), np.repeat(balanced, per_query)])
+            pixels = np.concatenate([pixels, query_copies(data.pixels[balanced][:, :, ::-1], shift_radius, shift_step)])
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
-    return QueryBlock(data.ids, data.uris, codes, list(data.errors))
+    return QueryBlock(data.ids, data.uris, codes, list(data.errors), owners)
 
 
 def search_task(index: IndexLocation, partition, block: QueryBlock, settings: QuerySettings, bits: int):
@@ -198,7 +209,11 @@ def search_task(index: IndexLocation, partition, block: QueryBlock, settings: Qu
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
                               settings.vote_budget, id_range=(start, stop))
-    if settings.n_copies > 1:
+    if block.owners is not None:
+        from pipeline.shifts import best_of_groups
+
+        found = best_of_groups(found, block.owners, len(block.rows), settings.k)
+    elif settings.n_copies > 1:
         from pipeline.shifts import best_of_copies
 
         found = best_of_copies(found, settings.n_copies, settings.k)
