@@ -185,7 +185,7 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
     gh, gw = encoder.card.grid
     pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
     owners = None
-    if encoder.card.input_rules.mirror == "mean" and not flip and len(data.pixels):
+    if encoder.card.image_spec.rules.mirror == "mean" and not flip and len(data.pixels):
         # the mirror rule may turn a nearly balanced query and its original different ways: search those both ways
         balanced = np.flatnonzero(mirror_margin(data.pixels) < BALANCED)
         if len(balanced):
