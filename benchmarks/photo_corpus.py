@@ -1,7 +1,7 @@
 """The training corpus of the shipped ``icons-photos`` model: real colour icons from Debian packages.
 
-    python benchmarks/photo_corpus.py --out DIR --copies 0   # DIR/corpus.txt: the shipped model's corpus
-    python benchmarks/photo_corpus.py --out DIR              # DIR/corpus.csv: icons and altered copies, labelled
+    python benchmarks/photo_corpus.py --out DIR              # DIR/corpus.txt: the shipped model's corpus
+    python benchmarks/photo_corpus.py --out DIR --copies 4   # DIR/corpus.csv: icons and altered copies, labelled
 
 Every PNG icon, at every size the theme ships, of ``paper-icon-theme``, ``tango-icon-theme``,
 ``elementary-xfce-icon-theme``, ``gnome-dust-icon-theme`` and ``faba-icon-theme`` (fetched by
@@ -14,8 +14,8 @@ same corpus.
 The shipped ``icons-photos`` was trained on the icons alone (``--copies 0``), reconstruction
 only, as the command this script prints.
 
-**Copies as classes** (tried, not shipped: docs/MODEL.md). Each icon is also written ``--copies`` times altered, each copy by one
-alteration drawn at random: JPEG quality 30 (flattened onto white first), brightness times
+**Copies as classes** (tried, not shipped: docs/MODEL.md). Each icon is also written
+``--copies`` times altered, each copy by one alteration drawn at random: JPEG quality 30 (flattened onto white first), brightness times
 0.7-1.3, half size, a 5% crop, grey, or flattened onto white. ``corpus.csv`` lists the icons
 and their copies with the icon's number as the label, so ``patchhash train --labels`` learns
 codes that tell each icon from the others and keep its copies with it (instance
@@ -97,8 +97,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--packages", default=",".join(PACKAGES))
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE.parent / "colour")
     ap.add_argument("--debs", type=Path, help="a folder holding the .deb files already (else apt-get download)")
-    ap.add_argument("--copies", type=int, default=4, help="altered copies of each icon, labelled as it (0: the icons only, "
-                                                         "as the shipped model)")
+    ap.add_argument("--copies", type=int, default=0, help="altered copies of each icon, labelled as it (0, the default: the "
+                                                         "icons only, as the shipped model)")
     args = ap.parse_args(argv)
     try:
         root = unpack_packages([p for p in args.packages.split(",") if p], args.cache, args.debs)
