@@ -141,12 +141,13 @@ def _crop(image, rng):
     return image.crop((left, top, image.width - (cut_x - left), image.height - (cut_y - top)))
 
 
-def _brighter(image, rng):
+def brighter(image, factor: float = 1.3):
+    """``image`` (RGB or RGBA) with its brightness times ``factor``, its transparency kept."""
     from PIL import ImageEnhance
 
     if image.mode != "RGBA":
-        return ImageEnhance.Brightness(image).enhance(1.3)
-    out = ImageEnhance.Brightness(image.convert("RGB")).enhance(1.3)
+        return ImageEnhance.Brightness(image).enhance(factor)
+    out = ImageEnhance.Brightness(image.convert("RGB")).enhance(factor)
     out.putalpha(image.getchannel("A"))
     return out
 
@@ -160,7 +161,7 @@ def make_copy(kind: str, image, rng):
     made = {
         "half size": lambda: image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS),
         "5% crop": lambda: _crop(image, rng),
-        "+30% brightness": lambda: _brighter(image, rng),
+        "+30% brightness": lambda: brighter(image),
         "3 deg rotation": lambda: image.rotate(3 * rng.choice((-1, 1)), Image.Resampling.BICUBIC),
         "mirror": lambda: ImageOps.mirror(image),
         "2-10% shift": lambda: _shift(image, rng),
@@ -318,9 +319,9 @@ def main(argv=None) -> dict:
         print(f"index: {len(icons)} icons + {len(wallpapers)} wallpapers; {len(queries)} copies of "
               f"{len({q['original'] for q in queries})} originals", flush=True)
         index = str(work / "index")
-        from workflows.index import default_model
+        from workflows.index import FILES_MODEL
 
-        model = with_rules(args.model or default_model("images"), args.input_rules, work / "model") if args.input_rules else args.model
+        model = with_rules(args.model or FILES_MODEL, args.input_rules, work / "model") if args.input_rules else args.model
         built = run_measured(patchhash("index", "--corpus", str(corpus), "--index", index, *(["--model", model] if model else [])),
                              "patchhash index")
         runs = {}

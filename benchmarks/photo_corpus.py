@@ -26,12 +26,12 @@ them as alterations the model did not train on.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 from _common import parser
 from bench_photos import DEFAULT_CACHE, FetchError, unpack_packages
+from copies import brighter, distinct, make_copy
 
 PACKAGES = ("paper-icon-theme", "tango-icon-theme", "elementary-xfce-icon-theme", "gnome-dust-icon-theme", "faba-icon-theme")
 TRAIN = ("patchhash train --corpus {corpus} --out {out} --preset fashion-mnist --centre mass --mirror mean "
@@ -43,30 +43,15 @@ ALTERATIONS = ("jpeg q30", "brightness", "half size", "5% crop", "grey", "flatte
 
 def icon_files(root: Path) -> list[Path]:
     """Every PNG under ``root/usr/share/icons`` that is not a symbolic link, each distinct image (RGBA pixels) once."""
-    from PIL import Image
-
-    seen, keep = set(), []
-    for path in sorted(root.glob("usr/share/icons/**/*.png")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as image:
-                rgba = image.convert("RGBA")
-        except OSError:
-            continue  # a file Pillow cannot read is no training image
-        digest = hashlib.sha256(f"{rgba.size}".encode() + rgba.tobytes()).digest()
-        if digest not in seen:
-            seen.add(digest)
-            keep.append(path)
-    return keep
+    paths = [p for p in sorted(root.glob("usr/share/icons/**/*.png")) if not p.is_symlink() and p.is_file()]
+    return [path for path, _ in distinct([(path, None) for path in paths])]
 
 
 def write_copies(files: list[Path], n: int, folder: Path, seed: int = 0) -> list[tuple[str, int]]:
     """``(file, label)`` of every icon (label: its position) and ``n`` altered copies of each, written to ``folder``."""
     import random
 
-    from copies import make_copy
-    from PIL import Image, ImageEnhance
+    from PIL import Image
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,9 +65,7 @@ def write_copies(files: list[Path], n: int, folder: Path, seed: int = 0) -> list
         for j in range(n):
             kind = rng.choice(ALTERATIONS)
             if kind == "brightness":
-                rgb = ImageEnhance.Brightness(image.convert("RGB")).enhance(rng.uniform(0.7, 1.3))
-                rgb.putalpha(image.getchannel("A"))
-                copy, fmt, options = rgb, "png", {"compress_level": 1}
+                copy, fmt, options = brighter(image, rng.uniform(0.7, 1.3)), "png", {"compress_level": 1}
             else:
                 copy, fmt, options = make_copy(kind, image, rng)
             out = folder / f"{label:05d}-{j}.{'jpg' if fmt == 'jpeg' else fmt}"

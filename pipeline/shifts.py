@@ -14,8 +14,8 @@ measured both.
 
 With ``flip`` (``--flip``) the left-right mirror of each query is searched too, with the same
 shifts: a mirrored copy of an indexed image is found at twice the cost of a query. A query job
-with a model that has the mirror rule mirrors only some queries (:mod:`storage.canonical`), so
-their copies are merged by :func:`best_of_groups`, which takes any number per query.
+merges each query's copies by :func:`best_of_groups`, which takes any number per query: with a
+model that has the mirror rule, it mirrors only some queries (:mod:`storage.canonical`).
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def _axis_shift(mass: np.ndarray, total: float) -> float:
 
 
 def grey_of(image: np.ndarray) -> np.ndarray:
-    """The brightness the centring weighs: the one channel, or the luma of RGB (``[h, w, c]``)."""
-    return image[..., 0] if image.shape[2] == 1 else luma(image)
+    """The brightness the centring and the mirror rule weigh: the one channel, or the luma of RGB (``[..., c]``)."""
+    return image[..., 0] if image.shape[-1] == 1 else luma(image)
 
 
 def centre_by_mass(image: np.ndarray) -> np.ndarray:
@@ -188,10 +188,8 @@ def mirror_by_mean(batch: np.ndarray) -> np.ndarray:
     the columns ``x``, which a mirror negates), so an image and its mirror image give the same
     result unless the mean lies exactly on the line.
     """
-    width = batch.shape[2]
-    grey = batch[..., 0] if batch.shape[3] == 1 else luma(batch)
-    weight = 2 * np.arange(width, dtype=np.int64) - (width - 1)
-    right = grey.sum(axis=1, dtype=np.int64) @ weight > 0
+    moment, _ = _column_moment(batch)
+    right = moment > 0
     if not right.any():
         return batch
     out = batch.copy()
@@ -202,12 +200,16 @@ def mirror_by_mean(batch: np.ndarray) -> np.ndarray:
 def mirror_margin(batch: np.ndarray) -> np.ndarray:
     """Per image of ``batch`` (``uint8 [n, h, w, c]``), how far the mean of its brightness lies
     from its vertical centre line, as a share of half its width (0 for an all-black image)."""
+    moment, total = _column_moment(batch)
+    return np.abs(moment) / np.maximum(total * max(batch.shape[2] - 1, 1), 1)
+
+
+def _column_moment(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the brightness-weighted sum of ``2 x - (w - 1)`` over the columns ``x`` (exact
+    integers; positive: the mean lies right of the centre line) and the summed brightness."""
     width = batch.shape[2]
-    grey = batch[..., 0] if batch.shape[3] == 1 else luma(batch)
-    columns = grey.sum(axis=1, dtype=np.int64)
-    moment = columns @ (2 * np.arange(width, dtype=np.int64) - (width - 1))
-    total = columns.sum(axis=1) * max(width - 1, 1)
-    return np.abs(moment) / np.maximum(total, 1)
+    columns = grey_of(batch).sum(axis=1, dtype=np.int64)
+    return columns @ (2 * np.arange(width, dtype=np.int64) - (width - 1)), columns.sum(axis=1)
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

@@ -126,11 +126,6 @@ class QuerySettings:
             return shortlist, n_images
         return shortlist, min(self.max_bucket, int(self.max_bucket_fraction * n_images))
 
-    @property
-    def n_copies(self) -> int:
-        """Copies of each query searched (:func:`pipeline.shifts.query_copies`): shifts times mirrors."""
-        return len(self.shift_offsets()) * (2 if self.flip else 1)
-
     def shift_offsets(self) -> list[tuple[float, float]]:
         """The offsets each query is searched at (just ``(0, 0)`` without shifts)."""
         from pipeline.shifts import offsets
@@ -169,7 +164,7 @@ class QueryBlock:
     uris: list[str]
     codes: np.ndarray
     errors: list[ReadError]
-    owners: np.ndarray | None = None  # per row of codes, its query (set when queries have unequal numbers of copies)
+    owners: np.ndarray | None = None  # per row of codes, its query; None when each query has one row
 
 
 # --------------------------------------------------------------------------- worker tasks
@@ -183,17 +178,17 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
     encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
     data = shard.read(encoder.card.image_spec)
     gh, gw = encoder.card.grid
+    n = len(data.pixels)
     pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
-    owners = None
-    if encoder.card.image_spec.rules.mirror == "mean" and not flip and len(data.pixels):
+    per_query = len(pixels) // n if n else 1
+    owners = np.repeat(np.arange(n), per_query)
+    if encoder.card.image_spec.rules.mirror == "mean" and not flip and n:
         # the mirror rule may turn a nearly balanced query and its original different ways: search those both ways
         balanced = np.flatnonzero(mirror_margin(data.pixels) < BALANCED)
-        if len(balanced):
-            per_query = len(pixels) // len(data.pixels)
-            owners = np.concatenate([np.repeat(np.arange(len(data.pixels)), per_query), np.repeat(balanced, per_query)])
-            pixels = np.concatenate([pixels, query_copies(data.pixels[balanced][:, :, ::-1], shift_radius, shift_step)])
+        owners = np.concatenate([owners, np.repeat(balanced, per_query)])
+        pixels = np.concatenate([pixels, query_copies(data.pixels[balanced][:, :, ::-1], shift_radius, shift_step)])
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
-    return QueryBlock(data.ids, data.uris, codes, list(data.errors), owners)
+    return QueryBlock(data.ids, data.uris, codes, list(data.errors), owners if len(pixels) > n else None)
 
 
 def search_task(index: IndexLocation, partition, block: QueryBlock, settings: QuerySettings, bits: int):
@@ -213,10 +208,6 @@ def search_task(index: IndexLocation, partition, block: QueryBlock, settings: Qu
         from pipeline.shifts import best_of_groups
 
         found = best_of_groups(found, block.owners, len(block.rows), settings.k)
-    elif settings.n_copies > 1:
-        from pipeline.shifts import best_of_copies
-
-        found = best_of_copies(found, settings.n_copies, settings.k)
     save_tables(index, partition, bmap)  # the search may have built multi-index tables on the map
     trim_worker_cache()
     return found
