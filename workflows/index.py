@@ -145,12 +145,13 @@ def default_model(corpus_kind: str) -> str:
     return ARRAY_MODEL if corpus_kind in ARRAY_KINDS else FILES_MODEL
 
 
-def install_model(index: "IndexLocation | str", model: str | None) -> None:
-    """Copy the model (default :data:`ARRAY_MODEL`) into a new index (replacing one left by an uncommitted attempt)."""
+def install_model(index: "IndexLocation | str", model: str) -> None:
+    """Copy ``model`` (a directory or built-in name: :func:`default_model` picks one for a corpus)
+    into a new index, replacing one left by an uncommitted attempt."""
     from pipeline.modelcard import read_card, resolve_model_url
 
     index = IndexLocation.of(index)
-    source = resolve_model_url(model or ARRAY_MODEL)
+    source = resolve_model_url(model)
     card = read_card(source, index.storage_options)  # validates before anything is copied
     target = index.child(MODEL_DIR)
     if target.exists(CARD_FILE) and read_card(target.url, target.storage_options, verify=False).model_sha256 == card.model_sha256:
