@@ -113,7 +113,7 @@ def steps(index_url: str, queries: str, out: str, extra: list[str], launched: fl
         blocks = [client.submit(encode_block_task, index, shard, pure=False) for shard in job.shards]
         client.gather(blocks)
         lap("encode")
-        parts = [[client.submit(search_task, index, p, block, settings, job.manifest.bits, pure=False) for p in job.partitions]
+        parts = [[client.submit(search_task, index, p, [block], settings, job.manifest.bits, pure=False) for p in job.partitions]
                  for block in blocks]
         client.gather(parts)
         lap("search")

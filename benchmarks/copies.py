@@ -51,6 +51,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from _common import HERE, add_smoke_and_out_json, parser, write_json
 from bench_photos import DEFAULT_CACHE, FetchError, patchhash, run_measured, unpack_packages, without_samples
 
@@ -97,6 +99,20 @@ def distinct(icons: list[tuple]) -> list[tuple]:
             seen.add(digest)
             keep.append((path, others))
     return keep
+
+
+def _nearest_difference(icons: list[tuple], i: int) -> float:
+    """Mean absolute difference (0-255) of icon ``i`` from the most similar other icon of the same
+    size, both flattened on black and grey."""
+    from PIL import Image
+
+    def grey(path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(_flatten(image, (0, 0, 0)).convert("L"), np.float64)
+
+    mine = grey(icons[i][0])
+    others = [grey(path) for j, (path, _) in enumerate(icons) if j != i]
+    return min((float(np.abs(o - mine).mean()) for o in others if o.shape == mine.shape), default=255.0)
 
 
 # --------------------------------------------------------------------------- the copies
@@ -173,14 +189,22 @@ def make_copy(kind: str, image, rng):
     return made, "png", {"compress_level": 1}
 
 
-def write_queries(icons, wallpapers, n_icons: int, folder: Path, seed: int = 0) -> list[dict]:
+def write_queries(icons, wallpapers, n_icons: int, folder: Path, seed: int = 0, unlike: float = 0.0) -> list[dict]:
     """The copies of the originals, as files in ``folder``; per query ``{file, kind, original}``
-    (``original``: the original's position in the index, icons first, then wallpapers)."""
+    (``original``: the original's position in the index, icons first, then wallpapers).
+
+    ``unlike`` > 0: originals only among the icons whose pixels (flattened on black, grey)
+    differ from every other indexed icon's by at least this mean (0-255): the smoke run's
+    few originals then have no near twin (``format-justify-right`` and ``-center`` differ by 1.1),
+    whose codes may equal theirs on one CPU and not on another.
+    """
     from PIL import Image
 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     candidates = [i for i, (_, others) in enumerate(icons) if others]
+    if unlike > 0:
+        candidates = [i for i in candidates if _nearest_difference(icons, i) >= unlike]
     chosen = sorted(rng.sample(candidates, min(n_icons, len(candidates))))
     originals = [(i, icons[i][0], icons[i][1]) for i in chosen]
     originals += [(len(icons) + j, path, []) for j, path in enumerate(wallpapers)]
@@ -315,7 +339,7 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         corpus = work / "corpus.txt"  # the files where they were unpacked: a uri list
         corpus.write_text("".join(f"{p}\n" for p in index_files))
-        queries = write_queries(icons, wallpapers, args.icons, work / "queries")
+        queries = write_queries(icons, wallpapers, args.icons, work / "queries", unlike=4.0 if args.smoke else 0.0)
         print(f"index: {len(icons)} icons + {len(wallpapers)} wallpapers; {len(queries)} copies of "
               f"{len({q['original'] for q in queries})} originals", flush=True)
         index = str(work / "index")

@@ -37,6 +37,7 @@ from _common import TEST_IMAGES, TRAIN_IMAGES, add_smoke_and_out_json, parser, w
 S3_PRICES = {"date": "2026-12-06 (prices as published since 2021; unconfirmed from here)", "gb_month": 0.023,
              "put_per_1000": 0.005, "get_per_1000": 0.0004}
 MERGE_FAN_IN = 32  # workflows/query.py's tree of merges
+ENCODE_BATCH = 256  # pipeline/encode.py: images per run of the network, the unit of a block's encode parts
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ def predict_ms_per_query(cal: Calibration, images: int, cores: int, queries: int
       worker, which searches its partitions block after block;
     - with fewer, any core takes any search, but only ``in_flight`` blocks' searches exist at a
       time.
+
+    A block is encoded in parts of whole encoder batches, one per core at most
+    (``workflows.query.encode_parts``): the path waits for the largest part.
     """
     parts = math.ceil(images / cal.partition_size)
     blocks = math.ceil(queries / block)
@@ -71,7 +75,8 @@ def predict_ms_per_query(cal: Calibration, images: int, cores: int, queries: int
         searching = blocks * math.ceil(parts / cores) * block * cal.search_ms
     else:
         searching = queries * parts * cal.search_ms / min(cores, parts * min(in_flight, blocks))
-    return max(spread, block * cal.encode_ms + searching) / queries
+    first_part = min(block, math.ceil(block / (cores * ENCODE_BATCH)) * ENCODE_BATCH)
+    return max(spread, first_part * cal.encode_ms + searching) / queries
 
 
 def plan(cal: Calibration, images: int, cores: int, encode_images_per_s_per_core: float) -> dict:

@@ -41,7 +41,10 @@ __all__ = [
     "mih_table_bits",
     "mih_cost",
     "mih_build",
+    "mih_bucket_sizes",
     "mih_within",
+    "mih_rings",
+    "SIZE_SATURATED",
 ]
 
 # Keys are tested in stripes of this many: first a pass that only asks whether the stripe
@@ -221,17 +224,13 @@ def enumerate_within(query, keys, bits, t, out_idx, out_dist):
         Number of matches written.
     """
     q = keys.dtype.type(query)
-    one = keys.dtype.type(1)
     pos = np.empty(max(t, 1), np.int64)
     n = 0
     for r in range(min(t, bits) + 1):
         for i in range(r):
             pos[i] = i
         while True:
-            flips = keys.dtype.type(0)
-            for i in range(r):
-                flips |= one << keys.dtype.type(pos[i])
-            probe = keys.dtype.type(q ^ flips)
+            probe = _flipped(q, pos, r, keys)
             j = _lower_bound(keys, probe)
             if j < keys.size and keys[j] == probe:
                 out_idx[n] = j
@@ -240,6 +239,15 @@ def enumerate_within(query, keys, bits, t, out_idx, out_dist):
             if not _next_combination(pos, r, bits):
                 break
     return n
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _flipped(value, pos, r, like):
+    """``value`` with its bits ``pos[:r]`` flipped, in the dtype of the array ``like``."""
+    value = like.dtype.type(value)
+    for i in range(r):
+        value ^= like.dtype.type(1) << like.dtype.type(pos[i])
+    return value
 
 
 @njit(nogil=True, cache=True)
@@ -368,6 +376,107 @@ def mih_build(keys, shifts, widths, table_bits):
 
 
 @njit(nogil=True, cache=True)
+def mih_bucket_sizes(order, key_bounds, offsets):
+    """Bucket size of each entry of the tables of :func:`mih_build`, saturated at
+    :data:`SIZE_SATURATED` (a larger bucket reads its size from ``offsets``).
+
+    ``order`` holds the tables of every key group side by side (positions within the group,
+    as :func:`pipeline.mih.prepare_index` builds them); key ``i`` of the map holds
+    ``offsets[i + 1] - offsets[i]`` ids. One byte per entry, read beside the keys when
+    verifying them, instead of a random read of ``offsets`` per matching key.
+    """
+    sizes = np.empty(order.shape, np.uint8)
+    for b in range(key_bounds.size - 1):
+        lo = key_bounds[b]
+        for s in range(order.shape[0]):
+            for j in range(lo, key_bounds[b + 1]):
+                key = lo + order[s, j]
+                sizes[s, j] = min(offsets[key + 1] - offsets[key], SIZE_SATURATED)
+    return sizes
+
+
+SIZE_SATURATED = 255
+"""The largest bucket size :func:`mih_bucket_sizes` stores; it stands for any size from 255 up."""
+
+
+@njit(nogil=True, cache=True)
+def _mih_probes(q, t, shifts, widths, table_bits, starts, masks):
+    """The table buckets a search of radius ``t`` around ``q`` reads, one row per probe:
+    substring, probed substring value, and the bucket's first and last + 1 entry."""
+    m = shifts.size
+    radius = t // m
+    n_probes = 0
+    for s in range(m):  # sum of the balls' sizes: binomials, built term by term
+        term = 1
+        for r in range(min(radius, widths[s]) + 1):
+            n_probes += term
+            term = term * (widths[s] - r) // (r + 1)
+    probes = np.empty((n_probes, 4), np.int64)
+    pos = np.empty(max(radius, 1), np.int64)
+    n = 0
+    for s in range(m):
+        width = widths[s]
+        tb = table_bits[s]
+        shift = masks.dtype.type(shifts[s])
+        q_sub = (q & masks[s]) >> shift
+        for r in range(min(radius, width) + 1):
+            for i in range(r):
+                pos[i] = i
+            while True:
+                probe = _flipped(q_sub, pos, r, masks)
+                b = _mih_bucket(probe, width, tb)
+                probes[n, 0] = s
+                probes[n, 1] = np.int64(probe)
+                probes[n, 2] = starts[s, b]
+                probes[n, 3] = starts[s, b + 1]
+                n += 1
+                if not _next_combination(pos, r, width):
+                    break
+    return probes
+
+
+@njit(nogil=True, cache=True)
+def _mih_masks(table_keys, shifts, widths):
+    """Mask of each substring, in place (not shifted down), in the dtype of the keys."""
+    masks = np.empty(shifts.size, table_keys.dtype)
+    for s in range(shifts.size):
+        masks[s] = _substring_mask(table_keys, widths[s], shifts[s])
+    return masks
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mih_start(query, t, shifts, widths, table_bits, table_keys, starts):
+    """``(q, masks, probes, radius)`` of a multi-index search: the query in the keys' dtype, the
+    substrings' masks, the buckets to read (:func:`_mih_probes`) and the radius per substring."""
+    q = table_keys.dtype.type(query)
+    masks = _mih_masks(table_keys, shifts, widths)
+    return q, masks, _mih_probes(q, t, shifts, widths, table_bits, starts, masks), t // shifts.size
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mih_probe(probes, p, masks, shifts, widths, table_bits):
+    """``(s, hashed, mask, shift, probe)`` of probe ``p``, as :func:`_mih_verify` takes them."""
+    s = probes[p, 0]
+    return s, table_bits[s] < widths[s], masks[s], masks.dtype.type(shifts[s]), masks.dtype.type(probes[p, 1])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mih_verify(key, q, t, hashed, mask, shift, probe, masks, s, radius):
+    """``(keep, d)`` for a key read from substring ``s``'s bucket of ``probe``: its distance
+    ``d`` to ``q``, and whether it is a match reported here (within ``t``, in the probed
+    substring value itself when the table is hashed, and within the radius on no earlier
+    substring, so that each matching key is reported exactly once)."""
+    x = key ^ q
+    d = np.int64(ctpop(x))
+    keep = d <= t
+    if hashed:
+        keep &= ((key & mask) >> shift) == probe
+    for s2 in range(s):
+        keep &= np.int64(ctpop(x & masks[s2])) > radius
+    return keep, d
+
+
+@njit(nogil=True, cache=True)
 def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, out_idx,
                out_dist):
     """Find every key within distance ``t`` of ``query`` with the tables of :func:`mih_build`.
@@ -397,51 +506,66 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
     int
         Number of matches written.
     """
-    dtype = table_keys.dtype
-    q = dtype.type(query)
-    m = shifts.size
-    radius = t // m
-    pos = np.empty(max(radius, 1), np.int64)
-    masks = np.empty(m, dtype)  # substring s in place (not shifted down)
-    for s in range(m):
-        masks[s] = _substring_mask(table_keys, widths[s], shifts[s])
+    q, masks, probes, radius = _mih_start(query, t, shifts, widths, table_bits, table_keys, starts)
     n = 0
-    for s in range(m):
-        width = widths[s]
-        tb = table_bits[s]
-        shift = dtype.type(shifts[s])
-        q_sub = (q & masks[s]) >> shift
-        hashed = tb < width
-        # Rows of the tables, indexed unsigned: no negative-index wraparound code.
+    for p in range(probes.shape[0]):
+        s, hashed, mask, shift, probe = _mih_probe(probes, p, masks, shifts, widths, table_bits)
         s_keys = table_keys[s]
         s_order = order[s]
-        s_starts = starts[s]
-        for r in range(min(radius, width) + 1):
-            for i in range(r):
-                pos[i] = i
-            while True:
-                probe = q_sub
-                for i in range(r):
-                    probe ^= dtype.type(1) << dtype.type(pos[i])
-                b = np.uint64(_mih_bucket(probe, width, tb))
-                # Branch-free: about half the candidates match, so a branch per candidate
-                # would be mispredicted half the time. Each candidate is written at n, and n
-                # moves on only for a match (with every key matched, n is past the buffer:
-                # that test is always true until then, so it is predicted right).
-                for j in range(np.uint64(s_starts[b]), np.uint64(s_starts[b + np.uint64(1)])):
-                    key = s_keys[j]
-                    x = key ^ q
-                    d = np.int64(ctpop(x))
-                    keep = d <= t
-                    if hashed:
-                        keep &= ((key & masks[s]) >> shift) == probe
-                    # Report the key from the first substring within the radius only.
-                    for s2 in range(s):
-                        keep &= np.int64(ctpop(x & masks[s2])) > radius
-                    if n < out_idx.size:
-                        out_idx[n] = s_order[j]
-                        out_dist[n] = d
-                    n += np.int64(keep)
-                if not _next_combination(pos, r, width):
-                    break
+        # Branch-free: about half the candidates match, so a branch per candidate would be
+        # mispredicted half the time. Each candidate is written at n, and n moves on only for
+        # a match (with every key matched, n is past the buffer: that test is always true
+        # until then, so it is predicted right). Indexed unsigned: no wraparound code.
+        for j in range(np.uint64(probes[p, 2]), np.uint64(probes[p, 3])):
+            keep, d = _mih_verify(s_keys[j], q, t, hashed, mask, shift, probe, masks, s, radius)
+            if n < out_idx.size:
+                out_idx[n] = s_order[j]
+                out_dist[n] = d
+            n += np.int64(keep)
     return n
+
+
+@njit(nogil=True, cache=True)
+def mih_rings(query, t, shifts, widths, table_bits, order, table_keys, sizes, starts, offsets, max_bucket,
+              inner_idx, inner_dist, inner_size, outer_idx, ring_votes):
+    """:func:`mih_within` for a search that first needs the votes of each ring, then the
+    buckets of some: the matches at distance ``t`` (the outermost, largest ring) are kept as
+    key positions only, the closer ones with their distance and bucket size.
+
+    ``sizes`` are the tables' bucket sizes (:func:`mih_bucket_sizes`); ``offsets`` the map's,
+    shifted so that ``offsets[i]`` is where key position ``i`` of this key group begins (read
+    only for saturated sizes). ``ring_votes[d]`` (``t + 1`` entries) receives, for each
+    distance ``d <= t``, the summed sizes of the matching buckets of at most ``max_bucket``
+    images. With ``t = 0`` every match is inner. Returns
+    ``(n_inner, n_outer)``; the buffers must hold every match (at most the number of keys).
+    """
+    q, masks, probes, radius = _mih_start(query, t, shifts, widths, table_bits, table_keys, starts)
+    n_in = 0
+    n_out = 0
+    outer_votes = 0
+    for p in range(probes.shape[0]):
+        s, hashed, mask, shift, probe = _mih_probe(probes, p, masks, shifts, widths, table_bits)
+        s_keys = table_keys[s]
+        s_order = order[s]
+        s_sizes = sizes[s]
+        for j in range(np.uint64(probes[p, 2]), np.uint64(probes[p, 3])):  # branch-free, as in mih_within
+            keep, d = _mih_verify(s_keys[j], q, t, hashed, mask, shift, probe, masks, s, radius)
+            idx = np.int64(s_order[j])
+            size = np.int64(s_sizes[j])
+            if size == SIZE_SATURATED:  # rare: predicted right
+                size = offsets[idx + 1] - offsets[idx]
+            outer = keep & (d == t) & (t > 0)
+            if n_out < outer_idx.size:
+                outer_idx[n_out] = idx
+            n_out += np.int64(outer)
+            if n_in < inner_idx.size:
+                inner_idx[n_in] = idx
+                inner_dist[n_in] = d
+                inner_size[n_in] = size
+            n_in += np.int64(keep & ~outer)
+            outer_votes += size * np.int64(outer & (size <= max_bucket))  # in a register: no store per key
+    for j in range(min(n_in, inner_idx.size)):
+        if inner_size[j] <= max_bucket:
+            ring_votes[inner_dist[j]] += inner_size[j]
+    ring_votes[t] += outer_votes
+    return n_in, n_out

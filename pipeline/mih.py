@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .buckets import BucketMap
-from .hamming import ball_size, mih_build, mih_cost, mih_split, mih_table_bits
+from .hamming import ball_size, mih_bucket_sizes, mih_build, mih_cost, mih_split, mih_table_bits
 
 __all__ = ["METHODS", "METHOD_CODE", "SCAN", "ENUMERATE", "MIH", "SearchIndex", "prepare_index", "adopt_index", "cached_indexes",
            "choose_method", "mih_substrings", "no_tables"]
@@ -72,6 +72,10 @@ class SearchIndex:
         for 32-bit keys (12 for 64-bit ones).
     starts : numpy.ndarray
         ``int32`` [B, m, 2**max(table_bits) + 1]: bucket starts of each key group's tables.
+    sizes : numpy.ndarray
+        ``uint8`` [m, n_keys]: the size of the map's bucket of each table entry, saturated at
+        255 (:func:`pipeline.hamming.mih_bucket_sizes`), so that a search reads a matching
+        key's bucket size beside the key instead of at a random place of the map's offsets.
     """
 
     bits: int
@@ -82,6 +86,7 @@ class SearchIndex:
     order: np.ndarray
     table_keys: np.ndarray
     starts: np.ndarray
+    sizes: np.ndarray
 
     @property
     def n_substrings(self) -> int:
@@ -93,7 +98,7 @@ class SearchIndex:
 
     @property
     def nbytes(self) -> int:
-        return int(self.order.nbytes + self.table_keys.nbytes + self.starts.nbytes)
+        return int(self.order.nbytes + self.table_keys.nbytes + self.starts.nbytes + self.sizes.nbytes)
 
 
 # Indexes built by prepare_index, per bucket map (a map is immutable once built; partitions
@@ -112,7 +117,8 @@ def cached_indexes(bmap: BucketMap) -> list[SearchIndex]:
 def adopt_index(bmap: BucketMap, index: SearchIndex) -> SearchIndex:
     """Cache ``index`` (tables saved earlier for the same keys, e.g. memory-mapped) on ``bmap``,
     so that :func:`prepare_index` returns it instead of building the tables again."""
-    if index.n_keys != bmap.keys.size or index.n_groups != bmap.n_groups or index.table_keys.dtype != bmap.keys.dtype:
+    if (index.n_keys != bmap.keys.size or index.n_groups != bmap.n_groups or index.table_keys.dtype != bmap.keys.dtype
+            or index.sizes.shape != index.order.shape):
         raise ValueError("the multi-index tables were not built for this bucket map")
     with _index_cache_lock:
         return _index_cache.setdefault(bmap, {}).setdefault((index.bits, index.n_substrings), index)
@@ -178,7 +184,7 @@ def prepare_index(bmap: BucketMap, bits: int, threshold: int,
         lo, hi = int(bmap.key_bounds[b]), int(bmap.key_bounds[b + 1])
         order[:, lo:hi], table_keys[:, lo:hi], starts[b] = mih_build(keys[lo:hi], shifts, widths, table_bits)
     index = SearchIndex(bits, int(keys.size), shifts, widths, table_bits, order, table_keys,
-                        starts)
+                        starts, mih_bucket_sizes(order, bmap.key_bounds, bmap.offsets))
     logger.debug("built a %d-substring index of %d keys in %d key group(s) (%d bits): %.1f MB",
                  m, keys.size, bmap.n_groups, bits, index.nbytes / 1e6)
     with _index_cache_lock:
@@ -214,6 +220,6 @@ def no_tables(dtype) -> tuple:
     if tables is None:
         empty = np.zeros(1, np.int64)
         tables = (empty, empty, empty, np.zeros((1, 1), np.int32), np.zeros((1, 1), dtype),
-                  np.zeros((1, 2), np.int32))
+                  np.zeros((1, 2), np.int32), np.zeros((1, 1), np.uint8))
         _NO_TABLES[dtype] = tables
     return tables

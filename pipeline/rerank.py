@@ -37,9 +37,9 @@ import numpy as np
 from numba import njit
 
 from .buckets import BucketMap
-from .hamming import ball_size, distance, enumerate_within, mih_within, scan_within
+from .hamming import ball_size, distance, enumerate_within, mih_rings, scan_within
 from .jit import PREFETCH_AHEAD, grow, prefetch
-from .mih import ENUMERATE, METHOD_CODE, METHODS, SCAN, choose_method, no_tables, prepare_index
+from .mih import METHOD_CODE, METHODS, MIH, SCAN, choose_method, no_tables, prepare_index
 from .topk import TopK, check_id_range, select_topk
 
 __all__ = ["DEFAULT_SHORTLIST", "default_shortlist", "rerank_search"]
@@ -49,9 +49,10 @@ DEFAULT_SHORTLIST = 400
 _SHORTLIST_SHARE = 500  # one image in this many of a large partition is re-ranked
 # Queries are matched in batches, position by position. The first batch is one query; each
 # next one is sized by the matches per query so far to hold about _BATCH_MATCHES matched keys
-# (13 bytes each) at once, and at most _BATCH_GROWTH times the previous one.
+# (4 bytes each in the outermost ring, 9 closer in) at once, and at most _BATCH_GROWTH times
+# the previous one.
 _MAX_BATCH = 1024
-_BATCH_MATCHES = 4 << 20
+_BATCH_MATCHES = 8 << 20
 _BATCH_GROWTH = 8
 
 
@@ -140,6 +141,8 @@ def rerank_search(
         raise ValueError(f"partition codes must have shape [{n_range}, {grid}], got {codes.shape}")
     if queries.size and (queries.min() < 0 or int(queries.max()) >> bits):
         raise ValueError(f"query codes must be below 2**{bits}")
+    if bmap.keys.size >= 2**31:  # the kernel keeps matched keys as int32
+        raise ValueError(f"the default mode searches maps of fewer than 2**31 keys, got {bmap.keys.size}")
     dtype = bmap.keys.dtype
     queries = queries.astype(dtype, copy=False)
     codes = np.ascontiguousarray(codes, dtype=dtype)
@@ -159,12 +162,14 @@ def rerank_search(
         if method == "mih":
             index = prepare_index(bmap, bits, threshold, n_substrings)
             tables = (index.shifts, index.widths, index.table_bits, index.order, index.table_keys, index.starts)
+            sizes = index.sizes
         else:
             empty = no_tables(dtype)
             tables = (*empty[:5], empty[5][None])
+            sizes = empty[6]
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
-            METHOD_CODE[method], tables, start - bmap.id_base, max_bucket, vote_budget,
+            METHOD_CODE[method], tables, sizes, start - bmap.id_base, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
             np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
@@ -175,21 +180,22 @@ def rerank_search(
 
 @njit(nogil=True, cache=True)
 def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, method,
-                    tables, start, max_bucket, vote_budget, shortlist, votes, touched, match_idx, match_dist,
+                    tables, sizes, start, max_bucket, vote_budget, shortlist, votes, touched, match_idx, match_dist,
                     similarity, out_ids, out_scores, n_candidates):
     n_queries, grid = queries.shape
-    # The buckets of the keys matched by a batch of queries, position by position: where each
-    # starts in bucket_ids, its size, and the key's distance from the query
-    found_at = np.empty(max(1024, 4 * match_idx.size), np.int64)
-    found_size = np.empty(found_at.size, np.int32)
-    found_dist = np.empty(found_at.size, np.uint8)
-    # Keys at distance exactly t (most matches: the outermost ring is the largest) are kept
-    # as keys only; their buckets are looked up for the queries whose rings closer in fit
-    # the vote budget, the only ones whose radius can reach t (in a large partition, many
-    # queries stop short of t).
-    outer_key = np.empty(found_at.size, np.int64)
-    used_at = np.empty(found_at.size, np.int64)  # one query's buckets within its radius
-    used_size = np.empty(found_at.size, np.int32)
+    largest = match_idx.size  # the most matches one code can have at one position
+    # The buckets each code of a batch matched, position by position: key positions in the
+    # map (int32: prepare_index and rerank_search check that they fit), with their bucket
+    # sizes and distances; keys at distance exactly t (most matches: the outermost ring is the
+    # largest) are kept as keys only, their buckets fetched for the queries whose radius
+    # reaches t (in a large partition, many queries stop short of it).
+    found_key = np.empty(max(1024, 4 * largest), np.int32)
+    found_size = np.empty(found_key.size, np.int32)
+    found_dist = np.empty(found_key.size, np.uint8)
+    outer_key = np.empty(found_key.size, np.int32)
+    used_at = np.empty(found_key.size, np.int64)  # one query's buckets within its radius
+    used_size = np.empty(found_key.size, np.int32)
+    ring_votes = np.zeros(t + 1, np.int64)
     hist = np.empty(grid + 1, np.int64)  # shortlisted images per vote count, one query at a time
     never = np.iinfo(np.int64).max
     batch = 1
@@ -199,10 +205,15 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         nb = b1 - b0
         # 1. Keys, one position at a time for the whole batch: that position's keys and
         #    tables stay in cache from one query to the next (on 30k images, 2.8x faster than
-        #    query by query for a batch of 2000, 1.9x for 256). seg[g, i] is where query
-        #    b0 + i's matches at g begin.
-        seg = np.empty((grid, nb + 1), np.int64)
-        outer_seg = np.empty((grid, nb + 1), np.int64)  # the same for the keys at distance t
+        #    query by query for a batch of 2000, 1.9x for 256). Queries sharing a code there
+        #    share its matches (sorted by code, each code is matched once): on 1M images, a
+        #    position's common codes (a blank background) hold the most matches. Query
+        #    b0 + i's matches at g are found[seg_lo[g, i]:seg_hi[g, i]] and outer[outer_lo[g,
+        #    i]:outer_hi[g, i]].
+        seg_lo = np.empty((grid, nb), np.int64)
+        seg_hi = np.empty((grid, nb), np.int64)
+        outer_lo = np.empty((grid, nb), np.int64)
+        outer_hi = np.empty((grid, nb), np.int64)
         votes_at = np.zeros((nb, t + 1), np.int64)  # votes the buckets at each distance would cast
         # per query: whether an exact-match bucket was kept, else the smallest one skipped
         exact_kept = np.zeros(nb, np.bool_)
@@ -213,89 +224,103 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         for g in range(grid):
             lo = key_bounds[g]
             hi = key_bounds[g + 1]
-            for i in range(nb):
-                seg[g, i] = n_found
-                outer_seg[g, i] = n_outer
-                if method == SCAN:
-                    n_match = scan_within(queries[b0 + i, g], keys[lo:hi], t, match_idx, match_dist)
-                elif method == ENUMERATE:
-                    n_match = enumerate_within(queries[b0 + i, g], keys[lo:hi], bits, t, match_idx, match_dist)
-                else:
-                    n_match = mih_within(queries[b0 + i, g], t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
-                                         tables[4][:, lo:hi], tables[5][g], match_idx, match_dist)
-                if n_found + n_match > found_at.size:
-                    capacity = max(2 * found_at.size, n_found + n_match)
-                    found_at = grow(found_at, n_found, capacity)
-                    found_size = grow(found_size, n_found, capacity)
-                    found_dist = grow(found_dist, n_found, capacity)
-                if n_outer + n_match > outer_key.size:
-                    outer_key = grow(outer_key, n_outer, max(2 * outer_key.size, n_outer + n_match))
-                for j in range(n_match):
-                    if t > 0 and match_dist[j] == t:
-                        outer_key[n_outer] = lo + match_idx[j]
-                        n_outer += 1
-                        continue
-                    if j + PREFETCH_AHEAD < n_match:
-                        prefetch(offsets, lo + match_idx[j + PREFETCH_AHEAD])
-                    key = lo + match_idx[j]
-                    size = offsets[key + 1] - offsets[key]
-                    if size > max_bucket:
-                        if match_dist[j] == 0 and size < exact_size[i]:
-                            exact_size[i] = size
-                            exact_at[i] = offsets[key]
-                        continue
-                    if match_dist[j] == 0:
-                        exact_kept[i] = True
-                    found_at[n_found] = offsets[key]
-                    found_size[n_found] = size
-                    found_dist[n_found] = match_dist[j]
-                    votes_at[i, match_dist[j]] += size
-                    n_found += 1
-            seg[g, nb] = n_found
-            outer_seg[g, nb] = n_outer
+            by_code = np.argsort(queries[b0:b1, g])
+            for ii in range(nb):
+                i = by_code[ii]
+                code = queries[b0 + i, g]
+                if ii == 0 or code != queries[b0 + by_code[ii - 1], g]:
+                    if n_found + largest > found_key.size:
+                        capacity = max(2 * found_key.size, n_found + largest)
+                        found_key = grow(found_key, n_found, capacity)
+                        found_size = grow(found_size, n_found, capacity)
+                        found_dist = grow(found_dist, n_found, capacity)
+                    if n_outer + largest > outer_key.size:
+                        outer_key = grow(outer_key, n_outer, max(2 * outer_key.size, n_outer + largest))
+                    ring_votes[:] = 0
+                    if method == MIH:
+                        n_in, n_out = mih_rings(code, t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
+                                                tables[4][:, lo:hi], sizes[:, lo:hi], tables[5][g], offsets[lo:],
+                                                max_bucket, found_key[n_found:], found_dist[n_found:],
+                                                found_size[n_found:], outer_key[n_outer:], ring_votes)
+                    else:
+                        if method == SCAN:
+                            n_match = scan_within(code, keys[lo:hi], t, match_idx, match_dist)
+                        else:
+                            n_match = enumerate_within(code, keys[lo:hi], bits, t, match_idx, match_dist)
+                        n_in, n_out = _split_rings(match_idx, match_dist, n_match, t, offsets[lo:], max_bucket,
+                                                   found_key[n_found:], found_dist[n_found:], found_size[n_found:],
+                                                   outer_key[n_outer:], ring_votes)
+                    code_lo, code_outer_lo = n_found, n_outer
+                    for j in range(n_outer, n_outer + n_out):
+                        outer_key[j] += lo
+                    n_outer += n_out
+                    # the closer buckets: the skipped ones go, but for the exact match's size
+                    code_kept = False
+                    code_exact_size = never
+                    code_exact_at = 0
+                    for j in range(n_found, n_found + n_in):
+                        key = lo + found_key[j]
+                        size = found_size[j]
+                        if size > max_bucket:
+                            if found_dist[j] == 0:
+                                code_exact_size = size
+                                code_exact_at = offsets[key]
+                            continue
+                        code_kept |= found_dist[j] == 0
+                        found_key[n_found] = key  # n_found <= j: compacting in place is safe
+                        found_size[n_found] = size
+                        found_dist[n_found] = found_dist[j]
+                        n_found += 1
+                seg_lo[g, i] = code_lo
+                seg_hi[g, i] = n_found
+                outer_lo[g, i] = code_outer_lo
+                outer_hi[g, i] = n_outer
+                for d in range(t + 1):
+                    votes_at[i, d] += ring_votes[d]
+                exact_kept[i] |= code_kept
+                if code_exact_size < exact_size[i]:
+                    exact_size[i] = code_exact_size
+                    exact_at[i] = code_exact_at
         # 2. Each query of the batch on its own: radius, votes, shortlist, re-rank
         for i in range(nb):
             qi = b0 + i
             # the radius grows from 0 while the votes stay within the budget (radius 0 always)
             r = 0
             cast = votes_at[i, 0]
-            while r < t - 1 and cast + votes_at[i, r + 1] <= vote_budget:
+            while r < t and cast + votes_at[i, r + 1] <= vote_budget:
                 r += 1
                 cast += votes_at[i, r]
-            if r == t - 1:  # the outermost ring fits only if every ring closer in did
-                outer = 0
-                for g in range(grid):
-                    for j in range(outer_seg[g, i], outer_seg[g, i + 1]):
-                        if j + PREFETCH_AHEAD < outer_seg[g, i + 1]:
-                            prefetch(offsets, outer_key[j + PREFETCH_AHEAD])
-                        size = offsets[outer_key[j] + 1] - offsets[outer_key[j]]
-                        if size <= max_bucket:
-                            outer += size
-                if cast + outer <= vote_budget:
-                    r = t
-            n_used = 0  # only the buckets within the radius are fetched
+            n_used = 0  # the buckets within the radius: map keys first, then where their ids are
             for g in range(grid):
-                more = seg[g, i + 1] - seg[g, i] + (outer_seg[g, i + 1] - outer_seg[g, i] if r == t else 0)
-                if n_used + more > used_at.size:
-                    used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more))
+                more = seg_hi[g, i] - seg_lo[g, i] + (outer_hi[g, i] - outer_lo[g, i] if r == t else 0)
+                if n_used + more + 1 > used_at.size:
+                    used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more + 1))
                     used_size = grow(used_size, n_used, used_at.size)
-                for j in range(seg[g, i], seg[g, i + 1]):
+                for j in range(seg_lo[g, i], seg_hi[g, i]):
                     if found_dist[j] <= r:
-                        used_at[n_used] = found_at[j]
+                        used_at[n_used] = found_key[j]
                         used_size[n_used] = found_size[j]
                         n_used += 1
                 if r == t:
-                    for j in range(outer_seg[g, i], outer_seg[g, i + 1]):
-                        key = outer_key[j]
-                        size = offsets[key + 1] - offsets[key]
-                        if size <= max_bucket:
-                            used_at[n_used] = offsets[key]
-                            used_size[n_used] = size
-                            n_used += 1
+                    for j in range(outer_lo[g, i], outer_hi[g, i]):
+                        used_at[n_used] = outer_key[j]
+                        used_size[n_used] = -1  # not kept: read from the offsets below
+                        n_used += 1
+            n_kept = 0
+            for j in range(n_used):
+                if j + PREFETCH_AHEAD < n_used:
+                    prefetch(offsets, used_at[j + PREFETCH_AHEAD])
+                key = used_at[j]
+                size = used_size[j]
+                if size < 0:
+                    size = offsets[key + 1] - offsets[key]
+                    if size > max_bucket:
+                        continue
+                used_at[n_kept] = offsets[key]
+                used_size[n_kept] = size
+                n_kept += 1
+            n_used = n_kept
             if not exact_kept[i] and exact_size[i] != never:
-                if n_used == used_at.size:
-                    used_at = grow(used_at, n_used, 2 * used_at.size)
-                    used_size = grow(used_size, n_used, used_at.size)
                 used_at[n_used] = exact_at[i]
                 used_size[n_used] = exact_size[i]
                 n_used += 1
@@ -304,6 +329,32 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
         batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found + n_outer, 1)))
         b0 = b1
+
+
+@njit(nogil=True, cache=True)
+def _split_rings(match_idx, match_dist, n_match, t, offsets, max_bucket, inner_idx, inner_dist, inner_size, outer_idx,
+                 ring_votes):
+    """What :func:`pipeline.hamming.mih_rings` gives, from the matches of a key scan or an
+    enumeration (``offsets[i]``: where key position ``i`` of the key group begins)."""
+    n_in = 0
+    n_out = 0
+    for j in range(n_match):
+        if j + PREFETCH_AHEAD < n_match:  # the keys are scattered: fetch ahead
+            prefetch(offsets, match_idx[j + PREFETCH_AHEAD])
+        idx = match_idx[j]
+        d = match_dist[j]
+        size = offsets[idx + 1] - offsets[idx]
+        if size <= max_bucket:
+            ring_votes[d] += size
+        if t > 0 and d == t:
+            outer_idx[n_out] = idx
+            n_out += 1
+        else:
+            inner_idx[n_in] = idx
+            inner_dist[n_in] = d
+            inner_size[n_in] = size
+            n_in += 1
+    return n_in, n_out
 
 
 @njit(nogil=True, cache=True)

@@ -37,6 +37,8 @@ __all__ = [
     "write_tombstones",
     "read_excluded",
     "write_excluded",
+    "ImageUris",
+    "read_image_uris",
 ]
 
 IMAGES_SCHEMA = pa.schema([("image_id", pa.int64()), ("uri", pa.string()), ("source", pa.int32()), ("fingerprint", pa.string())])
@@ -133,3 +135,57 @@ def write_excluded(index: "IndexLocation | str", uris: Sequence[str], version: i
     rel = excluded_path(version)
     write_parquet(index.join(rel), {"uri": uris}, _EXCLUDED_SCHEMA, index.storage_options)
     return ExcludedEntry(rel, len(uris))
+
+
+class ImageUris:
+    """The uri of every image id of an index, as its image tables hold them: one Arrow array
+    per shard, never concatenated (at 10M images that copy alone took 0.5 s).
+
+    ``chunks[i]`` holds the uris of ids ``starts[i]`` to ``starts[i + 1] - 1`` (null where
+    an id has no image row: an unreadable image).
+    """
+
+    def __init__(self, chunks: Sequence[pa.Array], starts: np.ndarray) -> None:
+        self.chunks = list(chunks)
+        self.starts = np.asarray(starts, np.int64)
+        if self.starts.size != len(self.chunks) + 1 or np.any(np.diff(self.starts) != [len(c) for c in self.chunks]):
+            raise ValueError("each chunk must hold the uris of the ids between its start and the next")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, ids: np.ndarray) -> pa.StringArray:
+        """Uris of ``ids`` (each ``0 <= id < len(self)``), in their order. Arrow's own ``take``
+        over many chunks took 0.45 s for 10,000 ids of 10M; per chunk, it takes milliseconds."""
+        ids = np.asarray(ids, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"image ids must lie in [0, {len(self)})")
+        chunk_of = np.searchsorted(self.starts, ids, side="right") - 1
+        order = np.argsort(chunk_of, kind="stable")
+        bounds = np.searchsorted(chunk_of[order], np.arange(len(self.chunks) + 1))
+        parts = [self.chunks[c].take(pa.array(ids[order[lo:hi]] - self.starts[c])).cast(pa.string())
+                 for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
+        gathered = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        return gathered.take(pa.array(np.argsort(order, kind="stable")))
+
+    def to_numpy(self) -> np.ndarray:
+        """Every uri (object array; ``None`` for ids without an image row)."""
+        return np.concatenate([chunk.to_numpy(zero_copy_only=False) for chunk in self.chunks]) if self.chunks \
+            else np.empty(0, object)
+
+
+def read_image_uris(index: "IndexLocation | str", manifest: Manifest) -> ImageUris:
+    """The uri of every image id of ``manifest`` (:class:`ImageUris`; its shards tile the ids),
+    from the image tables' ``image_id`` and ``uri`` columns only."""
+    index = IndexLocation.of(index)
+    chunks = []
+    for shard in manifest.shards:
+        table = _read(index, shard.images, ["image_id", "uri"])
+        ids = table.column("image_id").to_numpy()
+        uris = table.column("uri").combine_chunks()
+        if not np.array_equal(ids, np.arange(shard.start, shard.stop)):  # unreadable images have no row
+            position = np.full(shard.stop - shard.start, -1, np.int64)
+            position[ids - shard.start] = np.arange(ids.size)
+            uris = uris.take(pa.array(position, mask=position < 0))
+        chunks.append(uris)
+    return ImageUris(chunks, np.array([0] + [s.stop for s in manifest.shards]))

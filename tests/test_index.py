@@ -20,6 +20,7 @@ from snapshots import index_snapshot as _snapshot
 
 from storage import CorpusError, IndexNotFoundError, ModelMismatchError, join_url
 from storage.arrays import read_array_group
+from storage.image_tables import read_image_uris
 from storage.manifest import read_manifest
 from workflows import index as index_module
 from workflows.cluster import ClusterSettings
@@ -194,6 +195,10 @@ def test_unreadable_images_are_recorded_and_strict_fails_before_commit(client, t
             errors.update(zip(t["uri"], t["reason"]))
     assert sorted(os.path.basename(u) for u in errors) == ["2.png", "9.jpg"]
     assert all(errors.values())
+    uris = read_image_uris(url, manifest)  # what a query job writes beside its hits: none for unreadable ids
+    assert (len(uris), len(uris.chunks)) == (6, 2)
+    got = uris.take(np.array([5, 0, 2, 4, 1, 3, 0])).to_pylist()
+    assert [u and os.path.basename(u) for u in got] == [None, "0.png", None, "4.png", "1.png", "3.png", "0.png"]
     any_ids = set(_maps_from_index(url, "any").values().__iter__().__next__())
     assert 2 not in {i for v in _maps_from_index(url, "any").values() for i in v} and any_ids
 

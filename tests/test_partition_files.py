@@ -67,14 +67,17 @@ def test_a_partition_is_copied_once_then_memory_mapped_with_its_tables_and_answe
     got = rerank_search(queries, first, mapped_codes, *args)  # builds the tables on `first`
     np.testing.assert_array_equal(got.ids, expected.ids)
     np.testing.assert_array_equal(got.scores, expected.scores)
+    (folder / "mih-16-2").mkdir()  # tables an older version saved, without bucket sizes
+    (folder / "mih-16-2" / "order.npy").write_bytes(b"")
     files.save_tables(folder, first)
-    assert sorted(p.name for p in folder.glob("mih-*")) == ["mih-16-2"]
+    assert sorted(p.name for p in folder.glob("mih*")) == ["mih2-16-2"], "the older tables go"
 
     again = files.bucket_map(folder, build)  # what the next job's worker gets
     assert files.adopt_tables(folder, again) == 1
     index_tables = prepare_index(again, 16, 3, 2)
     assert isinstance(index_tables.order, np.memmap) and cached_indexes(again) == [index_tables]
-    np.testing.assert_array_equal(index_tables.order, prepare_index(first, 16, 3, 2).order)
+    for name in ("order", "sizes"):
+        np.testing.assert_array_equal(getattr(index_tables, name), getattr(prepare_index(first, 16, 3, 2), name))
     got = rerank_search(queries, again, mapped_codes, *args)
     np.testing.assert_array_equal(got.ids, expected.ids)
 

@@ -136,6 +136,29 @@ def test_unreadable_queries_get_an_error_row_and_the_others_are_answered(client,
     assert [r["query_id"] for r in rows] == sorted(r["query_id"] for r in rows)
 
 
+def test_a_block_encoded_in_parts_gives_the_results_of_one_part(client, small_index, fmnist_train, tmp_path, monkeypatch):
+    import pipeline.encode
+    from storage import open_corpus
+    from workflows.query import encode_parts
+
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i in range(13):
+        Image.fromarray(fmnist_train[100 + i, :, :, 0]).save(folder / f"{i:02d}.png")
+    (folder / "02.png").write_bytes(b"\x89PNG truncated")  # the first part has one query fewer
+    settings = QuerySettings(k=5, flip=True)  # two rows of codes per query: each part's owners count from its own
+    whole, parts = str(tmp_path / "whole.parquet"), str(tmp_path / "parts.parquet")
+    query(small_index, str(folder), whole, settings, client=client)
+    monkeypatch.setattr(pipeline.encode, "ENCODE_BATCH", 4)
+    shard = open_corpus(str(folder)).shards(1000)[0]
+    cut = encode_parts(shard, 2)  # the test cluster's 2 threads
+    assert [(p.start, p.stop) for p in cut] == [(0, 8), (8, 13)] and cut[1].uris == shard.uris[8:]
+    assert [len(p) for p in encode_parts(shard, 4)] == [4, 4, 4, 1] and [len(p) for p in encode_parts(shard, 1)] == [13]
+    report = query(small_index, str(folder), parts, settings, client=client)
+    assert (report.n_queries, report.n_failed) == (13, 1)
+    assert pq.read_table(parts).equals(pq.read_table(whole))
+
+
 def test_every_query_unreadable_fails(client, small_index, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

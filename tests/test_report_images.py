@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from storage.corpus import ReadError
+from storage.image_tables import ImageUris
 from storage.images import ImageSpec
 from workflows import thumbnails
 from workflows.report import query_report_rows, render_report, write_report
@@ -219,7 +220,7 @@ def answered_blocks(images: dict[str, str]):
                              errors=[ReadError(2, images["corrupt"], "cannot identify image file")])
     topk2 = SimpleNamespace(ids=np.array([[5, 4, 0, 1]]), scores=np.array([[3.0, 2, 1, 0.5]]))
     queries = SimpleNamespace(storage_options={})
-    return [(block1, topk1), (block2, topk2)], pa.array(index_uris), queries
+    return [(block1, topk1), (block2, topk2)], ImageUris([pa.array(index_uris)], np.array([0, len(index_uris)])), queries
 
 
 def build_report(images: dict[str, str], path: Path) -> str:

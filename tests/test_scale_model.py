@@ -24,19 +24,22 @@ CAL = sm.Calibration(partition_size=1_000_000, search_ms=2.0, encode_ms=0.5, mer
 
 
 def test_the_model_spreads_cpu_over_cores_or_follows_a_blocks_critical_path():
-    # one partition on 2 cores: one task searches it all, after the block is encoded
-    assert sm.predict_ms_per_query(CAL, 1_000_000, 2) == pytest.approx(0.5 + 2.0)
+    # one partition on 2 cores: one task searches it all, after the block's larger encode part (512 of 1000)
+    assert sm.predict_ms_per_query(CAL, 1_000_000, 2) == pytest.approx(0.512 * 0.5 + 2.0)
     # 10 partitions on 2 cores: 5 rounds of searches after the encoding (the longer of the two)
-    assert sm.predict_ms_per_query(CAL, 10_000_000, 2) == pytest.approx(0.5 + 5 * 2.0)
-    # many cores, few partitions: 8 blocks in flight keep 80 cores searching
+    assert sm.predict_ms_per_query(CAL, 10_000_000, 2) == pytest.approx(0.512 * 0.5 + 5 * 2.0)
+    # a block is cut in whole encoder batches, no more parts than cores: one core encodes it all
+    assert sm.predict_ms_per_query(CAL, 10_000_000, 1) == pytest.approx(0.5 + 10 * 2.001)
+    # many cores, few partitions: 8 blocks in flight keep 80 cores searching; the first block in 4 parts of 256
     assert sm.predict_ms_per_query(CAL, 10_000_000, 1000, queries=100_000) == pytest.approx(
-        (1000 * 0.5 + 100_000 * 10 * 2.0 / 80) / 100_000)
-    # as many partitions as cores, each pinned: a partition's 100 blocks one after the other
+        (256 * 0.5 + 100_000 * 10 * 2.0 / 80) / 100_000)
+    # as many partitions as cores, each pinned: a partition's 100 blocks one after the other, or
+    # the spread work (merges and every block's encoding included), the longer here
     assert sm.predict_ms_per_query(CAL, 1_000_000_000, 1000, queries=100_000) == pytest.approx(
-        (1000 * 0.5 + 100 * 1000 * 2.0) / 100_000)
+        max(256 * 0.5 + 100 * 1000 * 2.0, 100_000 * (0.5 + 1000 * 2.001) / 1000) / 100_000)
     # twice the partitions: the spread work (merges included) is the longer
     assert sm.predict_ms_per_query(CAL, 2_000_000_000, 1000, queries=100_000) == pytest.approx(
-        max(100_000 * (0.5 + 2000 * 2.001) / 1000, 1000 * 0.5 + 100 * 2 * 1000 * 2.0) / 100_000)
+        max(100_000 * (0.5 + 2000 * 2.001) / 1000, 256 * 0.5 + 100 * 2 * 1000 * 2.0) / 100_000)
 
 
 def test_the_plan_counts_partitions_storage_and_time():

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_BYTES = 20 * 2**30
 _MAP_ARRAYS = ("keys", "offsets", "ids", "key_bounds")
-_TABLE_ARRAYS = ("shifts", "widths", "table_bits", "order", "table_keys", "starts")
+_TABLE_ARRAYS = ("shifts", "widths", "table_bits", "order", "table_keys", "starts", "sizes")
+# Folders of multi-index tables are named "mih2-<bits>-<substrings>"; "mih-" ones predate the
+# bucket sizes (format 1) and are removed when tables of format 2 are saved beside them.
+_TABLES_PREFIX = "mih2-"
+_OLD_TABLES_PREFIX = "mih-"
 # Copy-on-write mappings: to numba they are plain (writeable) arrays, so the search kernels
 # compiled for arrays in memory serve them too; no search writes to them, and a write would
 # stay in the process's own memory, never in the file.
@@ -156,7 +160,7 @@ class PartitionFiles:
         from pipeline.mih import SearchIndex, adopt_index
 
         adopted = 0
-        for tables in sorted(folder.glob("mih-*")):
+        for tables in sorted(folder.glob(f"{_TABLES_PREFIX}*")):
             try:
                 meta = json.loads((tables / "meta.json").read_text())
                 arrays = {name: _mapped(tables / f"{name}.npy") for name in _TABLE_ARRAYS}
@@ -173,9 +177,11 @@ class PartitionFiles:
         for index in cached_indexes(bmap):
             if isinstance(index.order, np.memmap):
                 continue
-            target = folder / f"mih-{index.bits}-{index.n_substrings}"
+            target = folder / f"{_TABLES_PREFIX}{index.bits}-{index.n_substrings}"
             if not folder.is_dir() or target.exists():
                 continue
+            for old in folder.glob(f"{_OLD_TABLES_PREFIX}*"):
+                shutil.rmtree(old, ignore_errors=True)
             arrays = {name: getattr(index, name) for name in _TABLE_ARRAYS}
             self._write_folder(target, arrays, {"bits": index.bits, "n_keys": index.n_keys})
 

@@ -16,16 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
-from storage import ConfigError, Corpus, CorpusError, ReadError, join_url, open_corpus
+from storage import ConfigError, Corpus, CorpusError, ReadError, Shard, join_url, open_corpus
 from storage.canonical import BALANCED, mirror_margin
+from storage.image_tables import ImageUris, read_image_uris
 from storage.layout import MODEL_DIR
 from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest
@@ -35,8 +36,7 @@ from workflows.options import check_options, option
 from workflows.progress import progress
 from workflows.worker_cache import cache_budget, load_codes, load_partition, save_tables, trim_worker_cache
 
-__all__ = ["MODES", "QuerySettings", "QueryReport", "QueryBlock", "QueryJob", "query", "in_order", "image_uris",
-           "image_uri_array"]
+__all__ = ["MODES", "QuerySettings", "QueryReport", "QueryBlock", "QueryJob", "query", "in_order", "image_uris"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,32 @@ class QueryBlock:
     errors: list[ReadError]
     owners: np.ndarray | None = None  # per row of codes, its query; None when each query has one row
 
+    @classmethod
+    def join(cls, parts: "Sequence[QueryBlock]") -> "QueryBlock":
+        """One block of consecutive parts (each encoded by its own task)."""
+        if len(parts) == 1:
+            return parts[0]
+        owners = None
+        if any(part.owners is not None for part in parts):
+            first = np.cumsum([0] + [len(part.rows) for part in parts[:-1]])
+            owners = np.concatenate([(np.arange(len(part.rows)) if part.owners is None else part.owners) + offset
+                                     for part, offset in zip(parts, first)])
+        return cls(np.concatenate([part.rows for part in parts]), [uri for part in parts for uri in part.uris],
+                   np.concatenate([part.codes for part in parts]), [e for part in parts for e in part.errors], owners)
+
+
+def encode_parts(shard: Shard, n_parts: int) -> list[Shard]:
+    """``shard`` cut into at most ``n_parts`` consecutive parts of whole encoder batches, for as
+    many tasks to encode at once: a job's first block is encoded before any search can start,
+    with the other workers idle (a code never depends on how images are batched)."""
+    from pipeline.encode import ENCODE_BATCH
+
+    size = -(-len(shard) // (max(1, n_parts) * ENCODE_BATCH)) * ENCODE_BATCH
+    cuts = range(shard.start, shard.stop, max(size, 1))
+    return [replace(shard, start=lo, stop=min(lo + size, shard.stop),
+                    uris=shard.uris[lo - shard.start:lo - shard.start + size] if shard.uris else ())
+            for lo in cuts] or [shard]
+
 
 # --------------------------------------------------------------------------- worker tasks
 
@@ -191,10 +217,11 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
     return QueryBlock(data.ids, data.uris, codes, list(data.errors), owners if len(pixels) > n else None)
 
 
-def search_task(index: IndexLocation, partition, block: QueryBlock, settings: QuerySettings, bits: int):
+def search_task(index: IndexLocation, partition, parts: list[QueryBlock], settings: QuerySettings, bits: int):
     from pipeline.rerank import rerank_search
     from pipeline.seed import seed_search
 
+    block = QueryBlock.join(parts)
     bmap = load_partition(index, partition)  # looked up here, in this module, at each call
     start, stop = partition.start, partition.stop
     if settings.mode == "seed":
@@ -244,35 +271,12 @@ def merge_task(parts: list, k: int):
 # --------------------------------------------------------------------------- client side
 
 
-def image_uri_array(index: "IndexLocation | str", manifest: Manifest) -> pa.LargeStringArray:
-    """Uri of every image id of ``manifest`` as one Arrow array (null for unreadable rows).
-
-    About the uri's length in bytes per image, with no Python object per uri: the query client
-    holds it for the whole job, and gathers a block's hits from it with one ``take``.
-    """
-    from storage.tables import read_parquet
-
-    index = IndexLocation.of(index)
-    ids, uris = [], []
-    for shard in manifest.shards:
-        table = read_parquet(index.resolve(shard.images), index.storage_options)
-        ids.append(table.column("image_id").to_numpy())
-        uris.extend(table.column("uri").cast(pa.large_string()).chunks)
-    ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
-    values = pa.concat_arrays(uris) if uris else pa.array([], pa.large_string())
-    if np.array_equal(ids, np.arange(manifest.n_images)):
-        return values
-    position = np.full(manifest.n_images, -1, np.int64)
-    position[ids] = np.arange(len(ids))
-    return values.take(pa.array(position, mask=position < 0))
-
-
 def image_uris(index: "IndexLocation | str", manifest: Manifest) -> np.ndarray:
     """Uri of every image id of ``manifest`` (object array; ``None`` for unreadable rows)."""
-    return image_uri_array(index, manifest).to_numpy(zero_copy_only=False)
+    return read_image_uris(index, manifest).to_numpy()
 
 
-def block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
+def block_table(block: QueryBlock, topk, uris: ImageUris) -> pa.Table:
     """Result rows of one block, ordered by query row then rank; unreadable queries get one error row."""
     q_idx, ranks = np.nonzero(topk.ids >= 0)
     hit_ids = topk.ids[q_idx, ranks]
@@ -282,7 +286,7 @@ def block_table(block: QueryBlock, topk, uris: pa.LargeStringArray) -> pa.Table:
             "query_uri": pa.array(block.uris, pa.string()).take(q_idx),
             "rank": (ranks + 1).astype(np.int32),
             "image_id": hit_ids,
-            "image_uri": uris.take(hit_ids).cast(pa.string()),
+            "image_uri": uris.take(hit_ids),
             "score": topk.scores[q_idx, ranks],
             "error": pa.nulls(len(q_idx), pa.string()),
         },
@@ -356,10 +360,10 @@ class QueryJob:
             raise ConfigError(f"--threshold must be between 0 and the code length {self.manifest.bits}, got {settings.threshold}")
         self.source = queries if isinstance(queries, Corpus) else open_corpus(queries, index.storage_options)
         self.partitions = self.manifest.search_partitions(MAP_LAYOUT[settings.mode])
-        # Every image's uri is read while the workers answer the first block (a few seconds at
-        # 10M images, which would otherwise hold back the first tasks): needed only to write it.
+        # Every image's uri is read while the workers answer the first block (0.6 s at 10M
+        # images, which would otherwise hold back the first tasks): needed only to write it.
         reader = ThreadPoolExecutor(1, thread_name_prefix="patchhash-uris")
-        self._uris = reader.submit(image_uri_array, index, self.manifest)
+        self._uris = reader.submit(read_image_uris, index, self.manifest)
         reader.shutdown(wait=False)  # the thread ends with its one task
         self.shards = self.source.shards(settings.block_size)
         self.on_block, self.report_limit = on_block, report_limit
@@ -369,8 +373,8 @@ class QueryJob:
         self.shown: list[tuple[QueryBlock, object]] = []
 
     @property
-    def uris(self) -> pa.LargeStringArray:
-        """Uri of every image id (:func:`image_uri_array`), once read."""
+    def uris(self) -> ImageUris:
+        """Uri of every image id (:func:`storage.image_tables.read_image_uris`), once read."""
         return self._uris.result()
 
     def spec(self) -> dict:
@@ -395,21 +399,24 @@ class QueryJob:
         return todo
 
     def submitter(self, dask) -> Callable[[object], list]:
-        """``submit(shard)``: the futures of a block's encoded queries and of its merged top-k (its
-        partitions' search tasks pinned to workers when that keeps the load balanced)."""
+        """``submit(shard)``: the futures of a block's encoded queries (in parts, encoded at once:
+        :func:`encode_parts`) and of its merged top-k (its partitions' search tasks pinned to
+        workers when that keeps the load balanced)."""
         settings, bits = self.settings, self.manifest.bits
         pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in self.partitions], list(dask.nthreads()))
 
+        n_threads = sum(dask.nthreads().values())
+
         def submit(shard) -> list:
-            block = dask.submit(encode_block_task, self.index, shard, settings.shift_radius, settings.shift_step,
-                                settings.flip, pure=False)
-            parts = [dask.submit(search_task, self.index, p, block, settings, bits, pure=False,
+            blocks = [dask.submit(encode_block_task, self.index, part, settings.shift_radius, settings.shift_step,
+                                  settings.flip, pure=False) for part in encode_parts(shard, n_threads)]
+            parts = [dask.submit(search_task, self.index, p, blocks, settings, bits, pure=False,
                                  **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                      for p, w in zip(self.partitions, pinned_to)]
             while len(parts) > _MERGE_FAN_IN:  # a tree: no task receives every partition's lists at once
                 parts = [dask.submit(merge_task, parts[i:i + _MERGE_FAN_IN], settings.k, pure=False)
                          for i in range(0, len(parts), _MERGE_FAN_IN)]
-            return [block, dask.submit(merge_task, parts, settings.k, pure=False)]
+            return [*blocks, dask.submit(merge_task, parts, settings.k, pure=False)]
 
         return submit
 
@@ -510,8 +517,8 @@ def query(
         todo = job.resume(writer.done)
         bar.update(job.blocks_skipped)
         with closing(in_order(dask, todo, job.submitter(dask), settings.max_blocks_in_flight)) as answers:
-            for shard, (block, topk) in answers:  # in file order
-                job.answered(shard, block, topk, writer)
+            for shard, (*blocks, topk) in answers:  # in file order
+                job.answered(shard, QueryBlock.join(blocks), topk, writer)
                 bar.update(1)
     result = job.report(time.perf_counter() - started)
     if report is not None:

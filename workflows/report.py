@@ -250,7 +250,7 @@ def query_report_rows(answered: Iterable[tuple], limit: int, uris, queries, spec
         with their reason.
     limit : int
         Queries shown.
-    uris : pyarrow.Array
+    uris : storage.image_tables.ImageUris
         Uri of each image id of the index (the hits' images are read from them).
     queries : storage.Corpus
         The query corpus: its ``storage_options`` reach the queries' uris.
@@ -269,7 +269,8 @@ def query_report_rows(answered: Iterable[tuple], limit: int, uris, queries, spec
         rows += [(int(row), block.uris[i], topk.ids[i], topk.scores[i], None) for i, row in enumerate(block.rows)]
         rows += [(int(e.image_id), e.uri, None, None, e.reason) for e in block.errors]
     rows = sorted(rows, key=lambda r: r[0])[:limit]
-    hit_uris = {int(i): uris[int(i)].as_py() for r in rows if r[2] is not None for i in r[2] if i >= 0}
+    wanted = np.unique([int(i) for r in rows if r[2] is not None for i in r[2] if i >= 0]).astype(np.int64)
+    hit_uris = dict(zip(wanted.tolist(), uris.take(wanted).to_pylist()))
     # In display order (a query, then its hits), so that the report's size cap cuts the last rows.
     requests = []
     for _, uri, ids, _, _ in rows:

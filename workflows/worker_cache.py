@@ -93,7 +93,7 @@ def entry_nbytes(value) -> int:
 
     if isinstance(value, BucketMap):
         arrays = [value.keys, value.offsets, value.ids, value.key_bounds]
-        arrays += [a for index in cached_indexes(value) for a in (index.order, index.table_keys, index.starts)]
+        arrays += [a for index in cached_indexes(value) for a in (index.order, index.table_keys, index.starts, index.sizes)]
         return sum(_resident(a) for a in arrays)
     return _resident(value)
 
