@@ -114,14 +114,18 @@ def cached_indexes(bmap: BucketMap) -> list[SearchIndex]:
         return list(_index_cache.get(bmap, {}).values())
 
 
-def adopt_index(bmap: BucketMap, index: SearchIndex) -> SearchIndex:
+def adopt_index(bmap: BucketMap, index: SearchIndex, replace: bool = False) -> SearchIndex:
     """Cache ``index`` (tables saved earlier for the same keys, e.g. memory-mapped) on ``bmap``,
-    so that :func:`prepare_index` returns it instead of building the tables again."""
+    so that :func:`prepare_index` returns it instead of building the tables again; with
+    ``replace``, instead of tables cached already (the build a saved copy was made of)."""
     if (index.n_keys != bmap.keys.size or index.n_groups != bmap.n_groups or index.table_keys.dtype != bmap.keys.dtype
             or index.sizes.shape != index.order.shape):
         raise ValueError("the multi-index tables were not built for this bucket map")
     with _index_cache_lock:
-        return _index_cache.setdefault(bmap, {}).setdefault((index.bits, index.n_substrings), index)
+        cached = _index_cache.setdefault(bmap, {})
+        if replace:
+            cached[(index.bits, index.n_substrings)] = index
+        return cached.setdefault((index.bits, index.n_substrings), index)
 
 
 def mih_substrings(n_keys: int, bits: int, threshold: int) -> int:

@@ -71,6 +71,8 @@ def test_a_partition_is_copied_once_then_memory_mapped_with_its_tables_and_answe
     (folder / "mih-16-2" / "order.npy").write_bytes(b"")
     files.save_tables(folder, first)
     assert sorted(p.name for p in folder.glob("mih*")) == ["mih2-16-2"], "the older tables go"
+    assert [isinstance(t.order, np.memmap) for t in cached_indexes(first)] == [True], "the saved copy replaces the build"
+    np.testing.assert_array_equal(rerank_search(queries, first, mapped_codes, *args).ids, expected.ids)
 
     again = files.bucket_map(folder, build)  # what the next job's worker gets
     assert files.adopt_tables(folder, again) == 1

@@ -157,21 +157,24 @@ class PartitionFiles:
 
     def adopt_tables(self, folder: Path, bmap) -> int:
         """Cache on ``bmap`` the multi-index tables saved in ``folder``; how many sets there were."""
+        return sum(self._adopt(tables, bmap) for tables in sorted(folder.glob(f"{_TABLES_PREFIX}*")))
+
+    @staticmethod
+    def _adopt(tables: Path, bmap, replace: bool = False) -> bool:
+        """Cache on ``bmap`` the tables saved in the folder ``tables``, memory-mapped; whether they were."""
         from pipeline.mih import SearchIndex, adopt_index
 
-        adopted = 0
-        for tables in sorted(folder.glob(f"{_TABLES_PREFIX}*")):
-            try:
-                meta = json.loads((tables / "meta.json").read_text())
-                arrays = {name: _mapped(tables / f"{name}.npy") for name in _TABLE_ARRAYS}
-                adopt_index(bmap, SearchIndex(meta["bits"], meta["n_keys"], **arrays))
-                adopted += 1
-            except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
-                continue
-        return adopted
+        try:
+            meta = json.loads((tables / "meta.json").read_text())
+            arrays = {name: _mapped(tables / f"{name}.npy") for name in _TABLE_ARRAYS}
+            adopt_index(bmap, SearchIndex(meta["bits"], meta["n_keys"], **arrays), replace)
+        except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
+            return False
+        return True
 
     def save_tables(self, folder: Path, bmap) -> None:
-        """Save the multi-index tables a search built on ``bmap`` that ``folder`` does not hold yet."""
+        """Save the multi-index tables a search built on ``bmap`` that ``folder`` does not hold
+        yet, and cache the saved copy (memory-mapped) on ``bmap`` in place of the build."""
         from pipeline.mih import cached_indexes
 
         for index in cached_indexes(bmap):
@@ -184,6 +187,8 @@ class PartitionFiles:
                 shutil.rmtree(old, ignore_errors=True)
             arrays = {name: getattr(index, name) for name in _TABLE_ARRAYS}
             self._write_folder(target, arrays, {"bits": index.bits, "n_keys": index.n_keys})
+            # searched from the copy from now on: the build's memory is freed once no search holds it
+            self._adopt(target, bmap, replace=True)
 
     # ------------------------------------------------------------------ writing and eviction
 
