@@ -101,18 +101,17 @@ def distinct(icons: list[tuple]) -> list[tuple]:
     return keep
 
 
-def _nearest_difference(icons: list[tuple], i: int) -> float:
-    """Mean absolute difference (0-255) of icon ``i`` from the most similar other icon of the same
-    size, both flattened on black and grey."""
+def _nearest_differences(icons: list[tuple]) -> list[float]:
+    """Per icon, the mean absolute difference (0-255) from the most similar other icon of the
+    same size, both flattened on black and grey (255 when no other has its size)."""
     from PIL import Image
 
-    def grey(path) -> np.ndarray:
+    greys = []
+    for path, _ in icons:
         with Image.open(path) as image:
-            return np.asarray(_flatten(image, (0, 0, 0)).convert("L"), np.float64)
-
-    mine = grey(icons[i][0])
-    others = [grey(path) for j, (path, _) in enumerate(icons) if j != i]
-    return min((float(np.abs(o - mine).mean()) for o in others if o.shape == mine.shape), default=255.0)
+            greys.append(np.asarray(_flatten(image, (0, 0, 0)).convert("L"), np.float64))
+    return [min((float(np.abs(other - mine).mean()) for j, other in enumerate(greys) if j != i and other.shape == mine.shape),
+                default=255.0) for i, mine in enumerate(greys)]
 
 
 # --------------------------------------------------------------------------- the copies
@@ -204,7 +203,8 @@ def write_queries(icons, wallpapers, n_icons: int, folder: Path, seed: int = 0, 
     folder.mkdir(parents=True, exist_ok=True)
     candidates = [i for i, (_, others) in enumerate(icons) if others]
     if unlike > 0:
-        candidates = [i for i in candidates if _nearest_difference(icons, i) >= unlike]
+        nearest = _nearest_differences(icons)
+        candidates = [i for i in candidates if nearest[i] >= unlike]
     chosen = sorted(rng.sample(candidates, min(n_icons, len(candidates))))
     originals = [(i, icons[i][0], icons[i][1]) for i in chosen]
     originals += [(len(icons) + j, path, []) for j, path in enumerate(wallpapers)]

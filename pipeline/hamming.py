@@ -536,8 +536,8 @@ def mih_rings(query, t, shifts, widths, table_bits, order, table_keys, sizes, st
     shifted so that ``offsets[i]`` is where key position ``i`` of this key group begins (read
     only for saturated sizes). ``ring_votes[d]`` (``t + 1`` entries) receives, for each
     distance ``d <= t``, the summed sizes of the matching buckets of at most ``max_bucket``
-    images. With ``t = 0`` every match is inner. Returns
-    ``(n_inner, n_outer)``; the buffers must hold every match (at most the number of keys).
+    images. With ``t = 0`` every match is inner. Returns ``(n_inner, n_outer)``; the buffers
+    must hold every match (at most the number of keys).
     """
     q, masks, probes, radius = _mih_start(query, t, shifts, widths, table_bits, table_keys, starts)
     n_in = 0

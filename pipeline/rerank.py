@@ -167,11 +167,12 @@ def rerank_search(
             empty = no_tables(dtype)
             tables = (*empty[:5], empty[5][None])
             sizes = empty[6]
+        matches = 1 if method == "mih" else max(buffer, 1)  # mih_rings writes the kernel's own buffers
         _rerank_queries(
             queries, bmap.keys, bmap.key_bounds, bmap.offsets, bmap.ids, codes, bits, threshold,
             METHOD_CODE[method], tables, sizes, start - bmap.id_base, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
-            np.empty(max(buffer, 1), np.int64), np.empty(max(buffer, 1), np.int64),
+            max(buffer, 1), np.empty(matches, np.int64), np.empty(matches, np.int64),
             np.zeros(n_range, np.int64), ids, scores, n_candidates,
         )
         ids[ids >= 0] += bmap.id_base  # the kernel counts ids as the map stores them
@@ -180,10 +181,11 @@ def rerank_search(
 
 @njit(nogil=True, cache=True)
 def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, method,
-                    tables, sizes, start, max_bucket, vote_budget, shortlist, votes, touched, match_idx, match_dist,
-                    similarity, out_ids, out_scores, n_candidates):
+                    tables, sizes, start, max_bucket, vote_budget, shortlist, votes, touched, largest, match_idx,
+                    match_dist, similarity, out_ids, out_scores, n_candidates):
+    # largest: the most matches one code can have at one position; match_idx and match_dist
+    # receive those of a key scan or an enumeration
     n_queries, grid = queries.shape
-    largest = match_idx.size  # the most matches one code can have at one position
     # The buckets each code of a batch matched, position by position: key positions in the
     # map (int32: prepare_index and rerank_search check that they fit), with their bucket
     # sizes and distances; keys at distance exactly t (most matches: the outermost ring is the

@@ -403,9 +403,9 @@ class QueryJob:
         :func:`encode_parts`) and of its merged top-k (its partitions' search tasks pinned to
         workers when that keeps the load balanced)."""
         settings, bits = self.settings, self.manifest.bits
-        pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in self.partitions], list(dask.nthreads()))
-
-        n_threads = sum(dask.nthreads().values())
+        nthreads = dask.nthreads()
+        pinned_to = partition_affinity([{"start": p.start, "stop": p.stop} for p in self.partitions], list(nthreads))
+        n_threads = sum(nthreads.values())
 
         def submit(shard) -> list:
             blocks = [dask.submit(encode_block_task, self.index, part, settings.shift_radius, settings.shift_step,
