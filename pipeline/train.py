@@ -14,6 +14,12 @@ between the two encodings (straight-through, so it has a gradient) is added to t
 that weight, to make the codes of a slightly shifted copy closer to the original's. On
 Fashion-MNIST it did, at a loss of precision larger than the gain (docs/QUALITY.md), so it is
 off by default.
+
+With ``brightness_weight`` > 0, training is *brightness-consistent* in the same way: the batch
+is also encoded with each image's brightness times a random factor within ``1 +- max_brightness``
+(clipped as an 8-bit image is; :class:`pipeline.augment.RandomBrightness`), and the share of
+code bits that change is added to the loss with that weight. ``icons-photos`` is trained so
+(docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class TrainSettings:
     label_weight: float = 3.0
     shift_weight: float = 0.0
     max_shift: float = 2.0
+    brightness_weight: float = 0.0
+    max_brightness: float = 0.3
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -62,6 +70,10 @@ class TrainSettings:
             raise ValueError(f"shift_weight must be >= 0, got {self.shift_weight}")
         if not self.max_shift > 0:
             raise ValueError(f"max_shift must be > 0 pixels, got {self.max_shift}")
+        if not self.brightness_weight >= 0:
+            raise ValueError(f"brightness_weight must be >= 0, got {self.brightness_weight}")
+        if not 0 < self.max_brightness < 1:
+            raise ValueError(f"max_brightness must be in (0, 1), got {self.max_brightness}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +121,8 @@ def train_autoencoder(
     autoencoder = build_autoencoder(config, seed=settings.seed)
     n_classes = 0 if classes is None or settings.label_weight == 0 else len(classes)
     max_shift = settings.max_shift if settings.shift_weight > 0 else 0.0
-    model = training_model(autoencoder, n_classes, max_shift, seed=settings.seed)
+    brightness = (normalization, settings.max_brightness) if settings.brightness_weight > 0 else None
+    model = training_model(autoencoder, n_classes, max_shift, seed=settings.seed, brightness=brightness)
     y = {"reconstruction": x}
     losses = {"reconstruction": "mse"}
     weights = {"reconstruction": 1.0}
@@ -122,6 +135,10 @@ def train_autoencoder(
         y["shift"] = np.zeros((len(x), config.bits), np.float32)
         losses["shift"] = "mae"
         weights["shift"] = settings.shift_weight
+    if brightness:
+        y["brightness"] = np.zeros((len(x), config.bits), np.float32)
+        losses["brightness"] = "mae"
+        weights["brightness"] = settings.brightness_weight
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=losses, loss_weights=weights)
     callbacks = []
     if on_epoch is not None:
@@ -138,13 +155,16 @@ def train_autoencoder(
 
 
 def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: float = 0.0,  # noqa: F821
-                   seed: int | None = None) -> "keras.Model":  # noqa: F821
+                   seed: int | None = None, brightness: tuple | None = None) -> "keras.Model":  # noqa: F821
     """The autoencoder with the training-only outputs of the module docstring.
 
     Shares every layer with ``autoencoder``. Outputs ``"reconstruction"``; with ``n_classes``,
     also ``"label"`` (logits of a linear classifier on the whole code grid as +-1); with
     ``max_shift`` (pixels), also ``"shift"``: per bit, the share of grid cells whose bit
-    differs between the input and the input moved by a random offset (training only).
+    differs between the input and the input moved by a random offset (training only); with
+    ``brightness`` (``(normalization, max_change)``), also ``"brightness"``: the same share
+    between the input and its brightness times a random factor within ``1 +- max_change``
+    (:class:`pipeline.augment.RandomBrightness`).
     """
     from pipeline.backend import keras
 
@@ -153,14 +173,22 @@ def training_model(autoencoder: "keras.Model", n_classes: int = 0, max_shift: fl
     if n_classes:
         signs = keras.layers.Rescaling(2.0, offset=-1.0, name="code_signs")(keras.layers.Flatten(name="code_grid")(codes))
         outputs["label"] = keras.layers.Dense(n_classes, name="label", kernel_initializer=KernelSeeds(seed, "label")())(signs)
+    changes = {}
     if max_shift:
         h, w, _ = autoencoder.input.shape[1:]
-        moved = keras.layers.RandomTranslation(max_shift / h, max_shift / w, fill_mode="nearest", name="moved",
-                                                 seed=seed)(autoencoder.input)
+        changes["shift"] = keras.layers.RandomTranslation(max_shift / h, max_shift / w, fill_mode="nearest", name="moved",
+                                                           seed=seed)(autoencoder.input)
+    if brightness:
+        from pipeline.augment import RandomBrightness
+
+        normalization, max_change = brightness
+        changes["brightness"] = RandomBrightness(normalization, max_change, seed=seed, name="brightened")(autoencoder.input)
+    if changes:
         encoder = keras.Model(autoencoder.input, codes, name="shared_encoder")
-        gap = keras.layers.Subtract(name="shift_gap")([codes, encoder(moved)])  # 0 or +-1 per bit
-        changed = keras.layers.Multiply(name="shift_changed")([gap, gap])
-        outputs["shift"] = keras.layers.GlobalAveragePooling2D(name="shift")(changed)
+    for name, changed_input in changes.items():
+        gap = keras.layers.Subtract(name=f"{name}_gap")([codes, encoder(changed_input)])  # 0 or +-1 per bit
+        changed = keras.layers.Multiply(name=f"{name}_changed")([gap, gap])
+        outputs[name] = keras.layers.GlobalAveragePooling2D(name=name)(changed)
     return keras.Model(autoencoder.input, outputs, name="patchhash_training")
 
 
@@ -212,8 +240,10 @@ def save_model(
             "loss_history": result.history["loss"],
             "shift_weight": result.settings.shift_weight,
             "max_shift": result.settings.max_shift if result.settings.shift_weight else None,
+            **({"brightness_weight": result.settings.brightness_weight, "max_brightness": result.settings.max_brightness}
+               if result.settings.brightness_weight else {}),
             **{f"final_{name}": result.history[name][-1]
-               for name in ("reconstruction_loss", "label_loss", "shift_loss") if name in result.history},
+               for name in ("reconstruction_loss", "label_loss", "shift_loss", "brightness_loss") if name in result.history},
         },
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         software=_software_versions(),

@@ -10,7 +10,11 @@ of them are undone here, each by a rule that maps the copy and the original to t
   each within :data:`TOLERANCE` of it) become black. A transparent icon composited on black, and
   its copy flattened onto white or any other plain colour, then look alike to the model. An image
   whose border is black already, or not mostly of one colour (a photograph), is unchanged: on
-  the 60,000 Fashion-MNIST training images the rule changes no pixel.
+  the 60,000 Fashion-MNIST training images the rule changes no pixel. ``"black-luma"`` judges
+  the same by the image's luma (:func:`luma`), within :data:`LUMA_TOLERANCE`: what a grey
+  model sees. A grey copy of a colour image then loses the same background as the image
+  (judged per channel, a border whose hues vary at one brightness is plain in grey only), and
+  JPEG's noise, mostly in the colour channels, stays within a tighter tolerance.
 * **centre** (``"mass"``): a copy moved by a few pixels changes most patch codes, since patches
   sit on a fixed grid. The rule moves the image, by whole pixels at the resolution it is
   converted from, so that the median of its brightness (the point that halves the summed grey
@@ -39,14 +43,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "black_background", "centre_by_mass", "grey_of", "luma", "mass_offset",
+__all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "LUMA_TOLERANCE", "black_background", "centre_by_mass", "grey_of", "luma", "mass_offset",
            "mass_shift", "mirror_by_mean", "mirror_margin", "BALANCED"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
+LUMA_TOLERANCE = 12  # grey levels of luma ("black-luma"), measured in docs/QUALITY.md
 BORDER_SHARE = 0.6
 BALANCED = 0.002  # mirror_margin under which a query is searched both ways (docs/QUALITY.md)
 
-_BACKGROUNDS = ("keep", "black")
+_BACKGROUNDS = ("keep", "black", "black-luma")
 _CENTRES = ("none", "mass")
 _MIRRORS = ("none", "mean")
 
@@ -57,8 +62,9 @@ class InputRules:
 
     Parameters
     ----------
-    background : {"keep", "black"}
-        ``"black"``: a plain, non-black background connected to the border becomes black.
+    background : {"keep", "black", "black-luma"}
+        ``"black"``: a plain, non-black background connected to the border becomes black;
+        ``"black-luma"``: the same, judged by the image's luma.
     centre : {"none", "mass"}
         ``"mass"``: the image is moved so that the median of its brightness is at its centre.
     mirror : {"none", "mean"}
@@ -101,8 +107,8 @@ class InputRules:
         """``uint8 [h, w, c]`` (c = 1 or 3, alpha already composited) in canonical form; the
         input itself when no rule changes it. ``centre=False`` leaves the centring out (to a
         resize that moves the image by :func:`mass_shift` itself)."""
-        if self.background == "black":
-            image = black_background(image)
+        if self.background != "keep":
+            image = black_background(image, by_luma=self.background == "black-luma")
         if self.centre == "mass" and centre:
             image = centre_by_mass(image)
         return image
@@ -115,17 +121,21 @@ class InputRules:
         return mirror_by_mean(batch)
 
 
-def black_background(image: np.ndarray) -> np.ndarray:
-    """``image`` (``uint8 [h, w, c]``) with a plain, non-black background made black (module docstring)."""
-    border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]).astype(np.int16)
+def black_background(image: np.ndarray, by_luma: bool = False) -> np.ndarray:
+    """``image`` (``uint8 [h, w, c]``) with a plain, non-black background made black (module
+    docstring); ``by_luma``: judged by its luma, within :data:`LUMA_TOLERANCE` (``"black-luma"``)."""
+    seen, tolerance = image, TOLERANCE
+    if by_luma:
+        seen, tolerance = (luma(image)[..., np.newaxis] if image.shape[2] == 3 else image), LUMA_TOLERANCE
+    border = np.concatenate([seen[0], seen[-1], seen[1:-1, 0], seen[1:-1, -1]]).astype(np.int16)
     colour = np.median(border, axis=0)
-    if colour.max() <= TOLERANCE:
+    if colour.max() <= tolerance:
         return image  # black already (Fashion-MNIST, icons composited on black)
-    if (np.abs(border - colour).max(axis=1) <= TOLERANCE).mean() < BORDER_SHARE:
+    if (np.abs(border - colour).max(axis=1) <= tolerance).mean() < BORDER_SHARE:
         return image  # no plain background: a photograph
     from scipy import ndimage
 
-    near = np.abs(image.astype(np.int16) - colour).max(axis=2) <= TOLERANCE
+    near = np.abs(seen.astype(np.int16) - colour).max(axis=2) <= tolerance
     seeds = np.zeros_like(near)
     seeds[[0, -1], :] = near[[0, -1], :]
     seeds[:, [0, -1]] = near[:, [0, -1]]

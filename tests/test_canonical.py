@@ -21,6 +21,7 @@ BLACK = InputRules(background="black")
 BACKGROUNDS = ((255, 255, 255), (200, 220, 255), (90, 90, 90))
 CENTRED = InputRules(background="black", centre="mass")
 CANONICAL = InputRules(background="black", centre="mass", mirror="mean")
+BY_LUMA = InputRules(background="black-luma", centre="mass", mirror="mean")  # icons-photos' rules
 
 
 def icon(seed: int, size: int = 48) -> Image.Image:
@@ -60,7 +61,8 @@ def test_rules_validate_and_round_trip_through_json():
     assert InputRules.from_json(json.loads(json.dumps(CENTRED.to_json()))) == CENTRED
     assert InputRules.from_json(json.loads(json.dumps(CANONICAL.to_json()))) == CANONICAL
     assert "mirror" not in CENTRED.to_json()  # written only when set: older readers still read the card
-    with pytest.raises(ValueError, match="background must be one of keep, black"):
+    assert InputRules.from_json(InputRules(background="black-luma").to_json()).background == "black-luma"
+    with pytest.raises(ValueError, match="background must be one of keep, black, black-luma"):
         InputRules(background="white")
     with pytest.raises(ValueError, match="centre must be one of none, mass"):
         InputRules(centre="centroid")
@@ -104,6 +106,33 @@ def test_the_rule_reaches_only_background_connected_to_the_border():
     image[8:12, 8:12] = 250  # ...around a white hole, the same colour as the background
     out = black_background(image)
     assert (out[:5] == 0).all() and (out[5:15, 5:15] == image[5:15, 5:15]).all()
+
+
+def test_by_luma_a_grey_copy_loses_the_background_its_colour_original_loses():
+    """A border of hues at one brightness: plain to a grey model, not per channel. Judged by
+    luma, the colour image and its grey copy lose the same pixels; judged per channel, only the
+    grey copy does, and the two differ wherever that background was."""
+    rng = np.random.default_rng(0)
+    hues = np.array([[200, 120, 120], [110, 160, 140], [130, 140, 200]], np.uint8)  # luma 143-152
+    image = hues[rng.integers(0, 3, (40, 40))]
+    image[12:28, 12:28] = (250, 240, 30)  # the subject: much brighter than the border
+    spec, by_channel = (ImageSpec(40, 40, 1, rules=InputRules(background=b)) for b in ("black-luma", "black"))
+    grey = np.asarray(Image.fromarray(image).convert("L"))
+    assert black_background(image) is image  # per channel: not a plain border
+    luma_out, grey_out = convert(image, spec), convert(grey, spec)
+    assert np.abs(luma_out.astype(int) - grey_out).max() <= 1  # Pillow's grey and ours: rounding only
+    assert not luma_out[:12].any() and luma_out[20, 20, 0] > 200  # the border went, the subject stayed
+    assert np.abs(convert(image, by_channel).astype(int) - convert(grey, by_channel)).max() > 100
+
+
+def test_by_luma_jpeg_noise_of_a_white_background_stays_within_the_tolerance():
+    original = icon(3)
+    data = io.BytesIO()
+    flattened(original, (255, 255, 255)).save(data, format="JPEG", quality=30)
+    spec = ImageSpec(48, 48, 1, rules=InputRules(background="black-luma"))
+    copy = decode_and_convert(data.getvalue(), "copy.jpg", spec)
+    clear = np.asarray(original)[..., 3] == 0
+    assert (copy[clear] == 0).mean() > 0.95
 
 
 def test_no_fashion_mnist_image_changes():
@@ -257,7 +286,7 @@ def test_cards_say_which_rules_their_model_uses():
     shipped = read_card("fashion-mnist")
     assert shipped.input_rules == BLACK and shipped.image_spec == ImageSpec(28, 28, 1, rules=BLACK)
     assert read_card("fashion-mnist-unsupervised").input_rules == InputRules()  # a card from before the rules
-    assert read_card("icons-photos").input_rules == CANONICAL  # the default for image files (docs/MODEL.md)
+    assert read_card("icons-photos").input_rules == BY_LUMA  # the default for image files (docs/MODEL.md)
     d = shipped.to_json()
     assert d["input"] == {"background": "black", "centre": "none"}
     assert ModelCard.from_json(d).input_rules == BLACK
@@ -309,7 +338,7 @@ def found_first_by_name(results) -> int:
                if r == 1 and u is not None)
 
 
-@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL])
+@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL, BY_LUMA])
 def test_decoding_a_small_file_with_rules_is_converting_it_bit_for_bit(rules):
     from storage.images import decode_image
 

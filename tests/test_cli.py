@@ -28,7 +28,8 @@ def test_train_then_info(tmp_path, fmnist_train):
     np.save(corpus, fmnist_train[:400, :, :, 0])
     out = tmp_path / "model"
     result = run("train", "--corpus", str(corpus), "--out", str(out), "--bits", "16", "--epochs", "1",
-                 "--batch-size", "64", "--sample", "300", "--seed", "7", "--stem", "8", "--shift-weight", "1", "--max-shift", "1.5")
+                 "--batch-size", "64", "--sample", "300", "--seed", "7", "--stem", "8", "--shift-weight", "1", "--max-shift", "1.5",
+                 "--brightness-weight", "0.5", "--max-brightness", "0.2", "--background", "black-luma")
     assert result.returncode == 0, result.stderr
     assert "saved" in result.stdout and "16 bits" in result.stdout
     info = run("info", "--model", str(out), "--json")
@@ -38,6 +39,8 @@ def test_train_then_info(tmp_path, fmnist_train):
     assert card["architecture"]["stem"] == [8]
     assert (card["training"]["shift_weight"], card["training"]["max_shift"]) == (1.0, 1.5)
     assert card["training"]["final_shift_loss"] >= 0
+    assert (card["training"]["brightness_weight"], card["training"]["max_brightness"]) == (0.5, 0.2)
+    assert card["training"]["final_brightness_loss"] >= 0 and card["input"]["background"] == "black-luma"
     assert card["training"]["command"].startswith("patchhash train --corpus")
     text = run("info", "--model", str(out))
     assert "bits: 16" in text.stdout

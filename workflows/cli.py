@@ -260,8 +260,12 @@ def train(
     label_weight: Annotated[float, typer.Option(help="Weight of the label loss against the reconstruction loss (with --labels).")] = 3.0,
     shift_weight: Annotated[float, typer.Option(help="Weight of the shift-consistency loss (share of code bits a small shift changes); 0 turns it off.")] = 0.0,
     max_shift: Annotated[float, typer.Option(help="Largest shift in pixels, each direction, for --shift-weight.")] = 2.0,
+    brightness_weight: Annotated[float, typer.Option(help="Weight of the brightness-consistency loss (share of code bits a brightness change "
+                                                          "changes); 0 turns it off.")] = 0.0,
+    max_brightness: Annotated[float, typer.Option(help="Largest brightness change for --brightness-weight, as a share (0.3: x0.7 to x1.3).")] = 0.3,
     background: Annotated[str, typer.Option(help="black: a plain background at the image's border becomes black (a transparent image then "
-                                                 "matches its copy flattened onto any colour); keep: as is. Recorded in the card.")] = "black",
+                                                 "matches its copy flattened onto any colour); black-luma: the same, judged by the image's "
+                                                 "luma (grey copies then match too); keep: as is. Recorded in the card.")] = "black",
     centre: Annotated[str, typer.Option(help="mass: each image is moved so that the median of its brightness is at its centre (moved "
                                              "copies then match); none: as is. Recorded in the card.")] = "none",
     mirror: Annotated[str, typer.Option(help="mean: each image is flipped left-right where the mean of its brightness lies right of its "
@@ -281,7 +285,8 @@ def train(
         corpus, out, preset=preset, bits=bits, patch=patch, stride=stride, input_shape=_shape(input_shape),
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
-        shift_weight=shift_weight, max_shift=max_shift, background=background, centre=centre, mirror=mirror, sample=sample, seed=seed, name=name,
+        shift_weight=shift_weight, max_shift=max_shift, brightness_weight=brightness_weight, max_brightness=max_brightness,
+        background=background, centre=centre, mirror=mirror, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_storage_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")

@@ -61,6 +61,8 @@ def train(
     label_weight: float = 3.0,
     shift_weight: float = 0.0,
     max_shift: float = 2.0,
+    brightness_weight: float = 0.0,
+    max_brightness: float = 0.3,
     background: str = "black",
     centre: str = "none",
     mirror: str = "none",
@@ -75,7 +77,8 @@ def train(
     The geometry starts from ``preset`` and is overridden by any of ``bits``, ``patch``,
     ``stride``, ``input_shape``, ``stem`` (``()`` for none). ``labels`` (IDX1, ``.npy`` or CSV ``uri,label``; one per
     corpus image) makes the training label-aware with weight ``label_weight``;
-    ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels (see
+    ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels, and
+    ``brightness_weight`` > 0 for brightness changes up to ``max_brightness`` (a share; see
     :mod:`pipeline.train`). ``background``, ``centre`` and ``mirror`` are the canonical-form rules
     (:class:`storage.InputRules`) the images go through, in training and in every later index and
     query with this model. ``command`` is recorded in the card (the CLI passes its own
@@ -92,7 +95,8 @@ def train(
     try:
         config: ModelConfig = replace(PRESETS[preset], **overrides)
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight,
-                                 shift_weight=shift_weight, max_shift=max_shift)
+                                 shift_weight=shift_weight, max_shift=max_shift,
+                                 brightness_weight=brightness_weight, max_brightness=max_brightness)
         rules = InputRules(background=background, centre=centre, mirror=mirror)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
