@@ -123,6 +123,8 @@ def test_by_luma_a_grey_copy_loses_the_background_its_colour_original_loses():
     assert np.abs(luma_out.astype(int) - grey_out).max() <= 1  # Pillow's grey and ours: rounding only
     assert not luma_out[:12].any() and luma_out[20, 20, 0] > 200  # the border went, the subject stayed
     assert np.abs(convert(image, by_channel).astype(int) - convert(grey, by_channel)).max() > 100
+    colour = convert(image, ImageSpec(40, 40, 3, rules=InputRules(background="black-luma")))  # an RGB model: judged by luma too
+    assert not colour[:12].any() and tuple(colour[20, 20]) == (250, 240, 30)
 
 
 def test_by_luma_jpeg_noise_of_a_white_background_stays_within_the_tolerance():
