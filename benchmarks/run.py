@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bench_index.py", "bench_encoder.py", "bench_query_vs_seed.py", "bench_kernel.py", "bench_query.py", "bench_scale.py", "bench_query_file.py", "bench_sync.py",
-              "candidate_stage.py", "quality.py", "shift_sweep.py", "bench_startup.py"]
+              "candidate_stage.py", "quality.py", "shift_sweep.py", "fashion_shifts.py", "bench_startup.py"]
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ following rules, applied in this order:
 3. **Alpha** (grey + alpha, RGBA): the image is composited on black, i.e. each colour value is
    multiplied by ``alpha / 255`` and rounded, then the alpha channel is dropped.
    *Canonical form*: where ``spec.rules`` asks for it (a model card's ``"input"``), a plain
-   background becomes black and the image is centred on its brightness here, in colour, by
-   the rules of :mod:`storage.canonical` (an image that step 5 resizes is moved by the exact
+   background becomes black and the image is centred (on its brightness or its bounding box)
+   here, in colour, by the rules of :mod:`storage.canonical` (an image that step 5 resizes is moved by the exact
    fraction of a pixel within the resize instead); by default neither is done. The mirror rule
    of :mod:`storage.canonical`, where asked for, flips the result of step 5.
 4. **Channels.** RGB -> grey uses the ITU-R 601-2 luma transform, bit-exact with Pillow's
@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from storage.canonical import InputRules, grey_of, luma, mass_shift
+from storage.canonical import InputRules, centre_shift, grey_of, luma
 from storage.errors import ImageReadError
 
 __all__ = [
@@ -369,13 +369,13 @@ def _model_input(
         image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
     cover_height, cover_width = _cover_size(full_height, full_width, (spec.height, spec.width))
     resized = factor > 1 or image.size != (cover_width, cover_height)
-    shift = (0.0, 0.0)
+    shift = None
     if spec.rules.active:
         array = np.asarray(image).reshape(image.height, image.width, -1)
         # an image that is resized is centred by a fractional move within the resize instead
         canonical = spec.rules.apply(array, centre=not resized)
-        if resized and spec.rules.centre == "mass":
-            shift = mass_shift(grey_of(canonical))
+        if resized and spec.rules.centre != "none":
+            shift = centre_shift(grey_of(canonical), spec.rules.centre)
         if canonical is not array:
             image = Image.fromarray(canonical[..., 0] if canonical.shape[2] == 1 else canonical)
     if spec.channels == 1 and image.mode == "RGB":
@@ -392,12 +392,14 @@ def _model_input(
     return np.ascontiguousarray(spec.rules.orient(array[np.newaxis])[0])
 
 
-def _resize_moved(image: Image.Image, size: tuple[int, int], box: tuple[float, ...], shift: tuple[float, float]) -> Image.Image:
+def _resize_moved(image: Image.Image, size: tuple[int, int], box: tuple[float, ...], shift: tuple[float, float] | None) -> Image.Image:
     """``image``'s ``box`` resized to ``size``, its content moved by ``shift`` (``dy, dx``, in
-    pixels of ``image``) first, black coming in at the edges."""
-    dy, dx = shift
-    if dy == 0 and dx == 0:
+    pixels of ``image``) first, black coming in at the edges. A centred image is filtered with
+    black beyond its edges even when ``shift`` is zero, as its moved copies are; ``None`` (no
+    centring) resizes the image as it is."""
+    if shift is None:
         return image.resize(size, Image.Resampling.BILINEAR, box=box)
+    dy, dx = shift
     pad = int(np.ceil(max(abs(dy), abs(dx)))) + 1  # Pillow takes no box beyond the image
     padded = Image.new(image.mode, (image.width + 2 * pad, image.height + 2 * pad))
     padded.paste(image, (pad, pad))
@@ -477,13 +479,13 @@ def convert_batch(
     _check_cover_size(*batch.shape[1:3], spec, uri)
     batch, ok = _to_uint8(batch)
     batch = _drop_alpha(batch)
-    shifts = [(0.0, 0.0)] * len(batch)
+    shifts = [None] * len(batch)
     if spec.rules.active:
         # as in _model_input: an image that is resized is centred by a fractional move within the resize
         resizing = _cover_size(*batch.shape[1:3], (spec.height, spec.width)) != batch.shape[1:3]
         batch = np.stack([spec.rules.apply(image, centre=not resizing) for image in batch]) if len(batch) else batch
-        if resizing and spec.rules.centre == "mass":
-            shifts = [mass_shift(grey_of(image)) for image in batch]
+        if resizing and spec.rules.centre != "none":
+            shifts = [centre_shift(grey_of(image), spec.rules.centre) for image in batch]
     batch = _match_channels(batch, spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
         resized = np.empty((len(batch), *spec.shape), dtype=np.uint8)
@@ -573,7 +575,7 @@ def _match_channels(batch: np.ndarray, channels: int) -> np.ndarray:
     return luma(batch)[..., np.newaxis]
 
 
-def _resize_crop(image: np.ndarray, spec: ImageSpec, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def _resize_crop(image: np.ndarray, spec: ImageSpec, shift: tuple[float, float] | None = None) -> np.ndarray:
     """Scale ``image`` (uint8 [h, w, c]) to cover the target, moved by ``shift`` first, then centre-crop it."""
     height, width, channels = image.shape
     new_height, new_width = _cover_size(height, width, (spec.height, spec.width))

@@ -14,7 +14,8 @@ from corpus_helpers import FASHION_TRAIN
 from PIL import Image, ImageDraw
 
 from storage import ImageSpec, InputRules, open_corpus
-from storage.canonical import TOLERANCE, black_background, centre_by_mass, mass_offset, mirror_by_mean, mirror_margin
+from storage.canonical import (TOLERANCE, black_background, box_shift, centre_image, mass_offset, mirror_by_mean, mirror_margin,
+                               whole_pixels)
 from storage.images import convert, convert_batch, decode_and_convert
 
 BLACK = InputRules(background="black")
@@ -22,6 +23,7 @@ BACKGROUNDS = ((255, 255, 255), (200, 220, 255), (90, 90, 90))
 CENTRED = InputRules(background="black", centre="mass")
 CANONICAL = InputRules(background="black", centre="mass", mirror="mean")
 BY_LUMA = InputRules(background="black-luma", centre="mass", mirror="mean")  # icons-photos' rules
+BOXED = InputRules(background="black", centre="box")  # fashion-mnist's rules
 
 
 def icon(seed: int, size: int = 48) -> Image.Image:
@@ -64,7 +66,8 @@ def test_rules_validate_and_round_trip_through_json():
     assert InputRules.from_json(InputRules(background="black-luma").to_json()).background == "black-luma"
     with pytest.raises(ValueError, match="background must be one of keep, black, black-luma"):
         InputRules(background="white")
-    with pytest.raises(ValueError, match="centre must be one of none, mass"):
+    assert InputRules.from_json(BOXED.to_json()) == BOXED
+    with pytest.raises(ValueError, match="centre must be one of none, mass, box"):
         InputRules(centre="centroid")
     with pytest.raises(ValueError, match="mirror must be one of none, mean"):
         InputRules(mirror="always")
@@ -172,10 +175,10 @@ def test_a_moved_copy_is_centred_to_the_same_pixels(seed):
     image = np.asarray(flattened(icon(seed, size=40), (0, 0, 0)))
     padded = np.zeros((64, 64, 3), np.uint8)
     padded[12:52, 12:52] = image
-    centred = centre_by_mass(padded)
+    centred = centre_image(padded)
     for dy, dx in ((0, 1), (1, 0), (-3, 2), (5, -7), (-12, -12)):
         moved = np.roll(padded, (dy, dx), axis=(0, 1))  # black comes in: the content stays whole
-        assert np.array_equal(centre_by_mass(moved), centred), (dy, dx)
+        assert np.array_equal(centre_image(moved), centred), (dy, dx)
 
 
 def test_the_centre_is_the_brightness_median():
@@ -225,6 +228,52 @@ def test_a_resized_image_is_centred_by_a_fraction_of_a_pixel(tmp_path):
         # decoded from files, the same conversion as from arrays
         decoded = np.stack([decode_and_convert((tmp_path / f"{seed}-{i}.png").read_bytes(), f"{seed}-{i}.png", spec) for i in range(4)])
         assert np.array_equal(decoded, centred)
+
+
+def test_the_box_rule_centres_the_bounding_box_of_what_is_not_black():
+    grey = np.zeros((9, 9), np.uint8)
+    grey[1, 1] = 1  # however faint: the box is what is not black
+    assert box_shift(grey) == (3.0, 3.0)
+    grey[1:3, 1:5] = 90  # 2 x 4: margins of 7 and 5, the odd pixel above and left once rounded
+    assert box_shift(grey) == (2.5, 1.5) and whole_pixels(box_shift(grey)) == (3, 2)
+    assert box_shift(np.zeros((5, 5), np.uint8)) == (0.0, 0.0)
+    full = np.ones((6, 6), np.uint8)  # no black margin: never moved
+    assert box_shift(full) == (0.0, 0.0)
+    tall = np.zeros((28, 28), np.uint8)
+    tall[0:27, 10:18] = 50  # one free row: it goes above, as in Fashion-MNIST
+    assert whole_pixels(box_shift(tall)) == (1, 0)
+
+
+def test_box_centring_leaves_fashion_mnist_in_place_and_brings_moved_copies_back():
+    images = open_corpus(str(FASHION_TRAIN)).read(ImageSpec(28, 28, 1), 0, 2000).pixels
+    spec = ImageSpec(28, 28, 1, rules=BOXED)
+    canonical = convert_batch(images, spec)[0]
+    unmoved = (canonical == images).all(axis=(1, 2, 3))
+    assert unmoved.mean() > 0.97  # the dataset's own placement (98.5% of the 60,000)
+    # a garment spans the frame's height or its width (its longer side was scaled to 28 px); moved
+    # across the other way, clear of the edge it moves towards, it loses nothing and comes back
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (0, -2)):
+        edge = slice(-abs(dy + dx), None) if dy + dx > 0 else slice(0, abs(dy + dx))
+        towards = images[:, edge] if dy else images[:, :, edge]
+        inner = images[~towards.any(axis=(1, 2, 3)) & unmoved]
+        assert len(inner) > 500
+        assert np.array_equal(convert_batch(np.roll(inner, (dy, dx), axis=(1, 2)), spec)[0], inner), (dy, dx)
+    noisy = np.clip(inner.astype(int) + 3, 0, 255).astype(np.uint8)  # no black margin left: as it is
+    assert np.array_equal(convert_batch(noisy, spec)[0], noisy)
+
+
+def test_a_resized_image_is_box_centred_by_a_fraction_of_a_pixel():
+    images = open_corpus(str(FASHION_TRAIN)).read(ImageSpec(28, 28, 1), 0, 300).pixels[..., 0]
+    inner = images[~images[:, :, [0, 1, -2, -1]].any(axis=(1, 2))][:20]  # clear of the left and right edges
+    big = np.stack([np.asarray(Image.fromarray(img).resize((112, 112), Image.BILINEAR)) for img in inner])
+    spec = ImageSpec(28, 28, 1, rules=BOXED)
+    plain = ImageSpec(28, 28, 1, rules=BLACK)
+    original = convert_batch(big, spec)[0].astype(int)
+    assert len(inner) == 20
+    for dy, dx in ((0, 2), (0, -3), (0, 4)):  # half a pixel, 0.75 and a whole pixel sideways at 28x28
+        moved = np.roll(big, (dy, dx), axis=(1, 2))
+        assert np.abs(convert_batch(moved, spec)[0].astype(int) - original).max() <= 8, (dy, dx)
+        assert np.abs(convert_batch(moved, plain)[0].astype(int) - convert_batch(big, plain)[0]).max() > 40, (dy, dx)
 
 
 # --------------------------------------------------------------------------- mirror
@@ -286,12 +335,12 @@ def test_cards_say_which_rules_their_model_uses():
     from storage import ModelError
 
     shipped = read_card("fashion-mnist")
-    assert shipped.input_rules == BLACK and shipped.image_spec == ImageSpec(28, 28, 1, rules=BLACK)
+    assert shipped.input_rules == BOXED and shipped.image_spec == ImageSpec(28, 28, 1, rules=BOXED)
     assert read_card("fashion-mnist-unsupervised").input_rules == InputRules()  # a card from before the rules
     assert read_card("icons-photos").input_rules == BY_LUMA  # the default for image files (docs/MODEL.md)
     d = shipped.to_json()
-    assert d["input"] == {"background": "black", "centre": "none"}
-    assert ModelCard.from_json(d).input_rules == BLACK
+    assert d["input"] == {"background": "black", "centre": "box"}
+    assert ModelCard.from_json(d).input_rules == BOXED
     d["input"] = {"background": "white"}
     with pytest.raises(ModelError, match="invalid model card: background must be one of keep, black"):
         ModelCard.from_json(d)
@@ -340,7 +389,7 @@ def found_first_by_name(results) -> int:
                if r == 1 and u is not None)
 
 
-@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL, BY_LUMA])
+@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL, BY_LUMA, BOXED])
 def test_decoding_a_small_file_with_rules_is_converting_it_bit_for_bit(rules):
     from storage.images import decode_image
 

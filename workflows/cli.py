@@ -267,7 +267,8 @@ def train(
                                                  "matches its copy flattened onto any colour); black-luma: the same, judged by the image's "
                                                  "luma (grey copies then match too); keep: as is. Recorded in the card.")] = "black",
     centre: Annotated[str, typer.Option(help="mass: each image is moved so that the median of its brightness is at its centre (moved "
-                                             "copies then match); none: as is. Recorded in the card.")] = "none",
+                                             "copies then match); box: so that the bounding box of what is not black is centred "
+                                             "(the placement of Fashion-MNIST-like datasets); none: as is. Recorded in the card.")] = "none",
     mirror: Annotated[str, typer.Option(help="mean: each image is flipped left-right where the mean of its brightness lies right of its "
                                              "centre (mirrored copies then match); none: as is. Recorded in the card.")] = "none",
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
