@@ -11,7 +11,10 @@ the mirror rule finds balanced is searched mirrored too, as the query job does),
 * ``two placements, tau, +p``: both, for the queries whose centring moves them more than
   ``tau`` pixels at the model's input (the others centred only), the distance as is counting
   ``p`` bits more (so that it wins only when clearly closer); ``share`` is the share of queries
-  searched twice.
+  searched twice;
+* ``one grid of both``: the two distances summed, the whole-grid distance of one code grid that
+  holds both placements side by side (a 7x14 grid for a 7x7 model): what an index of such
+  grids would rank by, with no second search and no change to the index format.
 
     python benchmarks/centring_views.py [--model icons-photos] [--taus 0,1,2] [--penalties 0,20,40]
 
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
             d = distances["centred"].copy()
             d[twice] = np.minimum(d[twice], distances["as is"][twice] + penalty)
             rows[f"two placements, tau {tau:g}, +{penalty}"] = (score(d), float(twice.mean()))
+    rows["one grid of both"] = (score(distances["centred"] + distances["as is"]), 0.0)
     kinds = (*copies.KINDS, "overall")
     print(f"{len(queries)} copies, {len(files)} indexed, {args.model}: recall@1 / @10 by exact whole-grid Hamming distance")
     print("| kind | " + " | ".join(f"{name} (share {share:.2f})" for name, (_, share) in rows.items()) + " |")
