@@ -24,7 +24,6 @@ placements yet.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path

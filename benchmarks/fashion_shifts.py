@@ -22,7 +22,6 @@ Fashion-MNIST images").
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
