@@ -57,8 +57,7 @@ def main(argv=None) -> dict:
 
     root = copies.unpack_packages(list(copies.ICON_PACKAGES) + list(copies.WALLPAPER_PACKAGES), copies.DEFAULT_CACHE.parent / "copies")
     icons = copies.distinct(copies.icon_files(root))
-    walls = sorted(p for p in (root / "usr/share/backgrounds").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-                   and p.is_file() and not p.is_symlink())
+    walls = copies.wallpaper_files(root)
     files = [p for p, _ in icons] + walls
     picture = copies.same_picture(files)
     encoder = load_encoder(args.model)

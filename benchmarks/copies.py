@@ -86,6 +86,12 @@ def icon_files(root: Path) -> list[tuple[Path, list[tuple[int, Path]]]]:
     return out
 
 
+def wallpaper_files(root: Path) -> list[Path]:
+    """The wallpapers under ``root`` (``usr/share/backgrounds``: JPEG and PNG files, no symbolic links), sorted."""
+    return sorted(p for p in (root / "usr/share/backgrounds").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                  and p.is_file() and not p.is_symlink())
+
+
 def distinct(icons: list[tuple]) -> list[tuple]:
     """``icons`` (tuples whose first item is an image file) without those whose RGBA pixels equal an earlier one's."""
     from PIL import Image
@@ -330,8 +336,7 @@ def main(argv=None) -> dict:
         write_json(args.out_json, {"skipped": str(exc)})
         return {"skipped": str(exc)}
     icons = distinct(icon_files(root))[: args.max_index or None]
-    wallpapers = sorted(p for p in (root / "usr/share/backgrounds").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-                        and p.is_file() and not p.is_symlink()) if wallpaper_packages else []
+    wallpapers = wallpaper_files(root) if wallpaper_packages else []
     index_files = [path for path, _ in icons] + wallpapers
     position = {os.path.realpath(p): i for i, p in enumerate(index_files)}
     picture = same_picture(index_files)

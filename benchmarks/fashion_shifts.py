@@ -32,15 +32,9 @@ from pathlib import Path
 import numpy as np
 from _common import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, add_smoke_and_out_json, parser, write_json
 
+from storage.canonical import moved
+
 MOVES = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
-
-
-def moved(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``image`` (``[h, w]``) moved by ``(dy, dx)`` pixels, black coming in, what leaves the frame lost."""
-    out = np.zeros_like(image)
-    h, w = image.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
-    return out
 
 
 def moved_queries(images: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "LUMA_TOLERANCE", "black_background", "box_shift", "centre_image", "centre_shift",
-           "grey_of", "luma", "mass_offset", "mass_shift", "mirror_by_mean", "mirror_margin", "whole_pixels", "BALANCED"]
+           "grey_of", "luma", "mass_offset", "mass_shift", "mirror_by_mean", "mirror_margin", "moved", "whole_pixels", "BALANCED"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 LUMA_TOLERANCE = 12  # grey levels of luma ("black-luma"), measured in docs/QUALITY.md
@@ -117,6 +117,11 @@ class InputRules:
         if self.centre != "none" and centre:
             image = centre_image(image, self.centre)
         return image
+
+    def shift(self, image: np.ndarray) -> tuple[float, float] | None:
+        """The fractional move ``(dy, dx)`` the centre rule asks of ``image`` (``uint8 [h, w, c]``,
+        in canonical form but for the centring), for a resize to make; ``None`` without one."""
+        return None if self.centre == "none" else centre_shift(grey_of(image), self.centre)
 
     def orient(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` (``uint8 [n, h, w, c]``, the model's input) with the mirror rule applied:
@@ -210,9 +215,13 @@ def centre_image(image: np.ndarray, rule: str = "mass") -> np.ndarray:
     (``"mass"`` or ``"box"``) asks, black coming in at the edges."""
     grey = grey_of(image)
     dy, dx = whole_pixels(centre_shift(grey, rule))
-    if dy == 0 and dx == 0:
-        return image
-    h, w = grey.shape
+    return image if dy == 0 and dx == 0 else moved(image, dy, dx)
+
+
+def moved(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``image`` (``[h, w, ...]``) moved by whole pixels ``(dy, dx)`` (positive: down, right),
+    black coming in at the edges and what leaves the frame lost."""
+    h, w = image.shape[:2]
     out = np.zeros_like(image)
     if abs(dy) < h and abs(dx) < w:
         out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from storage.canonical import InputRules, centre_shift, grey_of, luma
+from storage.canonical import InputRules, luma
 from storage.errors import ImageReadError
 
 __all__ = [
@@ -374,8 +374,8 @@ def _model_input(
         array = np.asarray(image).reshape(image.height, image.width, -1)
         # an image that is resized is centred by a fractional move within the resize instead
         canonical = spec.rules.apply(array, centre=not resized)
-        if resized and spec.rules.centre != "none":
-            shift = centre_shift(grey_of(canonical), spec.rules.centre)
+        if resized:
+            shift = spec.rules.shift(canonical)
         if canonical is not array:
             image = Image.fromarray(canonical[..., 0] if canonical.shape[2] == 1 else canonical)
     if spec.channels == 1 and image.mode == "RGB":
@@ -484,8 +484,8 @@ def convert_batch(
         # as in _model_input: an image that is resized is centred by a fractional move within the resize
         resizing = _cover_size(*batch.shape[1:3], (spec.height, spec.width)) != batch.shape[1:3]
         batch = np.stack([spec.rules.apply(image, centre=not resizing) for image in batch]) if len(batch) else batch
-        if resizing and spec.rules.centre != "none":
-            shifts = [centre_shift(grey_of(image), spec.rules.centre) for image in batch]
+        if resizing:
+            shifts = [spec.rules.shift(image) for image in batch]
     batch = _match_channels(batch, spec.channels)
     if batch.shape[1:3] != (spec.height, spec.width):
         resized = np.empty((len(batch), *spec.shape), dtype=np.uint8)
