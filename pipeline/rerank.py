@@ -9,7 +9,8 @@ For one partition and each query:
    holding more than ``max_bucket`` images (codes nearly every image shares, such as the
    blank background) are skipped: they cost the most and say the least. One exception: a
    query whose own codes (distance 0) all fall in skipped buckets keeps the smallest of
-   those, so that an indexed copy of the query is always a candidate.
+   those (the first position among equals), so that an indexed copy of the query is always
+   a candidate.
 
    **Radius under a budget.** The matching buckets' sizes are summed by distance before
    any vote is cast. The query uses the largest radius ``r <= threshold`` whose buckets

@@ -87,8 +87,9 @@ def reference_rerank_search(query_codes, codes, ids, t: int, bits: int, k: int, 
         within = [(hamming(code, query[position]), bucket) for (position, code), bucket in table.items()
                   if hamming(code, query[position]) <= t]
         matched = [(d, b) for d, b in within if max_bucket is None or len(b) <= max_bucket]
-        exact = [b for d, b in within if d == 0]
-        if exact and not any(d == 0 for d, _ in matched):  # the smallest exact bucket is kept
+        # the query's own codes: one bucket per position, in position order
+        exact = [b for (position, code), b in sorted(table.items()) if code == query[position]]
+        if exact and not any(d == 0 for d, _ in matched):  # the smallest exact bucket is kept, the first position among equals
             matched.append((0, min(exact, key=len)))
         radius = 0  # the largest radius whose buckets hold at most vote_budget images (0 always)
         for r in range(1, t + 1):
