@@ -23,7 +23,7 @@ from numba import njit
 if TYPE_CHECKING:  # no import at run time: the kernels' cache then depends on this file only
     from .buckets import BucketMap
 
-__all__ = ["TopK", "merge_topk", "check_id_range", "select_topk", "select_topk_dense"]
+__all__ = ["TopK", "merge_topk", "check_id_range", "select_topk", "select_topk_dense", "offer", "drain_heap"]
 
 # The dense top-k skips chunks of this many images whose best total cannot enter the top-k.
 _TOPK_CHUNK = 64
@@ -106,7 +106,7 @@ def select_topk_dense(totals, start, out_ids, out_scores):
                 heap_scores[0] = score
                 heap_ids[0] = i + start
                 _sift_down(heap_scores, heap_ids, size, 0)
-    _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
+    drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
     return n_nonzero
 
 
@@ -158,22 +158,29 @@ def select_topk(touched, n_touched, totals, start, out_ids, out_scores):
     size = 0
     for j in range(n_touched):
         i = touched[j]
-        score = totals[i]
-        image = i + start
-        if size < k:
-            heap_scores[size] = score
-            heap_ids[size] = image
-            _sift_up(heap_scores, heap_ids, size)
-            size += 1
-        elif _worse(heap_scores[0], heap_ids[0], score, image):
-            heap_scores[0] = score
-            heap_ids[0] = image
-            _sift_down(heap_scores, heap_ids, size, 0)
-    _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
+        size = offer(heap_scores, heap_ids, size, totals[i], i + start)
+    drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)
-def _drain_heap(heap_scores, heap_ids, size, out_ids, out_scores):
+def offer(heap_scores, heap_ids, size, score, image):
+    """Offer ``(score, image)`` to a worst-at-root heap of ``size`` entries whose capacity is
+    ``heap_scores.size``; returns its new size. Where the heap is full, it is kept only if it
+    ranks before the root."""
+    if size < heap_scores.size:
+        heap_scores[size] = score
+        heap_ids[size] = image
+        _sift_up(heap_scores, heap_ids, size)
+        return size + 1
+    if _worse(heap_scores[0], heap_ids[0], score, image):
+        heap_scores[0] = score
+        heap_ids[0] = image
+        _sift_down(heap_scores, heap_ids, size, 0)
+    return size
+
+
+@njit(nogil=True, cache=True)
+def drain_heap(heap_scores, heap_ids, size, out_ids, out_scores):
     """Write a worst-at-root heap of ``size`` entries into ``out_*``, best first."""
     for pos in range(size - 1, -1, -1):
         out_scores[pos] = heap_scores[0]
