@@ -16,6 +16,7 @@ Format-1 tables have only ``image_id`` and ``uri`` (and ``reason``); they read w
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from storage.layout import excluded_path, shard_table_path, tombstones_path
 from storage.location import IndexLocation
 from storage.manifest import ExcludedEntry, Manifest, PartitionEntry, ShardEntry, TombstoneEntry
 from storage.tables import read_parquet, write_parquet
+from storage.uri_cache import cached_uris, table_stamps, uri_cache_budget
 
 __all__ = [
     "IMAGES_SCHEMA",
@@ -176,16 +178,22 @@ class ImageUris:
 
 def read_image_uris(index: "IndexLocation | str", manifest: Manifest) -> ImageUris:
     """The uri of every image id of ``manifest`` (:class:`ImageUris`; its shards tile the ids),
-    from the image tables' ``image_id`` and ``uri`` columns only."""
+    from the image tables' ``image_id`` and ``uri`` columns only; tables this process read
+    before come from memory (:mod:`storage.uri_cache`)."""
     index = IndexLocation.of(index)
-    chunks = []
-    for shard in manifest.shards:
-        table = _read(index, shard.images, ["image_id", "uri"])
-        ids = table.column("image_id").to_numpy()
-        uris = table.column("uri").combine_chunks()
-        if not np.array_equal(ids, np.arange(shard.start, shard.stop)):  # unreadable images have no row
-            position = np.full(shard.stop - shard.start, -1, np.int64)
-            position[ids - shard.start] = np.arange(ids.size)
-            uris = uris.take(pa.array(position, mask=position < 0))
-        chunks.append(uris)
+    stamps = table_stamps(index, [shard.images for shard in manifest.shards]) if uri_cache_budget() else {}
+    chunks = [cached_uris(index.resolve(shard.images), stamps.get(shard.images), partial(_shard_uris, index, shard))
+              for shard in manifest.shards]
     return ImageUris(chunks, np.array([0] + [s.stop for s in manifest.shards]))
+
+
+def _shard_uris(index: IndexLocation, shard: ShardEntry) -> pa.Array:
+    """The uris of ``shard``'s ids, read from its image table (null where an id has no row)."""
+    table = _read(index, shard.images, ["image_id", "uri"])
+    ids = table.column("image_id").to_numpy()
+    uris = table.column("uri").combine_chunks()
+    if not np.array_equal(ids, np.arange(shard.start, shard.stop)):  # unreadable images have no row
+        position = np.full(shard.stop - shard.start, -1, np.int64)
+        position[ids - shard.start] = np.arange(ids.size)
+        uris = uris.take(pa.array(position, mask=position < 0))
+    return uris

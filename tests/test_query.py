@@ -300,3 +300,8 @@ def test_bad_cache_budget_fails_before_any_work_naming_the_variable(small_index,
     with pytest.raises(ConfigError, match=r"PATCHHASH_CACHE_BYTES='lots' is not a size; set it to e\.g\. 2GiB"):
         query(small_index, query_npy, str(tmp_path / "r.parquet"))
     assert not (tmp_path / "r.parquet").exists()
+    monkeypatch.delenv("PATCHHASH_CACHE_BYTES")
+    monkeypatch.setenv("PATCHHASH_URI_CACHE_BYTES", "lots")
+    with pytest.raises(ConfigError, match=r"PATCHHASH_URI_CACHE_BYTES='lots' is not a size; set it to e\.g\. 1GiB"):
+        query(small_index, query_npy, str(tmp_path / "r.parquet"))
+    assert not (tmp_path / "r.parquet").exists()
