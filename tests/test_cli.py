@@ -106,6 +106,8 @@ def test_index_and_info_from_the_command_line(tmp_path, tiny_model, fmnist_train
     data = json.loads(figures.read_text())
     assert data["n_queries"] == 50 and data["workers"] == 1
     assert {m: len(r) for m, r in data["runs_s"].items()} == {"default": 2, "seed": 2}
+    assert {m: len(r) for m, r in data["client_cpu_s"].items()} == {"default": 2, "seed": 2}
+    assert all(s > 0 for runs in data["client_cpu_s"].values() for s in runs) and "CPU s per run" in bench.stdout
     assert all(v > 0 for v in data["queries_per_s"].values()) and len(data["peak_rss_mb"]) == 1
     # what benchmarks/scale_model.py --from-bench takes
     plan = data["plan_inputs"]

@@ -66,6 +66,9 @@ class BenchResult:
     task_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     index_figures: dict = field(default_factory=dict)  # images, partitions, bytes and objects (see plan_inputs)
     local_copy_bytes: int = 0  # the workers' local copies of partitions, each machine's folder once
+    # mode -> CPU seconds of the calling process (the client and scheduler; with an in-process
+    # cluster, the workers' too) in each run: on a machine the workers share, taken from them
+    client_cpu_s: dict[str, list[float]] = field(default_factory=dict)
 
     def plan_inputs(self) -> dict:
         """What benchmarks/scale_model.py's cost model takes (``--from-bench``), from this run:
@@ -94,13 +97,15 @@ class BenchResult:
             "index": self.index, "n_queries": self.n_queries, "workers": self.workers, "threads": self.threads,
             "runs_s": self.runs, "peak_rss_mb": self.peak_rss_mb, "anon_rss_mb": self.anon_rss_mb,
             "queries_per_s": {m: self.queries_per_second(m) for m in self.runs},
-            "task_seconds": self.task_seconds, "plan_inputs": self.plan_inputs(),
+            "task_seconds": self.task_seconds, "client_cpu_s": self.client_cpu_s, "plan_inputs": self.plan_inputs(),
         }
 
     def render(self) -> str:
         lines = [f"{self.n_queries} queries against {self.index} on {self.workers} worker(s) x {self.threads} thread(s), "
                  f"median of {len(next(iter(self.runs.values())))} runs:"]
-        lines += [f"  {m:8s} {self.queries_per_second(m):9.0f} queries/s  {self.ms_per_query(m):8.3f} ms/query" for m in self.runs]
+        lines += [f"  {m:8s} {self.queries_per_second(m):9.0f} queries/s  {self.ms_per_query(m):8.3f} ms/query"
+                  + (f"  (this process: {statistics.median(self.client_cpu_s[m]):.2f} CPU s per run)" if self.client_cpu_s.get(m) else "")
+                  for m in self.runs]
         rss = ", ".join(f"{v:,.0f}" for v in sorted(self.peak_rss_mb.values()))
         lines.append(f"  peak RSS per worker (MB): {rss}")
         if self.anon_rss_mb:
@@ -186,10 +191,11 @@ def bench(
         for i in range(settings.repeats):
             for mode in settings.modes:
                 with get_task_stream(dask) as stream:
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.process_time()
                     query(index, source, f"{tmp}/{mode}.parquet", QuerySettings(mode=mode, block_size=settings.block_size),
                           client=dask)
                     result.runs.setdefault(mode, []).append(time.perf_counter() - started)
+                    result.client_cpu_s.setdefault(mode, []).append(time.process_time() - cpu)
                 totals = result.task_seconds.setdefault(mode, {})
                 for kind, seconds in _task_seconds(stream.data).items():
                     totals[kind] = totals.get(kind, 0.0) + seconds
