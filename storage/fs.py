@@ -13,7 +13,7 @@ from fsspec.spec import AbstractFileSystem
 
 from storage.errors import MissingExtraError
 
-__all__ = ["url_to_fs", "join_url", "display_url", "is_local", "resolve_url", "EXTRAS"]
+__all__ = ["url_to_fs", "join_url", "display_url", "is_local", "resolve_url", "file_identity", "EXTRAS"]
 
 EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
 """URL protocols served by a package of a patchhash extra: protocol -> (package, extra)."""
@@ -84,3 +84,16 @@ def resolve_url(ref: str, base_dir: str) -> str:
     if not rest.startswith("/"):
         path = path.lstrip("/")
     return f"{protocol}://{path}"
+
+
+# What fsspec file systems report of a file (``info``, ``ls(detail=True)``) that changes when it
+# is written again: its size, and the ETag, checksum or time each store gives.
+_IDENTITY_KEYS = ("size", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def file_identity(info: Mapping[str, Any]) -> dict[str, str] | None:
+    """What a file system's ``info`` of a file says of its content, as strings: its size and
+    at least one of an ETag, a checksum or a time; None when it gives less (nothing then tells
+    a file written again apart)."""
+    seen = {key: str(info[key]) for key in _IDENTITY_KEYS if info.get(key) is not None}
+    return seen if "size" in seen and len(seen) >= 2 else None

@@ -181,8 +181,9 @@ def read_image_uris(index: "IndexLocation | str", manifest: Manifest) -> ImageUr
     from the image tables' ``image_id`` and ``uri`` columns only; tables this process read
     before come from memory (:mod:`storage.uri_cache`)."""
     index = IndexLocation.of(index)
-    stamps = table_stamps(index, [shard.images for shard in manifest.shards]) if uri_cache_budget() else {}
-    chunks = [cached_uris(index.resolve(shard.images), stamps.get(shard.images), partial(_shard_uris, index, shard))
+    budget = uri_cache_budget()
+    stamps = table_stamps(index, [shard.images for shard in manifest.shards]) if budget else {}
+    chunks = [cached_uris(index.resolve(shard.images), stamps.get(shard.images), partial(_shard_uris, index, shard), budget)
               for shard in manifest.shards]
     return ImageUris(chunks, np.array([0] + [s.stop for s in manifest.shards]))
 

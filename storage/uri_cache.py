@@ -7,10 +7,10 @@ jobs against an index (the Python API, ``patchhash bench``, a service) reads eac
 its uris are kept, least recently used first out, up to ``PATCHHASH_URI_CACHE_BYTES`` (default
 512 MiB; ``0`` keeps none).
 
-A table is known by its URL and by what its file system says of the file (size, and the
-modification time, inode, ETag or checksum it reports), listed once per folder and job: a
-table rewritten in place, or an index deleted and built again at the same URL, is read again.
-A file system whose listing gives none of those is never cached.
+A table is known by its URL and by what its file system says of the file
+(:func:`storage.fs.file_identity`: its size and its ETag, checksum or time), listed once per
+folder and job: a table rewritten in place, or an index deleted and built again at the same
+URL, is read again. A table whose listing gives less is never kept.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from collections.abc import Callable, Iterable
 import pyarrow as pa
 
 from storage.errors import ConfigError
+from storage.fs import file_identity
 from storage.location import IndexLocation
 from storage.retry import retry_call
 
 __all__ = ["uri_cache_budget", "cached_uris", "table_stamps", "clear_uri_cache"]
 
 DEFAULT_BYTES = 512 * 2**20
-# what fsspec file systems report that changes when a file is written again
-_STAMP_FIELDS = ("mtime", "ino", "created", "LastModified", "ETag", "etag", "md5Hash", "crc32c", "generation")
 
 _cache: OrderedDict[tuple, pa.Array] = OrderedDict()
 _cached_bytes = 0
@@ -56,8 +55,9 @@ def uri_cache_budget() -> int:
 
 def table_stamps(index: IndexLocation, relatives: Iterable[str]) -> dict[str, tuple]:
     """What the file system says of each table ``relatives`` names (paths in the manifest),
-    one listing per folder; a table whose folder cannot be listed, or whose listing has no
-    stamp, is left out."""
+    one listing per folder (:func:`storage.fs.file_identity`); a table whose folder cannot be
+    listed (a store without listings), or whose listing says too little, is left out: it is
+    read, never kept."""
     stamps: dict[str, tuple] = {}
     for folder in sorted({posixpath.dirname(r) for r in relatives}):
         try:
@@ -65,15 +65,16 @@ def table_stamps(index: IndexLocation, relatives: Iterable[str]) -> dict[str, tu
         except (OSError, NotImplementedError):
             continue
         for info in infos:
-            stamp = tuple((key, str(info[key])) for key in _STAMP_FIELDS if info.get(key) is not None)
-            if stamp:
-                stamps[posixpath.join(folder, posixpath.basename(str(info["name"]).rstrip("/")))] = (info.get("size"), stamp)
+            identity = file_identity(info)
+            if identity is not None:
+                stamps[posixpath.join(folder, posixpath.basename(str(info["name"]).rstrip("/")))] = tuple(sorted(identity.items()))
     return stamps
 
 
-def cached_uris(url: str, stamp: tuple | None, read: Callable[[], pa.Array]) -> pa.Array:
+def cached_uris(url: str, stamp: tuple | None, read: Callable[[], pa.Array], budget: int) -> pa.Array:
     """The uris of the table at ``url`` whose file is ``stamp`` (:func:`table_stamps`): kept
-    ones, else ``read()``'s, kept if they fit the budget. ``None``: read, never kept."""
+    ones, else ``read()``'s, kept if they fit ``budget`` (:func:`uri_cache_budget`, read once
+    per job). ``None``: read, never kept."""
     global _cached_bytes
     key = (url, stamp)
     if stamp is not None:
@@ -82,7 +83,6 @@ def cached_uris(url: str, stamp: tuple | None, read: Callable[[], pa.Array]) -> 
                 _cache.move_to_end(key)
                 return _cache[key]
     uris = read()
-    budget = uri_cache_budget()
     if stamp is None or uris.nbytes > budget:
         return uris
     with _lock:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import ConfigError
+from storage.fs import file_identity
 from storage.location import IndexLocation
 
 __all__ = ["PartitionFiles", "local_files", "local_budget", "DEFAULT_LOCAL_BYTES"]
@@ -50,7 +51,6 @@ _OLD_TABLES_PREFIX = "mih-"
 # compiled for arrays in memory serve them too; no search writes to them, and a write would
 # stay in the process's own memory, never in the file.
 _MAPPED = "c"
-_INFO_KEYS = ("size", "ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified", "updated", "created")
 
 
 def local_budget() -> int:
@@ -102,8 +102,8 @@ class PartitionFiles:
                 info = index.fs.info(index.fs_path(relative))
             except (FileNotFoundError, OSError):
                 return None
-            seen = {key: str(info[key]) for key in _INFO_KEYS if info.get(key) is not None}
-            if "size" not in seen or len(seen) < 2:
+            seen = file_identity(info)
+            if seen is None:
                 return None
             identity.append(seen)
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
