@@ -95,17 +95,8 @@ def select_topk_dense(totals, start, out_ids, out_scores):
             continue
         for i in range(base, end):
             score = np.int64(totals[i])
-            if score == 0:
-                continue
-            if size < k:
-                heap_scores[size] = score
-                heap_ids[size] = i + start
-                _sift_up(heap_scores, heap_ids, size)
-                size += 1
-            elif score > heap_scores[0]:
-                heap_scores[0] = score
-                heap_ids[0] = i + start
-                _sift_down(heap_scores, heap_ids, size, 0)
+            if score != 0:
+                size = offer(heap_scores, heap_ids, size, score, i + start)
     drain_heap(heap_scores, heap_ids, size, out_ids, out_scores)
     return n_nonzero
 
