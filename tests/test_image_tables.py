@@ -105,6 +105,24 @@ def test_a_table_written_again_at_the_same_url_is_read_again(tmp_path, where, co
     assert len(counted_reads) == 4
 
 
+def test_a_store_that_cannot_list_its_tables_is_read_every_time(tmp_path, monkeypatch, counted_reads):
+    """Without a listing, nothing tells a table written again apart: its uris are never kept."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from storage.image_tables import read_image_uris
+
+    url = f"memory://uri-cache-unlisted-{tmp_path.name}"
+    manifest = _tables(url, [["a", "b"], ["c"]])
+
+    def no_listing(self, path, detail=True, **kwargs):
+        raise NotImplementedError("this store cannot list")
+
+    monkeypatch.setattr(MemoryFileSystem, "ls", no_listing)
+    for _ in range(2):
+        assert read_image_uris(url, manifest).to_numpy().tolist() == ["a", "b", "c"]
+    assert len(counted_reads) == 4
+
+
 def test_the_budget_keeps_the_latest_tables_and_zero_keeps_none(tmp_path, monkeypatch, counted_reads):
     from storage.image_tables import read_image_uris
 
