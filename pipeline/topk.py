@@ -23,7 +23,8 @@ from numba import njit
 if TYPE_CHECKING:  # no import at run time: the kernels' cache then depends on this file only
     from .buckets import BucketMap
 
-__all__ = ["TopK", "merge_topk", "check_id_range", "select_topk", "select_topk_dense", "offer", "drain_heap"]
+__all__ = ["TopK", "merge_topk", "check_id_range", "select_topk", "select_topk_dense", "offer", "offer_at", "drain_heap",
+           "sort_heap"]
 
 # The dense top-k skips chunks of this many images whose best total cannot enter the top-k.
 _TOPK_CHUNK = 64
@@ -170,15 +171,32 @@ def offer(heap_scores, heap_ids, size, score, image):
     return size
 
 
+@njit(nogil=True, cache=True, inline="always")
+def offer_at(heap_scores, heap_ids, sizes, row, score, image):
+    """:func:`offer` to heap ``row`` of the 2-D heaps ``heap_*`` (``sizes[row]`` entries each).
+    The common case, a full heap whose root ranks before the offer, touches only the root."""
+    size = sizes[row]
+    if size == heap_scores.shape[1] and not _worse(heap_scores[row, 0], heap_ids[row, 0], score, image):
+        return
+    sizes[row] = offer(heap_scores[row], heap_ids[row], size, score, image)
+
+
+@njit(nogil=True, cache=True)
+def sort_heap(heap_scores, heap_ids, size):
+    """Sort a worst-at-root heap of ``size`` entries in place, best first (heapsort)."""
+    for pos in range(size - 1, 0, -1):
+        heap_scores[0], heap_scores[pos] = heap_scores[pos], heap_scores[0]
+        heap_ids[0], heap_ids[pos] = heap_ids[pos], heap_ids[0]
+        _sift_down(heap_scores, heap_ids, pos, 0)
+
+
 @njit(nogil=True, cache=True)
 def drain_heap(heap_scores, heap_ids, size, out_ids, out_scores):
     """Write a worst-at-root heap of ``size`` entries into ``out_*``, best first."""
-    for pos in range(size - 1, -1, -1):
-        out_scores[pos] = heap_scores[0]
-        out_ids[pos] = heap_ids[0]
-        heap_scores[0] = heap_scores[pos]
-        heap_ids[0] = heap_ids[pos]
-        _sift_down(heap_scores, heap_ids, pos, 0)
+    sort_heap(heap_scores, heap_ids, size)
+    for pos in range(size):
+        out_scores[pos] = heap_scores[pos]
+        out_ids[pos] = heap_ids[pos]
 
 
 def merge_topk(parts: Sequence[TopK], k: int) -> TopK:

@@ -225,3 +225,26 @@ def test_grids_of_256_positions_or_more_count_votes_in_wider_integers():
     assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(n), 1, bits, 5, 4)
     assert got.ids[0, 0] == 0 and got.scores[0, 0] == grid * bits  # all 256 positions voted for it
 
+
+
+def test_a_block_scored_in_several_passes_and_chunks_of_rows_matches_brute_force():
+    """The shortlisted rows of a block are scored together, chunk of rows by chunk of rows
+    (1,024 rows of 49 32-bit codes each), in passes of 2**21 (row, query) pairs. Here every
+    image is shortlisted for every query (t = bits, shortlist = n): 5,000 rows in 5 chunks and
+    2.25M pairs in 2 passes give the exact top 10 by Hamming distance, ties by id, as a
+    brute-force ranking of the whole partition does."""
+    from pipeline import rerank
+
+    rng = np.random.default_rng(43)
+    grid, n, bits, start, k = 49, 5000, 32, 7000, 10
+    codes = clustered_codes(rng, n, grid, bits, n_centres=8, flips=6)
+    queries = np.concatenate([clustered_codes(rng, 440, grid, bits, n_centres=8, flips=6), codes[:10]])
+    rows_per_chunk = 1 << int(np.log2(rerank._CHUNK_BYTES / (grid * 4)))
+    assert len(queries) * n > rerank._RERANK_PAIRS and n > 4 * rows_per_chunk
+    bmap = build_bucket_map(codes, np.arange(start, start + n), positional=True)
+    got = rerank_search(queries, bmap, codes, bits, bits, k=k, shortlist=n, id_range=(start, start + n), method="scan")
+    distances = np.stack([np.bitwise_count(codes ^ q).sum(axis=1, dtype=np.int64) for q in queries])
+    best = np.argsort(distances, axis=1, kind="stable")[:, :k]  # stable: ties stay in id order
+    assert np.array_equal(got.ids, best + start)
+    assert np.array_equal(got.scores, grid * bits - np.take_along_axis(distances, best, axis=1))
+    assert np.all(got.n_candidates == n)
