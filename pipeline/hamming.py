@@ -45,6 +45,9 @@ __all__ = [
     "mih_within",
     "mih_rings",
     "SIZE_SATURATED",
+    "PROBES_ALL",
+    "PROBES_EXACT",
+    "PROBES_OTHER",
 ]
 
 # Keys are tested in stripes of this many: first a pass that only asks whether the stripe
@@ -398,18 +401,26 @@ def mih_bucket_sizes(order, key_bounds, offsets):
 SIZE_SATURATED = 255
 """The largest bucket size :func:`mih_bucket_sizes` stores; it stands for any size from 255 up."""
 
+PROBES_ALL, PROBES_EXACT, PROBES_OTHER = 0, 1, 2
+"""Which probes :func:`mih_rings` reads: all, or a search in two stages. The *exact* probes (each
+substring's own value) find every key with an exact substring, so every key within ``m - 1``
+of the query for ``m`` substrings, and some farther ones; the *other* probes find the rest."""
+
 
 @njit(nogil=True, cache=True)
-def _mih_probes(q, t, shifts, widths, table_bits, starts, masks):
-    """The table buckets a search of radius ``t`` around ``q`` reads, one row per probe:
-    substring, probed substring value, and the bucket's first and last + 1 entry."""
+def _mih_probes(q, t, shifts, widths, table_bits, starts, masks, stage):
+    """The table buckets a search of radius ``t`` around ``q`` reads (those of ``stage``), one
+    row per probe: substring, probed substring value, and the bucket's first and last + 1 entry."""
     m = shifts.size
     radius = t // m
+    first = 1 if stage == PROBES_OTHER else 0  # probes flip r bits of a substring, for r from first
+    if stage == PROBES_EXACT:
+        radius = 0
     n_probes = 0
     for s in range(m):  # sum of the balls' sizes: binomials, built term by term
         term = 1
         for r in range(min(radius, widths[s]) + 1):
-            n_probes += term
+            n_probes += term if r >= first else 0
             term = term * (widths[s] - r) // (r + 1)
     probes = np.empty((n_probes, 4), np.int64)
     pos = np.empty(max(radius, 1), np.int64)
@@ -419,7 +430,7 @@ def _mih_probes(q, t, shifts, widths, table_bits, starts, masks):
         tb = table_bits[s]
         shift = masks.dtype.type(shifts[s])
         q_sub = (q & masks[s]) >> shift
-        for r in range(min(radius, width) + 1):
+        for r in range(first, min(radius, width) + 1):
             for i in range(r):
                 pos[i] = i
             while True:
@@ -445,12 +456,12 @@ def _mih_masks(table_keys, shifts, widths):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _mih_start(query, t, shifts, widths, table_bits, table_keys, starts):
+def _mih_start(query, t, shifts, widths, table_bits, table_keys, starts, stage=PROBES_ALL):
     """``(q, masks, probes, radius)`` of a multi-index search: the query in the keys' dtype, the
     substrings' masks, the buckets to read (:func:`_mih_probes`) and the radius per substring."""
     q = table_keys.dtype.type(query)
     masks = _mih_masks(table_keys, shifts, widths)
-    return q, masks, _mih_probes(q, t, shifts, widths, table_bits, starts, masks), t // shifts.size
+    return q, masks, _mih_probes(q, t, shifts, widths, table_bits, starts, masks, stage), t // shifts.size
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -461,18 +472,24 @@ def _mih_probe(probes, p, masks, shifts, widths, table_bits):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _mih_verify(key, q, t, hashed, mask, shift, probe, masks, s, radius):
+def _mih_verify(key, q, t, hashed, mask, shift, probe, masks, s, radius, stage=PROBES_ALL):
     """``(keep, d)`` for a key read from substring ``s``'s bucket of ``probe``: its distance
     ``d`` to ``q``, and whether it is a match reported here (within ``t``, in the probed
     substring value itself when the table is hashed, and within the radius on no earlier
-    substring, so that each matching key is reported exactly once)."""
+    substring, so that each matching key is reported exactly once). In a search in two
+    stages, the exact probes report a key at its first exact substring, and the others only
+    keys with no exact substring."""
     x = key ^ q
     d = np.int64(ctpop(x))
     keep = d <= t
     if hashed:
         keep &= ((key & mask) >> shift) == probe
+    earlier = 0 if stage == PROBES_EXACT else radius
     for s2 in range(s):
-        keep &= np.int64(ctpop(x & masks[s2])) > radius
+        keep &= np.int64(ctpop(x & masks[s2])) > earlier
+    if stage == PROBES_OTHER:
+        for s2 in range(s + 1, masks.size):
+            keep &= np.int64(ctpop(x & masks[s2])) > 0
     return keep, d
 
 
@@ -527,7 +544,7 @@ def mih_within(query, t, shifts, widths, table_bits, order, table_keys, starts, 
 
 @njit(nogil=True, cache=True)
 def mih_rings(query, t, shifts, widths, table_bits, order, table_keys, sizes, starts, offsets, max_bucket,
-              inner_idx, inner_dist, inner_size, outer_idx, ring_votes):
+              inner_idx, inner_dist, inner_size, outer_idx, ring_votes, stage=PROBES_ALL):
     """:func:`mih_within` for a search that first needs the votes of each ring, then the
     buckets of some: the matches at distance ``t`` (the outermost, largest ring) are kept as
     key positions only, the closer ones with their distance and bucket size.
@@ -537,9 +554,11 @@ def mih_rings(query, t, shifts, widths, table_bits, order, table_keys, sizes, st
     only for saturated sizes). ``ring_votes[d]`` (``t + 1`` entries) receives, for each
     distance ``d <= t``, the summed sizes of the matching buckets of at most ``max_bucket``
     images. With ``t = 0`` every match is inner. Returns ``(n_inner, n_outer)``; the buffers
-    must hold every match (at most the number of keys).
+    must hold every match (at most the number of keys). ``stage`` (:data:`PROBES_EXACT`,
+    then :data:`PROBES_OTHER`) splits the search in two: a search whose vote budget the exact
+    probes' rings already exceed needs no other probe.
     """
-    q, masks, probes, radius = _mih_start(query, t, shifts, widths, table_bits, table_keys, starts)
+    q, masks, probes, radius = _mih_start(query, t, shifts, widths, table_bits, table_keys, starts, stage)
     n_in = 0
     n_out = 0
     outer_votes = 0
@@ -549,7 +568,7 @@ def mih_rings(query, t, shifts, widths, table_bits, order, table_keys, sizes, st
         s_order = order[s]
         s_sizes = sizes[s]
         for j in range(np.uint64(probes[p, 2]), np.uint64(probes[p, 3])):  # branch-free, as in mih_within
-            keep, d = _mih_verify(s_keys[j], q, t, hashed, mask, shift, probe, masks, s, radius)
+            keep, d = _mih_verify(s_keys[j], q, t, hashed, mask, shift, probe, masks, s, radius, stage)
             idx = np.int64(s_order[j])
             size = np.int64(s_sizes[j])
             if size == SIZE_SATURATED:  # rare: predicted right

@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from .buckets import BucketMap
-from .hamming import ball_size, distance, enumerate_within, mih_rings, scan_within
+from .hamming import PROBES_ALL, PROBES_EXACT, PROBES_OTHER, ball_size, distance, enumerate_within, mih_rings, scan_within
 from .jit import PREFETCH_AHEAD, grow, prefetch
 from .mih import METHOD_CODE, METHODS, MIH, SCAN, choose_method, no_tables, prepare_index
 from .topk import TopK, check_id_range, offer_at, sort_heap
@@ -216,89 +216,93 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     by_chunk = np.empty(pair_row.size, np.int64)
     n_pairs = 0
     never = np.iinfo(np.int64).max
+    # With multi-index tables whose substrings are probed beyond their own value, and a vote
+    # budget, keys can be matched in two stages: the exact probes find every bucket within
+    # ``exact_rings`` of a query (and some farther ones); a query whose radius they settle
+    # (its budget is spent within exact_rings + 1) needs none of the other probes, which
+    # hold most of the probing's work. Half the queries of a 1M partition stop at radius 1;
+    # in a small partition few do, and a second pass would cost more than it saves
+    # (+12% at 60k images), so a batch is staged when a quarter of the last one stopped there.
+    n_substrings = tables[0].size
+    can_stage = method == MIH and t // n_substrings > 0 and vote_budget < never
+    staged = can_stage
+    exact_rings = n_substrings - 1
     batch = 1
     b0 = 0
     while b0 < n_queries:
         b1 = min(b0 + batch, n_queries)
         nb = b1 - b0
+        n_stages = 2 if staged else 1
+        n_settled = 0  # queries whose radius is at most exact_rings
         # 1. Keys, one position at a time for the whole batch: that position's keys and
         #    tables stay in cache from one query to the next (on 30k images, 2.8x faster than
         #    query by query for a batch of 2000, 1.9x for 256). Queries sharing a code there
         #    share its matches (sorted by code, each code is matched once): on 1M images, a
         #    position's common codes (a blank background) hold the most matches. Query
-        #    b0 + i's matches at g are found[seg_lo[g, i]:seg_hi[g, i]] and outer[outer_lo[g,
-        #    i]:outer_hi[g, i]].
-        seg_lo = np.empty((grid, nb), np.int64)
-        seg_hi = np.empty((grid, nb), np.int64)
-        outer_lo = np.empty((grid, nb), np.int64)
-        outer_hi = np.empty((grid, nb), np.int64)
+        #    b0 + i's matches at g in stage e are found[seg_lo[e, g, i]:seg_hi[e, g, i]] and
+        #    outer[outer_lo[e, g, i]:outer_hi[e, g, i]].
+        seg_lo = np.empty((n_stages, grid, nb), np.int64)
+        seg_hi = np.empty((n_stages, grid, nb), np.int64)
+        outer_lo = np.empty((n_stages, grid, nb), np.int64)
+        outer_hi = np.empty((n_stages, grid, nb), np.int64)
         votes_at = np.zeros((nb, t + 1), np.int64)  # votes the buckets at each distance would cast
         # per query: whether an exact-match bucket was kept, else the smallest one skipped
         exact_kept = np.zeros(nb, np.bool_)
         exact_size = np.full(nb, never, np.int64)
         exact_at = np.zeros(nb, np.int64)
+        needed = np.ones(nb, np.bool_)  # whether a query needs the second stage's probes
         n_found = 0
         n_outer = 0
-        for g in range(grid):
-            lo = key_bounds[g]
-            hi = key_bounds[g + 1]
-            by_code = np.argsort(queries[b0:b1, g])
-            for ii in range(nb):
-                i = by_code[ii]
-                code = queries[b0 + i, g]
-                if ii == 0 or code != queries[b0 + by_code[ii - 1], g]:
-                    if n_found + largest > found_key.size:
-                        capacity = max(2 * found_key.size, n_found + largest)
-                        found_key = grow(found_key, n_found, capacity)
-                        found_size = grow(found_size, n_found, capacity)
-                        found_dist = grow(found_dist, n_found, capacity)
-                    if n_outer + largest > outer_key.size:
-                        outer_key = grow(outer_key, n_outer, max(2 * outer_key.size, n_outer + largest))
-                    ring_votes[:] = 0
-                    if method == MIH:
-                        n_in, n_out = mih_rings(code, t, tables[0], tables[1], tables[2], tables[3][:, lo:hi],
-                                                tables[4][:, lo:hi], sizes[:, lo:hi], tables[5][g], offsets[lo:],
-                                                max_bucket, found_key[n_found:], found_dist[n_found:],
-                                                found_size[n_found:], outer_key[n_outer:], ring_votes)
-                    else:
-                        if method == SCAN:
-                            n_match = scan_within(code, keys[lo:hi], t, match_idx, match_dist)
-                        else:
-                            n_match = enumerate_within(code, keys[lo:hi], bits, t, match_idx, match_dist)
-                        n_in, n_out = _split_rings(match_idx, match_dist, n_match, t, offsets[lo:], max_bucket,
-                                                   found_key[n_found:], found_dist[n_found:], found_size[n_found:],
-                                                   outer_key[n_outer:], ring_votes)
-                    code_lo, code_outer_lo = n_found, n_outer
-                    for j in range(n_outer, n_outer + n_out):
-                        outer_key[j] += lo
-                    n_outer += n_out
-                    # the closer buckets: the skipped ones go, but for the exact match's size
-                    code_kept = False
-                    code_exact_size = never
-                    code_exact_at = 0
-                    for j in range(n_found, n_found + n_in):
-                        key = lo + found_key[j]
-                        size = found_size[j]
-                        if size > max_bucket:
-                            if found_dist[j] == 0:
-                                code_exact_size = size
-                                code_exact_at = offsets[key]
-                            continue
-                        code_kept |= found_dist[j] == 0
-                        found_key[n_found] = key  # n_found <= j: compacting in place is safe
-                        found_size[n_found] = size
-                        found_dist[n_found] = found_dist[j]
-                        n_found += 1
-                seg_lo[g, i] = code_lo
-                seg_hi[g, i] = n_found
-                outer_lo[g, i] = code_outer_lo
-                outer_hi[g, i] = n_outer
-                for d in range(t + 1):
-                    votes_at[i, d] += ring_votes[d]
-                exact_kept[i] |= code_kept
-                if code_exact_size < exact_size[i]:
-                    exact_size[i] = code_exact_size
-                    exact_at[i] = code_exact_at
+        for e in range(n_stages):
+            stage = PROBES_ALL if not staged else (PROBES_EXACT if e == 0 else PROBES_OTHER)
+            if e == 1:
+                for i in range(nb):
+                    cast = 0
+                    for d in range(exact_rings + 2):
+                        cast += votes_at[i, d]  # exact up to exact_rings, a lower bound beyond
+                    needed[i] = cast <= vote_budget
+            for g in range(grid):
+                lo = key_bounds[g]
+                hi = key_bounds[g + 1]
+                by_code = np.argsort(queries[b0:b1, g])
+                for ii in range(nb):
+                    i = by_code[ii]
+                    code = queries[b0 + i, g]
+                    if ii == 0 or code != queries[b0 + by_code[ii - 1], g]:
+                        # the queries sharing this code: matched if one of them needs it
+                        wanted = False
+                        jj = ii
+                        while jj < nb and queries[b0 + by_code[jj], g] == code:
+                            wanted |= needed[by_code[jj]]
+                            jj += 1
+                        if n_found + largest > found_key.size:
+                            capacity = max(2 * found_key.size, n_found + largest)
+                            found_key = grow(found_key, n_found, capacity)
+                            found_size = grow(found_size, n_found, capacity)
+                            found_dist = grow(found_dist, n_found, capacity)
+                        if n_outer + largest > outer_key.size:
+                            outer_key = grow(outer_key, n_outer, max(2 * outer_key.size, n_outer + largest))
+                        ring_votes[:] = 0
+                        n_in, n_out = 0, 0
+                        if wanted:
+                            n_in, n_out = _match_code(code, g, lo, hi, t, bits, method, stage, keys, offsets, tables,
+                                                      sizes, max_bucket, match_idx, match_dist, found_key[n_found:],
+                                                      found_size[n_found:], found_dist[n_found:], outer_key[n_outer:],
+                                                      ring_votes)
+                        code_lo, code_outer_lo = n_found, n_outer
+                        n_found, n_outer, code_kept, code_exact_size, code_exact_at = _keep_matches(
+                            lo, n_in, n_out, n_found, n_outer, found_key, found_size, found_dist, outer_key, offsets,
+                            max_bucket)
+                    seg_lo[e, g, i] = code_lo
+                    seg_hi[e, g, i] = n_found
+                    outer_lo[e, g, i] = code_outer_lo
+                    outer_hi[e, g, i] = n_outer
+                    for d in range(t + 1):
+                        votes_at[i, d] += ring_votes[d]
+                    exact_kept[i] |= code_kept
+                    if code_exact_size < exact_size[i]:
+                        exact_size[i] = code_exact_size
+                        exact_at[i] = code_exact_at
         # 2. Each query of the batch on its own: radius, votes, shortlist, re-rank
         for i in range(nb):
             qi = b0 + i
@@ -308,22 +312,24 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
             while r < t and cast + votes_at[i, r + 1] <= vote_budget:
                 r += 1
                 cast += votes_at[i, r]
+            n_settled += r <= exact_rings
             n_used = 0  # the buckets within the radius: map keys first, then where their ids are
-            for g in range(grid):
-                more = seg_hi[g, i] - seg_lo[g, i] + (outer_hi[g, i] - outer_lo[g, i] if r == t else 0)
-                if n_used + more + 1 > used_at.size:
-                    used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more + 1))
-                    used_size = grow(used_size, n_used, used_at.size)
-                for j in range(seg_lo[g, i], seg_hi[g, i]):
-                    if found_dist[j] <= r:
-                        used_at[n_used] = found_key[j]
-                        used_size[n_used] = found_size[j]
-                        n_used += 1
-                if r == t:
-                    for j in range(outer_lo[g, i], outer_hi[g, i]):
-                        used_at[n_used] = outer_key[j]
-                        used_size[n_used] = -1  # not kept: read from the offsets below
-                        n_used += 1
+            for e in range(n_stages):
+                for g in range(grid):
+                    more = seg_hi[e, g, i] - seg_lo[e, g, i] + (outer_hi[e, g, i] - outer_lo[e, g, i] if r == t else 0)
+                    if n_used + more + 1 > used_at.size:
+                        used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more + 1))
+                        used_size = grow(used_size, n_used, used_at.size)
+                    for j in range(seg_lo[e, g, i], seg_hi[e, g, i]):
+                        if found_dist[j] <= r:
+                            used_at[n_used] = found_key[j]
+                            used_size[n_used] = found_size[j]
+                            n_used += 1
+                    if r == t:
+                        for j in range(outer_lo[e, g, i], outer_hi[e, g, i]):
+                            used_at[n_used] = outer_key[j]
+                            used_size[n_used] = -1  # not kept: read from the offsets below
+                            n_used += 1
             n_kept = 0
             for j in range(n_used):
                 if j + PREFETCH_AHEAD < n_used:
@@ -358,9 +364,58 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                 n_pairs = 0
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
         batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found + n_outer, 1)))
+        staged = can_stage and 4 * n_settled >= nb
         b0 = b1
     for qi in range(n_queries):
         sort_heap(out_scores[qi], out_ids[qi], heap_size[qi])
+
+
+@njit(nogil=True, cache=True)
+def _match_code(code, g, lo, hi, t, bits, method, stage, keys, offsets, tables, sizes, max_bucket, match_idx,
+                match_dist, found_key, found_size, found_dist, outer_key, ring_votes):
+    """The keys of position ``g`` (map keys ``lo:hi``) within ``t`` of ``code``, as
+    :func:`pipeline.hamming.mih_rings` gives them (positions within the key group, written from
+    the start of ``found_*`` and ``outer_key``); ``ring_votes`` (all zero) receives each ring's
+    votes. Returns ``(n_inner, n_outer)``."""
+    if method == MIH:
+        return mih_rings(code, t, tables[0], tables[1], tables[2], tables[3][:, lo:hi], tables[4][:, lo:hi],
+                         sizes[:, lo:hi], tables[5][g], offsets[lo:], max_bucket, found_key, found_dist, found_size,
+                         outer_key, ring_votes, stage)
+    if method == SCAN:
+        n_match = scan_within(code, keys[lo:hi], t, match_idx, match_dist)
+    else:
+        n_match = enumerate_within(code, keys[lo:hi], bits, t, match_idx, match_dist)
+    return _split_rings(match_idx, match_dist, n_match, t, offsets[lo:], max_bucket, found_key, found_dist, found_size,
+                        outer_key, ring_votes)
+
+
+@njit(nogil=True, cache=True)
+def _keep_matches(lo, n_in, n_out, n_found, n_outer, found_key, found_size, found_dist, outer_key, offsets,
+                  max_bucket):
+    """Keep a code's ``n_in`` closer and ``n_out`` outermost matches, written at ``n_found`` and
+    ``n_outer``, as map key positions (key group starting at ``lo``). Closer buckets of more
+    than ``max_bucket`` images go, but for the exact match's. Returns the new ``(n_found,
+    n_outer)``, whether an exact-match bucket was kept, and else the size and place in the
+    map's ids of the exact match's skipped bucket (size ``int64`` max: none)."""
+    for j in range(n_outer, n_outer + n_out):
+        outer_key[j] += lo
+    kept = False
+    exact_size = np.iinfo(np.int64).max
+    exact_at = 0
+    for j in range(n_found, n_found + n_in):
+        key = lo + found_key[j]
+        size = found_size[j]
+        if size > max_bucket:
+            if found_dist[j] == 0:
+                exact_size = size
+                exact_at = offsets[key]
+            continue
+        kept |= found_dist[j] == 0
+        found_key[n_found] = key  # n_found <= j: compacting in place is safe
+        found_size[n_found] = size
+        found_dist[n_found] = found_dist[j]
+        n_found += 1
+    return n_found, n_outer + n_out, kept, exact_size, exact_at
 
 
 @njit(nogil=True, cache=True)

@@ -119,6 +119,31 @@ def test_multi_index_tables_of_a_positional_map():
         seed_search(queries, build_bucket_map(codes, np.arange(3000), False), 3, 32, 5, method="mih", index=index)
 
 
+@pytest.mark.parametrize("n_substrings", [1, 2, 3])
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_keys_matched_in_two_stages_under_a_vote_budget_match_the_reference(n_substrings, t):
+    """With a vote budget, multi-index tables are probed at each substring's own value first;
+    the other probes only for the queries whose radius that does not settle. Budgets from
+    none of a query's rings to all of them give the reference's lists and candidates."""
+    rng = np.random.default_rng(100 * n_substrings + t)
+    codes = clustered_codes(rng, 3000, 5, 32, n_centres=10, flips=2)
+    queries = codes[rng.integers(0, 3000, 25)]  # indexed rows, most with a bit or two flipped
+    for flipped in (queries[5:], queries[15:]):
+        flipped ^= np.uint32(1) << rng.integers(0, 32, flipped.shape).astype(np.uint32)
+    bmap = build_bucket_map(codes, np.arange(3000), positional=True)
+    candidates = set()
+    for budget in (0, 60, 300, 1500, 6000):
+        got = rerank_search(queries, bmap, codes, t, 32, k=6, shortlist=40, max_bucket=500, vote_budget=budget,
+                            method="mih", n_substrings=n_substrings)
+        scan = rerank_search(queries, bmap, codes, t, 32, k=6, shortlist=40, max_bucket=500, vote_budget=budget,
+                             method="scan")
+        assert as_lists(got) == reference_rerank_search(queries, codes, np.arange(3000), t, 32, 6, 40, max_bucket=500,
+                                                        vote_budget=budget)
+        assert np.array_equal(got.n_candidates, scan.n_candidates)
+        candidates.add(int(got.n_candidates.sum()))
+    assert len(candidates) >= 3  # the budgets bind at several radii
+
+
 def test_partitions_merge_like_separate_searches():
     rng = np.random.default_rng(11)
     codes = clustered_codes(rng, 90, 5, 32)
