@@ -152,8 +152,9 @@ def rerank_search(
         raise ValueError(f"partition codes must have shape [{n_range}, {grid}], got {codes.shape}")
     if queries.size and (queries.min() < 0 or int(queries.max()) >> bits):
         raise ValueError(f"query codes must be below 2**{bits}")
-    if bmap.keys.size >= 2**31:  # the kernel keeps matched keys as int32
-        raise ValueError(f"the default mode searches maps of fewer than 2**31 keys, got {bmap.keys.size}")
+    if bmap.keys.size >= 2**31 or n_range >= 2**31:  # the kernel keeps matched keys and shortlisted rows as int32
+        raise ValueError(f"the default mode searches maps of fewer than 2**31 keys and images, got {bmap.keys.size} "
+                         f"keys and {n_range} images")
     dtype = bmap.keys.dtype
     queries = queries.astype(dtype, copy=False)
     codes = np.ascontiguousarray(codes, dtype=dtype)
@@ -224,7 +225,7 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     # in a small partition few do, and a second pass would cost more than it saves
     # (+12% at 60k images), so a batch is staged when a quarter of the last one stopped there.
     n_substrings = tables[0].size
-    can_stage = method == MIH and t // n_substrings > 0 and vote_budget < never
+    can_stage = method == MIH and t // max(n_substrings, 1) > 0 and vote_budget < never
     staged = can_stage
     exact_rings = n_substrings - 1
     batch = 1

@@ -192,7 +192,7 @@ def sort_heap(heap_scores, heap_ids, size):
 
 @njit(nogil=True, cache=True)
 def drain_heap(heap_scores, heap_ids, size, out_ids, out_scores):
-    """Write a worst-at-root heap of ``size`` entries into ``out_*``, best first."""
+    """Write a worst-at-root heap of ``size`` entries into ``out_*``, best first (sorting the heap in place)."""
     sort_heap(heap_scores, heap_ids, size)
     for pos in range(size):
         out_scores[pos] = heap_scores[pos]
