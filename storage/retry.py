@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from storage.environment import env_number
 from storage.errors import PatchhashError, StorageUnavailableError
 
 __all__ = ["RetryPolicy", "is_transient", "retry_call", "retry_async"]
@@ -45,8 +45,8 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         return cls(
-            attempts=max(1, int(os.environ.get("PATCHHASH_STORAGE_ATTEMPTS", cls.attempts))),
-            backoff=max(0.0, float(os.environ.get("PATCHHASH_STORAGE_BACKOFF", cls.backoff))),
+            attempts=int(env_number("PATCHHASH_STORAGE_ATTEMPTS", int, cls.attempts, minimum=1)),
+            backoff=env_number("PATCHHASH_STORAGE_BACKOFF", float, cls.backoff, minimum=0.0),
         )
 
     def delay(self, retry: int) -> float:

@@ -15,7 +15,6 @@ URL, is read again. A table whose listing gives less is never kept.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import threading
 from collections import OrderedDict
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 
-from storage.errors import ConfigError
+from storage.environment import env_bytes
 from storage.fs import file_identity
 from storage.location import IndexLocation
 from storage.retry import retry_call
@@ -39,18 +38,7 @@ _lock = threading.Lock()
 
 def uri_cache_budget() -> int:
     """Bytes of uris the process keeps: ``PATCHHASH_URI_CACHE_BYTES`` (e.g. ``1GiB``) or 512 MiB."""
-    value = os.environ.get("PATCHHASH_URI_CACHE_BYTES")
-    if not value:
-        return DEFAULT_BYTES
-    from dask.utils import parse_bytes
-
-    try:
-        budget = parse_bytes(value)
-    except (ValueError, TypeError):
-        budget = -1
-    if budget < 0:
-        raise ConfigError(f"PATCHHASH_URI_CACHE_BYTES={value!r} is not a size; set it to e.g. 1GiB, or 0 to keep no uris")
-    return budget
+    return env_bytes("PATCHHASH_URI_CACHE_BYTES", "1GiB, or 0 to keep no uris", DEFAULT_BYTES)
 
 
 def table_stamps(index: IndexLocation, relatives: Iterable[str]) -> dict[str, tuple]:

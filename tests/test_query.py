@@ -295,13 +295,18 @@ def test_worker_cache_counts_the_multi_index_tables_built_on_a_bucket_map(monkey
     assert cache.nbytes == 8  # the map with its tables no longer fits beside the newer entry
 
 
-def test_bad_cache_budget_fails_before_any_work_naming_the_variable(small_index, query_npy, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATCHHASH_CACHE_BYTES", "lots")
-    with pytest.raises(ConfigError, match=r"PATCHHASH_CACHE_BYTES='lots' is not a size; set it to e\.g\. 2GiB"):
-        query(small_index, query_npy, str(tmp_path / "r.parquet"))
-    assert not (tmp_path / "r.parquet").exists()
-    monkeypatch.delenv("PATCHHASH_CACHE_BYTES")
-    monkeypatch.setenv("PATCHHASH_URI_CACHE_BYTES", "lots")
-    with pytest.raises(ConfigError, match=r"PATCHHASH_URI_CACHE_BYTES='lots' is not a size; set it to e\.g\. 1GiB"):
+@pytest.mark.parametrize("variable, value, message", [
+    ("PATCHHASH_CACHE_BYTES", "lots", r"PATCHHASH_CACHE_BYTES='lots' is not a size; set it to e\.g\. 2GiB"),
+    ("PATCHHASH_URI_CACHE_BYTES", "lots", r"PATCHHASH_URI_CACHE_BYTES='lots' is not a size; set it to e\.g\. 1GiB"),
+    ("PATCHHASH_LOCAL_BYTES", "-1", r"PATCHHASH_LOCAL_BYTES='-1' is not a size; set it to e\.g\. 20GiB"),
+    ("PATCHHASH_STORAGE_ATTEMPTS", "0", r"PATCHHASH_STORAGE_ATTEMPTS='0' must be an integer >= 1"),
+])
+def test_a_bad_setting_in_the_environment_fails_before_any_work_naming_the_variable(small_index, query_npy, tmp_path, monkeypatch,
+                                                                                    variable, value, message):
+    import workflows.query
+
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(workflows.query, "QueryJob", lambda *a, **k: pytest.fail("the job started before the check"))
+    with pytest.raises(ConfigError, match=message):
         query(small_index, query_npy, str(tmp_path / "r.parquet"))
     assert not (tmp_path / "r.parquet").exists()

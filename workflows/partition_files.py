@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import ConfigError
+from storage.environment import env_bytes
 from storage.fs import file_identity
 from storage.location import IndexLocation
 
@@ -55,15 +55,7 @@ _MAPPED = "c"
 
 def local_budget() -> int:
     """Bytes the local copies may take (``PATCHHASH_LOCAL_BYTES``, default 20 GiB)."""
-    from dask.utils import parse_bytes
-
-    value = os.environ.get("PATCHHASH_LOCAL_BYTES")
-    if not value:
-        return DEFAULT_LOCAL_BYTES
-    try:
-        return parse_bytes(value)
-    except (ValueError, TypeError):
-        raise ConfigError(f"PATCHHASH_LOCAL_BYTES={value!r} is not a size; set it to e.g. 20GiB") from None
+    return env_bytes("PATCHHASH_LOCAL_BYTES", "20GiB", DEFAULT_LOCAL_BYTES)
 
 
 def local_files() -> "PartitionFiles | None":

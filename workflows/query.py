@@ -30,10 +30,12 @@ from storage.image_tables import ImageUris, read_image_uris
 from storage.layout import MODEL_DIR
 from storage.location import IndexLocation
 from storage.manifest import Manifest, read_manifest
+from storage.retry import RetryPolicy
 from storage.results import FORMATS, RESULTS_SCHEMA, open_results, results_format
 from storage.uri_cache import uri_cache_budget
 from workflows.cluster import ClusterSettings, dask_client
 from workflows.options import check_options, option
+from workflows.partition_files import local_budget
 from workflows.progress import progress
 from workflows.worker_cache import cache_budget, load_codes, load_partition, save_tables, trim_worker_cache
 
@@ -505,8 +507,9 @@ def query(
     """
     if report is not None and report_limit < 1:
         raise ConfigError(f"--report-limit must be >= 1, got {report_limit}")
-    cache_budget()  # a bad PATCHHASH_CACHE_BYTES fails here, not in every worker task
-    uri_cache_budget()  # nor a bad PATCHHASH_URI_CACHE_BYTES in the thread that reads the uris
+    # a bad setting in the environment fails here, not in every worker task (or in the thread
+    # that reads the uris)
+    cache_budget(), local_budget(), uri_cache_budget(), RetryPolicy.from_env()
     started = time.perf_counter()
     index = IndexLocation.of(index_url, storage_options)
     job = QueryJob(index, queries, out, settings, on_block, report_limit if report is not None else 0)

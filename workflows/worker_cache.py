@@ -10,13 +10,12 @@ cost it nothing: the page cache serves them across blocks, jobs and worker proce
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from storage import ConfigError
+from storage.environment import env_bytes
 from storage.location import IndexLocation
 
 __all__ = ["WorkerCache", "cache_budget", "entry_nbytes", "load_partition", "load_codes", "save_tables", "trim_worker_cache"]
@@ -69,13 +68,8 @@ class WorkerCache:
 
 def cache_budget() -> int:
     """Bytes a worker's :class:`WorkerCache` may hold (see there)."""
-    from dask.utils import parse_bytes
-
-    if value := os.environ.get("PATCHHASH_CACHE_BYTES"):
-        try:
-            return parse_bytes(value)
-        except (ValueError, TypeError):
-            raise ConfigError(f"PATCHHASH_CACHE_BYTES={value!r} is not a size; set it to e.g. 2GiB or 2000000000") from None
+    if (budget := env_bytes("PATCHHASH_CACHE_BYTES", "2GiB or 2000000000")) is not None:
+        return budget
     try:
         from distributed import get_worker
 
