@@ -120,13 +120,13 @@ def test_fashion_shifts_smoke(smoke):
     assert figures["n_index"] == 2000 and figures["n_moved_queries"] == 50 and figures["n_test_queries"] == 200
     rows = figures["moved_copies"]
     kinds = ("moved 1 px", "dimmed to 75%", "noise sigma 12", "JPEG q70")
-    assert set(rows) == {f"{kind}: {name}, default" for kind in kinds for name in ("shipped (centre: box)", "card before (centre: none)")} | {
-        "moved 1 px: card before (centre: none), --shift-radius 1"}
-    # the box rule brings moved copies back where the card before cannot (50 copies: a loose floor)
-    assert rows["moved 1 px: shipped (centre: box), default"]["recall@10"] >= 0.9 > rows["moved 1 px: card before (centre: none), default"]["recall@10"]
+    assert set(rows) == {f"{kind}: {name}, default" for kind in kinds for name in ("shipped (centre: box)", "without the rule (centre: none)")} | {
+        "moved 1 px: without the rule (centre: none), --shift-radius 1"}
+    # the box rule brings moved copies back where the same weights without it cannot (50 copies: a loose floor)
+    assert rows["moved 1 px: shipped (centre: box), default"]["recall@10"] >= 0.9 > rows["moved 1 px: without the rule (centre: none), default"]["recall@10"]
     assert all(0 <= r["recall@1"] <= r["recall@10"] <= 1 for r in rows.values())
     assert all(0.6 < q["P@10"] <= 1 and q["ms_per_query"] > 0 for q in figures["test_queries"].values())
-    assert figures["cost_ratio_shipped_vs_before"] > 0 and "cost ratio, shipped / card before" in stdout
+    assert figures["cost_ratio_shipped_vs_without"] > 0 and "cost ratio, shipped / without the rule" in stdout
 
 
 @smoke_run("bench_sync.py")

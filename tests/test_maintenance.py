@@ -31,7 +31,6 @@ from workflows.maintenance import GcSettings, compact, delete, gc, upgrade
 CLI = [sys.executable, "-m", "workflows.cli"]
 V1_FIXTURE = Path(__file__).parent / "data" / "v1-index"
 V1_PHOTOS = Path(__file__).parent / "data" / "v1-photos"
-MODELS = Path(__file__).resolve().parent.parent / "pipeline" / "models"
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +222,11 @@ def test_queries_on_an_old_version_keep_working_while_gc_runs(client, tiny_model
 
 def _v1_copy(tmp_path: Path, name: str = "v1-index") -> tuple[str, Path]:
     """The committed format-1 fixture (tests/data/README.md), moved: its photos to ``tmp_path``
-    (once), the uris it records rewritten to point there, and the shipped model put back in."""
+    (once), the uris it records rewritten to point there."""
     url, photos = tmp_path / name, tmp_path / "photos"
     shutil.copytree(V1_FIXTURE, url)
     if not photos.exists():
         shutil.copytree(V1_PHOTOS, photos)
-    shutil.copytree(MODELS / "fashion-mnist", url / "model")
     for table in list(url.glob("images/*.parquet")) + list(url.glob("errors/*.parquet")):
         t = pq.read_table(table)
         uris = [u.replace("/tmp/v1fix/photos", str(photos)) for u in t.column("uri").to_pylist()]
