@@ -140,12 +140,12 @@ def main(argv=None) -> dict:
                 timings[name].append(method.ms_per_query)
                 quality[name] = {"P@1": method.precision[1], "P@10": method.precision[10], "mAP@100": method.map}
     ms = {name: statistics.median(v) for name, v in timings.items()}
-    before, shipped = "without the rule (centre: none)", "shipped (centre: box)"
+    without, shipped = "without the rule (centre: none)", "shipped (centre: box)"
     figures = {
         "n_index": n_index, "n_moved_queries": n_queries, "n_test_queries": len(test_labels), "repeats": repeats,
         "moved_copies": rows, "test_queries": {name: {**quality[name], "ms_per_query": ms[name], "ms_per_query_runs": timings[name]}
                                                for name in indexes},
-        "cost_ratio_shipped_vs_without": ms[shipped] / ms[before], "seconds": round(time.perf_counter() - started, 1),
+        "cost_ratio_shipped_vs_without": ms[shipped] / ms[without], "seconds": round(time.perf_counter() - started, 1),
     }
     print(f"\n{n_queries} train images altered, queried against {n_index:,} indexed (original's rank):")
     print("| copy: index, query settings | recall@1 | recall@10 | query job s |\n| --- | --- | --- | --- |")
