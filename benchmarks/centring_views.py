@@ -7,7 +7,7 @@ distance (the ranking the default mode's re-rank computes, without the shortlist
 the mirror rule finds balanced is searched mirrored too, as the query job does), for:
 
 * ``centred``: the model's own rules (what ``copies.py`` measures through the jobs);
-* ``as is``: the same rules with ``centre: none``;
+* ``as is``: the same rules with ``centre: none`` (or the rules ``--second``);
 * ``two placements, tau, +p``: both, for the queries whose centring moves them more than
   ``tau`` pixels at the model's input (the others centred only), the distance as is counting
   ``p`` bits more (so that it wins only when clearly closer); ``share`` is the share of queries
@@ -16,7 +16,7 @@ the mirror rule finds balanced is searched mirrored too, as the query job does),
   holds both placements side by side (a 7x14 grid for a 7x7 model): what an index of such
   grids would rank by, with no second search and no change to the index format.
 
-    python benchmarks/centring_views.py [--model icons-photos] [--taus 0,1,2] [--penalties 0,20,40]
+    python benchmarks/centring_views.py [--model icons-photos] [--taus 0,1,2] [--penalties 0,20,40] [--second keep,none,mean]
 
 An exploration of docs/QUALITY.md ("Overlaid text"); nothing in the product indexes two
 placements yet.
@@ -46,13 +46,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="icons-photos")
     ap.add_argument("--taus", default="0,1,2", help="move thresholds in pixels at the model's input, comma-separated")
     ap.add_argument("--penalties", default="0", help="bits added to the distance as is, comma-separated")
+    ap.add_argument("--second", metavar="BACKGROUND,CENTRE[,MIRROR[,LEVELS]]",
+                    help="the second placement's input rules (default: the model's, with centre none)")
     ap.add_argument("--out-json")
     args = ap.parse_args(argv)
 
     import copies
 
     from pipeline.encode import load_encoder
-    from storage.canonical import BALANCED, grey_of, mass_shift, mirror_margin
+    from storage.canonical import BALANCED, InputRules, grey_of, mass_shift, mirror_margin
     from storage.images import decode_and_convert
 
     root = copies.unpack_packages(list(copies.ICON_PACKAGES) + list(copies.WALLPAPER_PACKAGES), copies.DEFAULT_CACHE.parent / "copies")
@@ -62,7 +64,7 @@ def main(argv=None) -> dict:
     picture = copies.same_picture(files)
     encoder = load_encoder(args.model)
     centred = encoder.card.image_spec
-    as_is = replace(centred, rules=replace(centred.rules, centre="none"))
+    as_is = replace(centred, rules=InputRules(*args.second.split(",")) if args.second else replace(centred.rules, centre="none"))
 
     def codes(paths, spec) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.stack([decode_and_convert(Path(p).read_bytes(), str(p), spec) for p in paths])
@@ -102,7 +104,7 @@ def main(argv=None) -> dict:
     print("| --- |" + " --- |" * len(rows))
     for kind in kinds:
         print(f"| {kind} | " + " | ".join(f"{r[kind]['recall_at_1']:.3f} / {r[kind]['recall_at_10']:.3f}" for r, _ in rows.values()) + " |")
-    figures = {"model": args.model, "queries": len(queries), "indexed": len(files),
+    figures = {"model": args.model, "rules": [centred.rules.to_json(), as_is.rules.to_json()], "queries": len(queries), "indexed": len(files),
                "rows": {name: {"share_searched_twice": share, "recall": r} for name, (r, share) in rows.items()}}
     write_json(args.out_json, figures, newline=True)
     return figures

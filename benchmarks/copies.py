@@ -238,7 +238,7 @@ def write_queries(icons, wallpapers, n_icons: int, folder: Path, seed: int = 0, 
 
 
 def with_rules(model: str, rules: str, folder: Path) -> str:
-    """A copy of ``model`` in ``folder`` whose card names the input rules ``"background,centre[,mirror]"``."""
+    """A copy of ``model`` in ``folder`` whose card names the input rules ``"background,centre[,mirror[,levels]]"``."""
     import shutil
 
     from pipeline.modelcard import resolve_model_url
@@ -313,7 +313,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--wallpaper-packages", default=",".join(WALLPAPER_PACKAGES), help="comma-separated; '' for none")
     ap.add_argument("--model", help="model directory or built-in name (default: none given, so the index gets the model a "
                                     "folder of image files gets by default)")
-    ap.add_argument("--input-rules", metavar="BACKGROUND,CENTRE[,MIRROR]",
+    ap.add_argument("--input-rules", metavar="BACKGROUND,CENTRE[,MIRROR[,LEVELS]]",
                     help="run with a copy of the model whose card names these input rules instead (e.g. keep,none: as "
                          "before the rules; black,mass,mean: centred and mirrored too); the weights are the model's")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE.parent / "copies")

@@ -15,6 +15,10 @@ of them are undone here, each by a rule that maps the copy and the original to t
   model sees. A grey copy of a colour image then loses the same background as the image
   (judged per channel, a border whose hues vary at one brightness is plain in grey only), and
   JPEG's noise, mostly in the colour channels, stays within a tighter tolerance.
+  ``"black-luma-edge"`` is ``"black-luma"`` for a background that meets the picture at an edge
+  (:func:`meets_at_an_edge`): a texture (wood, paper, sand) whose border is plain within the
+  tolerance fades into its own darker and lighter parts, and keeps them; a background that
+  went would go differently in each copy (a brighter copy, or a rotated one with black corners).
 * **centre** (``"mass"``): a copy moved by a few pixels changes most patch codes, since patches
   sit on a fixed grid. The rule moves the image, by whole pixels at the resolution it is
   converted from, so that the median of its brightness (the point that halves the summed grey
@@ -34,11 +38,17 @@ of them are undone here, each by a rule that maps the copy and the original to t
   then give the same input. An image that is nearly balanced left and right can land either
   way, in the original and in a copy: a query job searches such a query both ways
   (:func:`mirror_margin` under :data:`BALANCED`), and ``--flip`` every query.
+* **levels** (``"stretch"``): a copy made brighter or darker gives other codes. The rule scales
+  the grey levels of the model's input so that the brightest of its lit pixels (the 99th
+  percentile, by nearest rank, of the pixels that are not black) are white (:func:`stretch_levels`):
+  a copy whose brightness was multiplied by a factor gives its original's input, but for what
+  the factor clipped to white and for rounding. An input whose brightest pixels are white
+  already is unchanged.
 
 A model card records the rules its model was trained and indexed with (``"input"`` in the card,
 :class:`InputRules`); each is off unless the card asks for it, so an index keeps converting
-its images as when it was built. The mirror rule is written to a card only when set, so a card
-without it reads the same in versions that do not know it.
+its images as when it was built. The mirror and levels rules are written to a card only when set, so
+a card without them reads the same in versions that do not know them.
 """
 
 from __future__ import annotations
@@ -48,16 +58,20 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["InputRules", "BORDER_SHARE", "TOLERANCE", "LUMA_TOLERANCE", "black_background", "box_shift", "centre_image", "centre_shift",
-           "grey_of", "luma", "mass_offset", "mass_shift", "mirror_by_mean", "mirror_margin", "moved", "whole_pixels", "BALANCED"]
+           "grey_of", "luma", "mass_offset", "mass_shift", "meets_at_an_edge", "mirror_by_mean", "mirror_margin", "moved", "stretch_levels",
+           "whole_pixels", "BALANCED", "EDGE_CONTRAST", "EDGE_SHARE", "LEVELS_PERCENTILE"]
 
 TOLERANCE = 24  # grey levels, per channel: JPEG noise on a plain background stays within it
 LUMA_TOLERANCE = 12  # grey levels of luma ("black-luma"), measured in docs/QUALITY.md
 BORDER_SHARE = 0.6
+EDGE_CONTRAST, EDGE_SHARE = 3, 0.5  # of the tolerance; of the background's rim (docs/QUALITY.md)
+LEVELS_PERCENTILE = 99
 BALANCED = 0.002  # mirror_margin under which a query is searched both ways (docs/QUALITY.md)
 
-_BACKGROUNDS = ("keep", "black", "black-luma")
+_BACKGROUNDS = ("keep", "black", "black-luma", "black-luma-edge")
 _CENTRES = ("none", "mass", "box")
 _MIRRORS = ("none", "mean")
+_LEVELS = ("none", "stretch")
 
 
 @dataclass(frozen=True)
@@ -66,20 +80,24 @@ class InputRules:
 
     Parameters
     ----------
-    background : {"keep", "black", "black-luma"}
+    background : {"keep", "black", "black-luma", "black-luma-edge"}
         ``"black"``: a plain, non-black background connected to the border becomes black;
-        ``"black-luma"``: the same, judged by the image's luma.
+        ``"black-luma"``: the same, judged by the image's luma; ``"black-luma-edge"``: the same,
+        where the background meets the picture at an edge.
     centre : {"none", "mass", "box"}
         ``"mass"``: the image is moved so that the median of its brightness is at its centre;
         ``"box"``: so that the bounding box of its pixels that are not black is centred.
     mirror : {"none", "mean"}
         ``"mean"``: the model's input is flipped left-right where the mean of its brightness
         lies right of its centre.
+    levels : {"none", "stretch"}
+        ``"stretch"``: the model's input is scaled so that its brightest lit pixels are white.
     """
 
     background: str = "keep"
     centre: str = "none"
     mirror: str = "none"
+    levels: str = "none"
 
     def __post_init__(self) -> None:
         if self.background not in _BACKGROUNDS:
@@ -88,6 +106,8 @@ class InputRules:
             raise ValueError(f"centre must be one of {', '.join(_CENTRES)}, got {self.centre!r}")
         if self.mirror not in _MIRRORS:
             raise ValueError(f"mirror must be one of {', '.join(_MIRRORS)}, got {self.mirror!r}")
+        if self.levels not in _LEVELS:
+            raise ValueError(f"levels must be one of {', '.join(_LEVELS)}, got {self.levels!r}")
 
     @property
     def active(self) -> bool:
@@ -97,6 +117,8 @@ class InputRules:
         d = {"background": self.background, "centre": self.centre}
         if self.mirror != "none":  # only when set: a card without it reads the same everywhere
             d["mirror"] = self.mirror
+        if self.levels != "none":
+            d["levels"] = self.levels
         return d
 
     @classmethod
@@ -104,8 +126,8 @@ class InputRules:
         """From a card's ``"input"`` (absent: no rule, as cards written before the rules)."""
         if d is None:
             return cls()
-        if not isinstance(d, dict) or set(d) - {"background", "centre", "mirror"}:
-            raise ValueError(f"input must be an object with keys background, centre and mirror, got {d!r}")
+        if not isinstance(d, dict) or set(d) - {"background", "centre", "mirror", "levels"}:
+            raise ValueError(f"input must be an object with keys background, centre, mirror and levels, got {d!r}")
         return cls(**d)
 
     def apply(self, image: np.ndarray, centre: bool = True) -> np.ndarray:
@@ -113,7 +135,7 @@ class InputRules:
         input itself when no rule changes it. ``centre=False`` leaves the centring out (to a
         resize that moves the image by :func:`centre_shift` itself)."""
         if self.background != "keep":
-            image = black_background(image, by_luma=self.background == "black-luma")
+            image = black_background(image, by_luma=self.background != "black", edge=self.background == "black-luma-edge")
         if self.centre != "none" and centre:
             image = centre_image(image, self.centre)
         return image
@@ -123,17 +145,20 @@ class InputRules:
         in canonical form but for the centring), for a resize to make; ``None`` without one."""
         return None if self.centre == "none" else centre_shift(grey_of(image), self.centre)
 
-    def orient(self, batch: np.ndarray) -> np.ndarray:
-        """``batch`` (``uint8 [n, h, w, c]``, the model's input) with the mirror rule applied:
-        the input itself when the rule is off or flips no image."""
-        if self.mirror != "mean" or not len(batch):
+    def finish(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` (``uint8 [n, h, w, c]``, the model's input) with the levels and mirror rules
+        applied: the input itself when they are off or change no image."""
+        if not len(batch):
             return batch
-        return mirror_by_mean(batch)
+        if self.levels == "stretch":
+            batch = stretch_levels(batch)
+        return mirror_by_mean(batch) if self.mirror == "mean" else batch
 
 
-def black_background(image: np.ndarray, by_luma: bool = False) -> np.ndarray:
+def black_background(image: np.ndarray, by_luma: bool = False, edge: bool = False) -> np.ndarray:
     """``image`` (``uint8 [h, w, c]``) with a plain, non-black background made black (module
-    docstring); ``by_luma``: judged by its luma, within :data:`LUMA_TOLERANCE` (``"black-luma"``)."""
+    docstring); ``by_luma``: judged by its luma, within :data:`LUMA_TOLERANCE` (``"black-luma"``);
+    ``edge``: only where the background meets the picture at an edge (``"black-luma-edge"``)."""
     seen, tolerance = image, TOLERANCE
     if by_luma:
         seen, tolerance = (luma(image)[..., np.newaxis] if image.shape[2] == 3 else image), LUMA_TOLERANCE
@@ -145,14 +170,33 @@ def black_background(image: np.ndarray, by_luma: bool = False) -> np.ndarray:
         return image  # no plain background: a photograph
     from scipy import ndimage
 
-    near = np.abs(seen.astype(np.int16) - colour).max(axis=2) <= tolerance
+    difference = np.abs(seen.astype(np.int16) - colour).max(axis=2)
+    near = difference <= tolerance
     seeds = np.zeros_like(near)
     seeds[[0, -1], :] = near[[0, -1], :]
     seeds[:, [0, -1]] = near[:, [0, -1]]
     background = ndimage.binary_propagation(seeds, mask=near)  # 4-connected, from the border
+    if edge and not meets_at_an_edge(background, difference, tolerance):
+        return image  # a texture: its lighter and darker parts fade into each other
     out = image.copy()
     out[background] = 0
     return out
+
+
+def meets_at_an_edge(background: np.ndarray, difference: np.ndarray, tolerance: int) -> bool:
+    """Whether a background (``bool [h, w]``) meets the picture at an edge: at least
+    :data:`EDGE_SHARE` of the pixels around it (outside it, 4-neighbours of it) have a pixel of the
+    picture within one pixel that differs from the background's colour (``difference``, grey
+    levels) by more than :data:`EDGE_CONTRAST` times ``tolerance``. An icon's outline does (its
+    soft edge is a pixel wide); a texture's pixels just beyond the tolerance lie among more of
+    the same. A background with nothing around it (the whole image) does."""
+    from scipy import ndimage
+
+    rim = ~background & ndimage.binary_dilation(background)
+    if not rim.any():
+        return True
+    nearby = ndimage.maximum_filter(np.where(background, 0, difference), size=3)
+    return bool((nearby[rim] > EDGE_CONTRAST * tolerance).mean() >= EDGE_SHARE)
 
 
 def mass_shift(grey: np.ndarray) -> tuple[float, float]:
@@ -226,6 +270,27 @@ def moved(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     if abs(dy) < h and abs(dx) < w:
         out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     return out
+
+
+def stretch_levels(batch: np.ndarray) -> np.ndarray:
+    """``batch`` (``uint8 [n, h, w, c]``) with each image's levels scaled so that the
+    :data:`LEVELS_PERCENTILE`-th percentile (nearest rank) of its lit pixels' brightness
+    (:func:`grey_of`, above 0) is 255, rounded and clipped; an image whose percentile is 255, or
+    that is all black, is left as it is. Exact integer arithmetic: the same input gives the same
+    pixels everywhere."""
+    grey = grey_of(batch).reshape(len(batch), -1)
+    out = None
+    for i, levels in enumerate(grey):
+        lit = np.sort(levels[levels > 0])
+        if not len(lit):
+            continue
+        top = int(lit[-(-len(lit) * LEVELS_PERCENTILE // 100) - 1])  # nearest rank: ceil(p n / 100)
+        if top == 255:
+            continue
+        if out is None:
+            out = batch.copy()
+        out[i] = np.minimum((batch[i].astype(np.uint32) * 255 + top // 2) // top, 255)
+    return batch if out is None else out
 
 
 def mirror_by_mean(batch: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ following rules, applied in this order:
    *Canonical form*: where ``spec.rules`` asks for it (a model card's ``"input"``), a plain
    background becomes black and the image is centred (on its brightness or its bounding box)
    here, in colour, by the rules of :mod:`storage.canonical` (an image that step 5 resizes is moved by the exact
-   fraction of a pixel within the resize instead); by default neither is done. The mirror rule
-   of :mod:`storage.canonical`, where asked for, flips the result of step 5.
+   fraction of a pixel within the resize instead); by default neither is done. The levels and
+   mirror rules of :mod:`storage.canonical`, where asked for, stretch and flip the result of step 5.
 4. **Channels.** RGB -> grey uses the ITU-R 601-2 luma transform, bit-exact with Pillow's
    ``convert("L")``: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``, i.e.
    ``R * 299/1000 + G * 587/1000 + B * 114/1000`` rounded. Grey -> RGB replicates the grey
@@ -389,7 +389,7 @@ def _model_input(
     array = array.reshape(spec.height, spec.width, -1)
     if array.shape[2] != spec.channels:  # grey resized once, then replicated
         array = np.repeat(array, spec.channels, axis=2)
-    return np.ascontiguousarray(spec.rules.orient(array[np.newaxis])[0])
+    return np.ascontiguousarray(spec.rules.finish(array[np.newaxis])[0])
 
 
 def _resize_moved(image: Image.Image, size: tuple[int, int], box: tuple[float, ...], shift: tuple[float, float] | None) -> Image.Image:
@@ -492,7 +492,7 @@ def convert_batch(
         for i, image in enumerate(batch):
             resized[i] = _resize_crop(image, spec, shifts[i])
         batch = resized
-    return np.ascontiguousarray(spec.rules.orient(batch)), ok
+    return np.ascontiguousarray(spec.rules.finish(batch)), ok
 
 
 def _check_batch(batch: np.ndarray, uri: str) -> None:

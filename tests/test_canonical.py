@@ -1,12 +1,14 @@
 """The canonical form of an image (storage/canonical.py): a plain background becomes black, an
-image moves so that its brightness median is at its centre, and it is flipped so that its
-brightness mean is left of its centre (issue 19, transparency, shifts and mirrors).
+image moves so that its brightness median is at its centre, it is flipped so that its
+brightness mean is left of its centre, and its levels are stretched so that its brightest pixels
+are white (issue 19: transparency, shifts, mirrors, brightness).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,15 +17,16 @@ from PIL import Image, ImageDraw
 
 from storage import ImageSpec, InputRules, open_corpus
 from storage.canonical import (TOLERANCE, black_background, box_shift, centre_image, mass_offset, mirror_by_mean, mirror_margin,
-                               whole_pixels)
+                               stretch_levels, whole_pixels)
 from storage.images import convert, convert_batch, decode_and_convert
 
 BLACK = InputRules(background="black")
 BACKGROUNDS = ((255, 255, 255), (200, 220, 255), (90, 90, 90))
 CENTRED = InputRules(background="black", centre="mass")
 CANONICAL = InputRules(background="black", centre="mass", mirror="mean")
-BY_LUMA = InputRules(background="black-luma", centre="mass", mirror="mean")  # icons-photos' rules
+BY_LUMA = InputRules(background="black-luma", centre="mass", mirror="mean")  # icons-photos' rules before 2026-12-07
 BOXED = InputRules(background="black", centre="box")  # fashion-mnist's rules
+SHIPPED = InputRules(background="black-luma-edge", centre="mass", mirror="mean", levels="stretch")  # icons-photos' rules
 
 
 def icon(seed: int, size: int = 48) -> Image.Image:
@@ -71,7 +74,11 @@ def test_rules_validate_and_round_trip_through_json():
         InputRules(centre="centroid")
     with pytest.raises(ValueError, match="mirror must be one of none, mean"):
         InputRules(mirror="always")
-    with pytest.raises(ValueError, match="keys background, centre and mirror"):
+    assert InputRules.from_json(json.loads(json.dumps(SHIPPED.to_json()))) == SHIPPED
+    assert "levels" not in CANONICAL.to_json() and SHIPPED.to_json()["levels"] == "stretch"
+    with pytest.raises(ValueError, match="levels must be one of none, stretch"):
+        InputRules(levels="auto")
+    with pytest.raises(ValueError, match="keys background, centre, mirror and levels"):
         InputRules.from_json({"background": "black", "colour": "x"})
 
 
@@ -138,6 +145,80 @@ def test_by_luma_jpeg_noise_of_a_white_background_stays_within_the_tolerance():
     copy = decode_and_convert(data.getvalue(), "copy.jpg", spec)
     clear = np.asarray(original)[..., 3] == 0
     assert (copy[clear] == 0).mean() > 0.95
+
+
+def texture(seed: int, spread: float = 10) -> np.ndarray:
+    """A grey texture (wood, paper): smooth noise around one level, most of it within the luma
+    tolerance of its median, so that its border passes for a plain background."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=(60, 80)), 3)
+    return np.clip(150 + spread * field / field.std(), 0, 255).astype(np.uint8)[..., np.newaxis]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_texture_keeps_its_plain_border_where_the_edge_rule_asks(seed):
+    image = texture(seed)
+    assert (black_background(image, by_luma=True) == 0).mean() > 0.5  # "black-luma" takes most of it for background
+    assert black_background(image, by_luma=True, edge=True) is image
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_edge_rule_still_takes_an_icons_white_background(seed):
+    """An icon flattened onto white, as editors save it. (Onto a colour of the icon's own luma,
+    the outline is too faint to a grey model, and the background stays: docs/QUALITY.md.)"""
+    copy = np.asarray(flattened(icon(seed), (255, 255, 255)))
+    assert np.array_equal(black_background(copy, by_luma=True, edge=True), black_background(copy, by_luma=True))
+    data = io.BytesIO()  # and JPEG's ringing around the icon is no texture
+    flattened(icon(seed), (255, 255, 255)).save(data, format="JPEG", quality=30)
+    jpeg = decode_and_convert(data.getvalue(), "copy.jpg", ImageSpec(48, 48, 1))
+    assert np.array_equal(black_background(jpeg, by_luma=True, edge=True), black_background(jpeg, by_luma=True))
+
+
+def test_a_brighter_copy_of_a_texture_gives_its_originals_input():
+    """Scaled by 1.3, a texture's levels spread beyond the tolerance: "black-luma" blackens
+    other parts of the copy than of the original. With the edge rule neither loses anything,
+    and the levels rule undoes the factor."""
+    spec = ImageSpec(28, 28, 1, rules=SHIPPED)
+    before = ImageSpec(28, 28, 1, rules=replace(SHIPPED, background="black-luma"))
+    for seed in range(4):
+        original = texture(seed)
+        brighter = np.clip(np.round(original * 1.3), 0, 255).astype(np.uint8)
+        assert np.abs(convert(original, spec).astype(int) - convert(brighter, spec)).max() <= 3
+        assert np.abs(convert(original, before).astype(int) - convert(brighter, before)).max() > 100
+
+
+# --------------------------------------------------------------------------- levels
+
+
+def test_levels_are_stretched_so_the_99th_percentile_of_lit_pixels_is_white():
+    image = np.zeros((1, 20, 20, 1), np.uint8)
+    image[0, :10, :10, 0] = np.arange(1, 101).reshape(10, 10)  # 100 lit pixels, 1 to 100: the 99th is 99
+    out = stretch_levels(image)
+    assert out[0, 9, 8, 0] == 255 and out[0, 9, 9, 0] == 255  # 99 -> 255, 100 clipped
+    assert out[0, 0, 0, 0] == 3 and out[0, 4, 9, 0] == round(50 * 255 / 99)  # 1 * 255 / 99 = 2.58
+    assert not out[0, 10:].any()  # black stays black
+    white = np.zeros((1, 10, 10, 3), np.uint8)
+    white[0, 2:8, 2:8] = (255, 255, 255)
+    assert stretch_levels(white) is white  # already white, and all black: nothing to do
+    black = np.zeros((2, 5, 5, 1), np.uint8)
+    assert stretch_levels(black) is black
+
+
+@pytest.mark.parametrize("factor", [0.6, 0.8, 1.25])
+def test_a_darker_or_brighter_copy_decodes_to_its_originals_input(factor):
+    from PIL import ImageEnhance
+
+    spec = ImageSpec(28, 28, 1, rules=SHIPPED)
+    without = ImageSpec(28, 28, 1, rules=replace(SHIPPED, levels="none"))
+    for seed in range(6):
+        original = flattened(icon(seed), (0, 0, 0))
+        original = ImageEnhance.Brightness(original).enhance(0.7)  # nothing white, so a brighter copy clips nothing
+        copy = ImageEnhance.Brightness(original).enhance(factor)
+        a, b = (decode_and_convert(png(image), "i.png", spec).astype(int) for image in (original, copy))
+        assert np.abs(a - b).mean() < 0.5 and np.abs(a - b).max() <= 10  # rounding, twice
+        c, d = (decode_and_convert(png(image), "i.png", without).astype(int) for image in (original, copy))
+        assert np.abs(c - d).mean() > 1.5 and np.abs(c - d).max() > 15
 
 
 def test_no_fashion_mnist_image_changes():
@@ -337,7 +418,7 @@ def test_cards_say_which_rules_their_model_uses():
     shipped = read_card("fashion-mnist")
     assert shipped.input_rules == BOXED and shipped.image_spec == ImageSpec(28, 28, 1, rules=BOXED)
     assert read_card("fashion-mnist-unsupervised").input_rules == InputRules()  # a card from before the rules
-    assert read_card("icons-photos").input_rules == BY_LUMA  # the default for image files (docs/MODEL.md)
+    assert read_card("icons-photos").input_rules == SHIPPED  # the default for image files (docs/MODEL.md)
     d = shipped.to_json()
     assert d["input"] == {"background": "black", "centre": "box"}
     assert ModelCard.from_json(d).input_rules == BOXED
@@ -389,7 +470,7 @@ def found_first_by_name(results) -> int:
                if r == 1 and u is not None)
 
 
-@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL, BY_LUMA, BOXED])
+@pytest.mark.parametrize("rules", [BLACK, CENTRED, CANONICAL, BY_LUMA, BOXED, SHIPPED])
 def test_decoding_a_small_file_with_rules_is_converting_it_bit_for_bit(rules):
     from storage.images import decode_image
 
@@ -406,8 +487,9 @@ def test_training_records_its_rules_in_the_card(fmnist_train, tmp_path):
 
     np.save(tmp_path / "corpus.npy", fmnist_train[:64, :, :, 0])
     card = train(str(tmp_path / "corpus.npy"), str(tmp_path / "model"), bits=8, stem=(), epochs=1, batch_size=32, centre="mass",
-                 mirror="mean")
-    assert card.input_rules == CANONICAL
-    assert json.loads((tmp_path / "model" / "card.json").read_text())["input"] == {"background": "black", "centre": "mass", "mirror": "mean"}
+                 mirror="mean", levels="stretch")
+    assert card.input_rules == replace(CANONICAL, levels="stretch")
+    assert json.loads((tmp_path / "model" / "card.json").read_text())["input"] == {"background": "black", "centre": "mass", "mirror": "mean",
+                                                                                   "levels": "stretch"}
     with pytest.raises(ConfigError, match="background must be one of keep, black"):
         train(str(tmp_path / "corpus.npy"), str(tmp_path / "other"), background="white")

@@ -265,12 +265,15 @@ def train(
     max_brightness: Annotated[float, typer.Option(help="Largest brightness change for --brightness-weight, as a share (0.3: x0.7 to x1.3).")] = 0.3,
     background: Annotated[str, typer.Option(help="black: a plain background at the image's border becomes black (a transparent image then "
                                                  "matches its copy flattened onto any colour); black-luma: the same, judged by the image's "
-                                                 "luma (grey copies then match too); keep: as is. Recorded in the card.")] = "black",
+                                                 "luma (grey copies then match too); black-luma-edge: the same, where the background "
+                                                 "meets the picture at an edge (textures keep theirs); keep: as is. Recorded in the card.")] = "black",
     centre: Annotated[str, typer.Option(help="mass: each image is moved so that the median of its brightness is at its centre (moved "
                                              "copies then match); box: so that the bounding box of what is not black is centred "
                                              "(the placement of Fashion-MNIST-like datasets); none: as is. Recorded in the card.")] = "none",
     mirror: Annotated[str, typer.Option(help="mean: each image is flipped left-right where the mean of its brightness lies right of its "
                                              "centre (mirrored copies then match); none: as is. Recorded in the card.")] = "none",
+    levels: Annotated[str, typer.Option(help="stretch: each image's levels are scaled so that its brightest lit pixels are white "
+                                             "(brighter and darker copies then match); none: as is. Recorded in the card.")] = "none",
     sample: Annotated[Optional[int], typer.Option(help="Train on this many images drawn at random (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (sampling, initialisation, shuffling).")] = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name for the card (default: the preset).")] = None,
@@ -287,7 +290,7 @@ def train(
         stem=None if stem is None else () if stem.strip().lower() == "none" else _int_list(stem, "--stem"),
         epochs=epochs, batch_size=batch_size, labels=labels, label_weight=label_weight,
         shift_weight=shift_weight, max_shift=max_shift, brightness_weight=brightness_weight, max_brightness=max_brightness,
-        background=background, centre=centre, mirror=mirror, sample=sample, seed=seed, name=name,
+        background=background, centre=centre, mirror=mirror, levels=levels, sample=sample, seed=seed, name=name,
         command=shlex.join(["patchhash", *sys.argv[1:]]), storage_options=_storage_options(storage_options),
     )
     typer.echo(f"saved {card.name} ({card.bits} bits, grid {card.grid[0]}x{card.grid[1]}, final loss {card.training['final_loss']:.4f}) to {out}")

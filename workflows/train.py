@@ -66,6 +66,7 @@ def train(
     background: str = "black",
     centre: str = "none",
     mirror: str = "none",
+    levels: str = "none",
     sample: int | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -79,7 +80,7 @@ def train(
     corpus image) makes the training label-aware with weight ``label_weight``;
     ``shift_weight`` > 0 makes it shift-consistent for shifts up to ``max_shift`` pixels, and
     ``brightness_weight`` > 0 for brightness changes up to ``max_brightness`` (a share; see
-    :mod:`pipeline.train`). ``background``, ``centre`` and ``mirror`` are the canonical-form rules
+    :mod:`pipeline.train`). ``background``, ``centre``, ``mirror`` and ``levels`` are the canonical-form rules
     (:class:`storage.InputRules`) the images go through, in training and in every later index and
     query with this model. ``command`` is recorded in the card (the CLI passes its own
     command line). Returns the saved model's card.
@@ -97,7 +98,7 @@ def train(
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed, label_weight=label_weight,
                                  shift_weight=shift_weight, max_shift=max_shift,
                                  brightness_weight=brightness_weight, max_brightness=max_brightness)
-        rules = InputRules(background=background, centre=centre, mirror=mirror)
+        rules = InputRules(background=background, centre=centre, mirror=mirror, levels=levels)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     spec = ImageSpec(*config.input_shape, rules=rules)
