@@ -153,6 +153,33 @@ def test_index_refuses_another_model(client, tiny_model, corpus_npy, tmp_path):
         index(corpus_npy, url, "fashion-mnist", client=client)
 
 
+def test_a_card_with_other_input_rules_and_the_same_weights(client, tiny_model, corpus_npy, tmp_path, caplog):
+    """A card changed since the index was built (the same weights, other input rules): extending
+    the index with it keeps the index's own card, and says so; an uncommitted attempt's card is
+    replaced by the new one."""
+    import json
+    import logging
+    import shutil
+
+    from pipeline.modelcard import read_card
+    from workflows.index import install_model
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model, changed)
+    card = json.loads((changed / "card.json").read_text())
+    card["input"] = {"background": "black", "centre": "mass", "levels": "stretch"}
+    (changed / "card.json").write_text(json.dumps(card))
+    url = str(tmp_path / "idx")
+    index(corpus_npy, url, tiny_model, IndexSettings(shard_size=350), client=client)
+    with caplog.at_level(logging.WARNING, logger="workflows.index"):
+        index(corpus_npy, url, str(changed), client=client)
+    assert "keeps the input rules it was built with" in caplog.text and "'levels': 'stretch'" in caplog.text
+    assert read_card(join_url(url, "model")).input_rules == read_card(tiny_model).input_rules
+    install_model(str(tmp_path / "attempt"), tiny_model)  # an attempt left uncommitted, then retried with the new card
+    install_model(str(tmp_path / "attempt"), str(changed))
+    assert read_card(join_url(str(tmp_path / "attempt"), "model")).input_rules.levels == "stretch"
+
+
 def test_a_new_index_without_a_model_gets_the_one_for_its_kind_of_corpus(client, fmnist_train, tmp_path):
     """Arrays (the Fashion-MNIST demo's kind) get ``fashion-mnist``; image files get
     ``icons-photos`` (docs/MODEL.md says why); a later run without ``--model`` keeps the index's."""

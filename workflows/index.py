@@ -119,7 +119,8 @@ class IndexReport:
 
 
 def _check_model(index: IndexLocation, model: str | None) -> None:
-    """Refuse to extend a committed index with another model than its own."""
+    """Refuse to extend a committed index with another model than its own; say so where only
+    its input rules differ (a card changed since, with the same weights): the index keeps its own."""
     from pipeline.modelcard import read_card
 
     if model is None:
@@ -132,6 +133,9 @@ def _check_model(index: IndexLocation, model: str | None) -> None:
             f"not {model!r} (sha256 {given.model_sha256[:12]}...). Index into a new --index URL, "
             "or omit --model to use the index's own model."
         )
+    if given.input_rules != bound.input_rules:
+        log.warning("%s keeps the input rules it was built with, %s; %s now names %s: index into a new --index URL to get them",
+                    index.url, bound.input_rules.to_json(), model, given.input_rules.to_json())
 
 
 ARRAY_MODEL = "fashion-mnist"
@@ -154,8 +158,10 @@ def install_model(index: "IndexLocation | str", model: str) -> None:
     source = resolve_model_url(model)
     card = read_card(source, index.storage_options)  # validates before anything is copied
     target = index.child(MODEL_DIR)
-    if target.exists(CARD_FILE) and read_card(target.url, target.storage_options, verify=False).model_sha256 == card.model_sha256:
-        return
+    if target.exists(CARD_FILE):
+        left = read_card(target.url, target.storage_options, verify=False)
+        if left.model_sha256 == card.model_sha256 and left.input_rules == card.input_rules:
+            return
     for name in MODEL_FILES:  # card last: a model dir with a card is complete
         src_fs, src = url_to_fs(join_url(source, name), index.storage_options)
         target.fs.makedirs(target.path, exist_ok=True)
