@@ -40,14 +40,17 @@ class Encoder:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.card.config.input_shape
+        """What :meth:`encode` takes per image: the model's input, its placements one below the other."""
+        return self.card.image_spec.shape
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Codes of a batch of uint8 images already converted to the model's input shape."""
         pixels = np.asarray(pixels)
         if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
             raise ValueError(f"expected images of shape [n, {', '.join(map(str, self.input_shape))}], got {pixels.shape}")
-        gh, gw = self.card.grid
+        n, places = len(pixels), 1 + len(self.card.placements)
+        pixels = pixels.reshape(n * places, *self.card.config.input_shape)  # each placement an image of its own
+        gh, gw = self.card.config.grid
         out = np.empty((len(pixels), gh, gw), dtype=self.card.code_dtype)
         for start in range(0, len(pixels), ENCODE_BATCH):
             chunk = pixels[start : start + ENCODE_BATCH]
@@ -58,7 +61,7 @@ class Encoder:
             with self._lock:  # Keras models are not safe to call from several threads at once
                 bits = np.asarray(self._encoder.predict_on_batch(x))[:m]
             out[start : start + m] = pack_bits(bits)
-        return out
+        return out.reshape(n, places * gh, gw)  # each image's placements one below the other, as its pixels
 
 
 def _load_keras(url: str, card: ModelCard, storage_options: dict | None):
@@ -89,7 +92,7 @@ def _load_keras(url: str, card: ModelCard, storage_options: dict | None):
 
 def _check_geometry(url: str, card: ModelCard, encoder: Encoder) -> None:
     """Refuse a model whose input or code grid differs from what its card says."""
-    gh, gw = card.grid
+    gh, gw = card.config.grid
     found_in = tuple(encoder.autoencoder.input_shape[1:])
     found_out = tuple(encoder._encoder.output_shape[1:])
     if found_in != tuple(card.config.input_shape) or found_out != (gh, gw, card.bits):

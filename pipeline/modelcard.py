@@ -67,11 +67,14 @@ class ModelCard:
     created: str = ""
     software: dict[str, str] = field(default_factory=dict)
     input_rules: InputRules = field(default_factory=InputRules)
+    placements: tuple[InputRules, ...] = ()
+    placement_penalty: int = 0
 
     @property
     def image_spec(self) -> ImageSpec:
-        """What every image becomes before this model sees it: its input shape and rules."""
-        return ImageSpec(*self.config.input_shape, rules=self.input_rules)
+        """What every image becomes before this model sees it: its input shape and rules, and
+        the rules of its further placements."""
+        return ImageSpec(*self.config.input_shape, rules=self.input_rules, placements=self.placements)
 
     @property
     def bits(self) -> int:
@@ -79,7 +82,9 @@ class ModelCard:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.config.grid
+        """An image's code grid: the model's, once per placement, one below the other."""
+        gh, gw = self.config.grid
+        return gh * (1 + len(self.placements)), gw
 
     @property
     def code_dtype(self) -> np.dtype:
@@ -99,9 +104,11 @@ class ModelCard:
             "bits": cfg.bits,
             "patch": cfg.patch,
             "stride": cfg.stride,
-            "grid": list(cfg.grid),
+            "grid": list(self.grid),
             "input_shape": list(cfg.input_shape),
             "input": self.input_rules.to_json(),
+            **({"placements": [rules.to_json() for rules in self.placements], "placement_penalty": self.placement_penalty}
+               if self.placements else {}),
             "code_dtype": self.code_dtype.name,
             "bit_order": "little: bottleneck unit j is bit j (code = sum(bit_j << j))",
             "architecture": cfg.to_dict(),
@@ -146,10 +153,24 @@ class ModelCard:
                 created=str(d.get("created", "")),
                 software=dict(d.get("software") or {}),
                 input_rules=InputRules.from_json(d.get("input")),
+                **_placements(d, config),
             )
         except (KeyError, TypeError, ValueError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ModelError(f"{source}: invalid model card: {detail}. Re-create the model with `patchhash train`.") from None
+
+
+def _placements(d: dict, config: ModelConfig) -> dict[str, Any]:
+    """A card's further placements (``"placements"``: a list of ``"input"`` objects) and the bits
+    each counts less (``"placement_penalty"``); none in a card without them."""
+    listed = d.get("placements", [])
+    if not isinstance(listed, list) or not all(isinstance(rules, dict) for rules in listed):
+        raise ValueError(f"placements must be a list of input rule objects, got {listed!r}")
+    penalty = d.get("placement_penalty", 0)
+    gh, gw = config.grid
+    if not _is_int(penalty) or not 0 <= penalty < gh * gw * config.bits:
+        raise ValueError(f"placement_penalty must be an integer from 0 to a placement's {gh * gw * config.bits} bits, got {penalty!r}")
+    return {"placements": tuple(InputRules.from_json(rules) for rules in listed), "placement_penalty": penalty}
 
 
 def _is_int(value: Any) -> bool:

@@ -92,6 +92,8 @@ def rerank_search(
     id_range: tuple[int, int] | None = None,
     method: str = "auto",
     n_substrings: int | None = None,
+    placements: int = 1,
+    penalty: int = 0,
 ) -> TopK:
     """Answer a block of queries against one partition in the default mode (module docstring).
 
@@ -127,6 +129,13 @@ def rerank_search(
     n_substrings : int, optional
         With ``method="mih"``: the substrings of the multi-index tables (default: the cost
         model's choice, :func:`pipeline.mih.mih_substrings`). Results never depend on it.
+    placements : int
+        How many placements of each image the code grid holds, one after the other (equal
+        parts of ``G``; a model card's ``"placements"``). An image scores the best of its
+        placements' numbers of equal bits, each placement after the first counting ``penalty``
+        bits less. One placement scores the whole grid.
+    penalty : int
+        Bits a placement after the first counts less (``0 <= penalty`` < its bits).
 
     Returns
     -------
@@ -142,6 +151,11 @@ def rerank_search(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if k < 1 or shortlist < 1:
         raise ValueError(f"k and shortlist must be >= 1, got {k} and {shortlist}")
+    placements, penalty = operator.index(placements), operator.index(penalty)
+    if placements < 1 or bmap.n_groups % placements:
+        raise ValueError(f"placements must divide the {bmap.n_groups} positions of the grid, got {placements}")
+    if not 0 <= penalty < bmap.n_groups // placements * bits:
+        raise ValueError(f"penalty must be between 0 and a placement's {bmap.n_groups // placements * bits} bits, got {penalty}")
     start, stop = check_id_range(bmap, id_range)
     n_range = stop - start
     grid = bmap.n_groups
@@ -185,6 +199,7 @@ def rerank_search(
             METHOD_CODE[method], tables, sizes, start - bmap.id_base, max_bucket, vote_budget,
             max(shortlist, k), np.zeros(n_range, np.uint8 if grid < 256 else np.int32), np.empty(n_range, np.int64),
             max(buffer, 1), np.empty(matches, np.int64), np.empty(matches, np.int64), ids, scores, n_candidates,
+            placements, penalty,
         )
         ids[ids >= 0] += bmap.id_base  # the kernel counts ids as the map stores them
     return TopK(ids, scores.astype(np.float64), n_candidates)
@@ -193,7 +208,7 @@ def rerank_search(
 @njit(nogil=True, cache=True)
 def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits, t, method,
                     tables, sizes, start, max_bucket, vote_budget, shortlist, votes, touched, largest, match_idx,
-                    match_dist, out_ids, out_scores, n_candidates):
+                    match_dist, out_ids, out_scores, n_candidates, placements, penalty):
     # largest: the most matches one code can have at one position; match_idx and match_dist
     # receive those of a key scan or an enumeration
     n_queries, grid = queries.shape
@@ -212,6 +227,8 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
     hist = np.empty(grid + 1, np.int64)  # shortlisted images per vote count, one query at a time
     # each query's top k is a worst-at-root heap in its rows of out_*, sorted at the end
     heap_size = np.zeros(n_queries, np.int64)
+    per = grid // placements  # each placement's positions
+    seen = np.zeros(votes.size if placements > 1 else 1, np.uint8)  # rows already shortlisted for a query
     pair_row = np.empty(1 << 16, np.int32)  # shortlisted rows, with their queries, not scored yet
     pair_query = np.empty(pair_row.size, np.int32)
     by_chunk = np.empty(pair_row.size, np.int64)
@@ -314,54 +331,69 @@ def _rerank_queries(queries, keys, key_bounds, offsets, bucket_ids, codes, bits,
                 r += 1
                 cast += votes_at[i, r]
             n_settled += r <= exact_rings
-            n_used = 0  # the buckets within the radius: map keys first, then where their ids are
-            for e in range(n_stages):
-                for g in range(grid):
-                    more = seg_hi[e, g, i] - seg_lo[e, g, i] + (outer_hi[e, g, i] - outer_lo[e, g, i] if r == t else 0)
-                    if n_used + more + 1 > used_at.size:
-                        used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more + 1))
-                        used_size = grow(used_size, n_used, used_at.size)
-                    for j in range(seg_lo[e, g, i], seg_hi[e, g, i]):
-                        if found_dist[j] <= r:
-                            used_at[n_used] = found_key[j]
-                            used_size[n_used] = found_size[j]
-                            n_used += 1
-                    if r == t:
-                        for j in range(outer_lo[e, g, i], outer_hi[e, g, i]):
-                            used_at[n_used] = outer_key[j]
-                            used_size[n_used] = -1  # not kept: read from the offsets below
-                            n_used += 1
-            n_kept = 0
-            for j in range(n_used):
-                if j + PREFETCH_AHEAD < n_used:
-                    prefetch(offsets, used_at[j + PREFETCH_AHEAD])
-                key = used_at[j]
-                size = used_size[j]
-                if size < 0:
-                    size = offsets[key + 1] - offsets[key]
-                    if size > max_bucket:
-                        continue
-                used_at[n_kept] = offsets[key]
-                used_size[n_kept] = size
-                n_kept += 1
-            n_used = n_kept
-            if not exact_kept[i] and exact_size[i] != never:
-                used_at[n_used] = exact_at[i]
-                used_size[n_used] = exact_size[i]
-                n_used += 1
-            n_candidates[qi], n_short = _vote_and_shortlist(used_at, used_size, n_used, bucket_ids, grid, start,
-                                                            shortlist, votes, touched, hist)
-            if n_pairs + n_short > pair_row.size:
-                capacity = max(2 * pair_row.size, n_pairs + n_short)
-                pair_row = grow(pair_row, n_pairs, capacity)
-                pair_query = grow(pair_query, n_pairs, capacity)
-                by_chunk = np.empty(capacity, np.int64)
-            pair_row[n_pairs:n_pairs + n_short] = touched[:n_short]
-            pair_query[n_pairs:n_pairs + n_short] = qi
-            n_pairs += n_short
+            # each placement's positions vote and shortlist on their own (one placement: the whole
+            # grid); the union of the shortlists is re-ranked
+            first_pair = n_pairs
+            n_candidates[qi] = 0
+            for pl in range(placements):
+                n_used = 0  # the buckets within the radius: map keys first, then where their ids are
+                for e in range(n_stages):
+                    for g in range(pl * per, (pl + 1) * per):
+                        more = seg_hi[e, g, i] - seg_lo[e, g, i] + (outer_hi[e, g, i] - outer_lo[e, g, i] if r == t else 0)
+                        if n_used + more + 1 > used_at.size:
+                            used_at = grow(used_at, n_used, max(2 * used_at.size, n_used + more + 1))
+                            used_size = grow(used_size, n_used, used_at.size)
+                        for j in range(seg_lo[e, g, i], seg_hi[e, g, i]):
+                            if found_dist[j] <= r:
+                                used_at[n_used] = found_key[j]
+                                used_size[n_used] = found_size[j]
+                                n_used += 1
+                        if r == t:
+                            for j in range(outer_lo[e, g, i], outer_hi[e, g, i]):
+                                used_at[n_used] = outer_key[j]
+                                used_size[n_used] = -1  # not kept: read from the offsets below
+                                n_used += 1
+                n_kept = 0
+                for j in range(n_used):
+                    if j + PREFETCH_AHEAD < n_used:
+                        prefetch(offsets, used_at[j + PREFETCH_AHEAD])
+                    key = used_at[j]
+                    size = used_size[j]
+                    if size < 0:
+                        size = offsets[key + 1] - offsets[key]
+                        if size > max_bucket:
+                            continue
+                    used_at[n_kept] = offsets[key]
+                    used_size[n_kept] = size
+                    n_kept += 1
+                n_used = n_kept
+                if pl == placements - 1 and not exact_kept[i] and exact_size[i] != never:
+                    used_at[n_used] = exact_at[i]
+                    used_size[n_used] = exact_size[i]
+                    n_used += 1
+                n_touched, n_short = _vote_and_shortlist(used_at, used_size, n_used, bucket_ids, per, start,
+                                                         shortlist, votes, touched, hist)
+                n_candidates[qi] += n_touched
+                if n_pairs + n_short > pair_row.size:
+                    capacity = max(2 * pair_row.size, n_pairs + n_short)
+                    pair_row = grow(pair_row, n_pairs, capacity)
+                    pair_query = grow(pair_query, n_pairs, capacity)
+                    by_chunk = np.empty(capacity, np.int64)
+                for j in range(n_short):
+                    row = touched[j]
+                    if placements > 1:
+                        if seen[row]:
+                            continue
+                        seen[row] = 1
+                    pair_row[n_pairs] = row
+                    pair_query[n_pairs] = qi
+                    n_pairs += 1
+            if placements > 1:
+                for j in range(first_pair, n_pairs):
+                    seen[pair_row[j]] = 0
             if n_pairs >= _RERANK_PAIRS or qi == n_queries - 1:
                 _rerank_pairs(pair_row, pair_query, n_pairs, by_chunk, codes, queries, bits, start, out_scores, out_ids,
-                              heap_size)
+                              heap_size, placements, penalty)
                 n_pairs = 0
         # the next batch: about _BATCH_MATCHES matches at this batch's rate, growing gradually
         batch = max(1, min(_MAX_BATCH, _BATCH_GROWTH * nb, _BATCH_MATCHES * nb // max(n_found + n_outer, 1)))
@@ -482,11 +514,12 @@ def _vote_and_shortlist(used_at, used_size, n_used, bucket_ids, grid, start, sho
 
 @njit(nogil=True, cache=True)
 def _rerank_pairs(pair_row, pair_query, n_pairs, by_chunk, codes, queries, bits, start, heap_scores, heap_ids,
-                  heap_size):
+                  heap_size, placements, penalty):
     """Step 3 for ``n_pairs`` shortlisted (row, query) pairs: each row's score is offered to its
     query's heap (``heap_*[query]``, ``heap_size[query]`` entries). The pairs are counting-sorted
     into ``by_chunk`` by chunk of rows (``row << 32 | query``), and the chunks scored in order,
-    the next one fetched while one is scored."""
+    the next one fetched while one is scored. A grid of several ``placements`` scores the best
+    of its parts, each after the first ``penalty`` bits less."""
     n_rows, grid = codes.shape
     shift = 0  # a chunk holds 2**shift rows
     while (2 << shift) * grid * codes.itemsize <= _CHUNK_BYTES:
@@ -505,6 +538,7 @@ def _rerank_pairs(pair_row, pair_query, n_pairs, by_chunk, codes, queries, bits,
     flat = codes.reshape(codes.size)
     per_line = max(1, 64 // codes.itemsize)
     total_bits = grid * bits
+    per = grid // placements
     chunk_size = (1 << shift) * grid
     for c in range(n_chunks):
         # one cache line of the next chunk per pair scored here; and, since the pairs of a
@@ -522,7 +556,16 @@ def _rerank_pairs(pair_row, pair_query, n_pairs, by_chunk, codes, queries, bits,
                 prefetch(flat, ahead + grid - 1)  # a row that does not start a cache line ends in one more
             row = by_chunk[j] >> 32
             qi = by_chunk[j] & 0xFFFFFFFF
-            dist = 0
-            for g in range(grid):
-                dist += distance(codes[row, g], queries[qi, g])
-            offer_at(heap_scores, heap_ids, heap_size, qi, total_bits - dist, row + start)
+            if placements == 1:
+                dist = 0
+                for g in range(grid):
+                    dist += distance(codes[row, g], queries[qi, g])
+                score = total_bits - dist
+            else:
+                score = 0
+                for p in range(placements):
+                    dist = penalty if p else 0
+                    for g in range(p * per, (p + 1) * per):
+                        dist += distance(codes[row, g], queries[qi, g])
+                    score = max(score, per * bits - dist)
+            offer_at(heap_scores, heap_ids, heap_size, qi, score, row + start)

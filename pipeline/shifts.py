@@ -73,21 +73,34 @@ def shifted_copies(pixels: np.ndarray, radius: float, step: float = 1) -> np.nda
     return out.reshape(n * len(shifts), *pixels.shape[1:])
 
 
-def query_copies(pixels: np.ndarray, radius: float = 0, step: float = 1, flip: bool = False) -> np.ndarray:
+def query_copies(pixels: np.ndarray, radius: float = 0, step: float = 1, flip: bool = False, places: int = 1) -> np.ndarray:
     """``[n * V, h, w, c]``: the copies of each image a query searches with, image-major.
 
     Without ``flip`` these are :func:`shifted_copies` (just ``pixels`` when ``radius`` is 0);
     with it, each image's shifted copies are followed by those of its left-right mirror, so
-    that mirrored copies in the index are found (``V`` doubles, and so does the work).
+    that mirrored copies in the index are found (``V`` doubles, and so does the work). An image
+    of several ``places`` (placements one below the other, ``h / places`` rows each) has each
+    placement shifted and mirrored on its own.
     """
     pixels = np.asarray(pixels)
-    copies = shifted_copies(pixels, radius, step) if radius else pixels
+    copies = _shifted(pixels, radius, step, places) if radius else pixels
     if not flip:
         return copies
-    mirrored = shifted_copies(pixels[:, :, ::-1], radius, step) if radius else pixels[:, :, ::-1]
+    mirrored = _shifted(pixels[:, :, ::-1], radius, step, places) if radius else pixels[:, :, ::-1]
     n = pixels.shape[0]
     both = np.stack([copies.reshape(n, -1, *pixels.shape[1:]), mirrored.reshape(n, -1, *pixels.shape[1:])], axis=1)
     return np.ascontiguousarray(both.reshape(-1, *pixels.shape[1:]))
+
+
+def _shifted(pixels: np.ndarray, radius: float, step: float, places: int) -> np.ndarray:
+    """:func:`shifted_copies` of images of ``places`` placements one below the other, each
+    placement moved within its own rows."""
+    if places == 1:
+        return shifted_copies(pixels, radius, step)
+    n, h, w, c = pixels.shape
+    copies = shifted_copies(pixels.reshape(n * places, h // places, w, c), radius, step)
+    copies = copies.reshape(n, places, -1, h // places, w, c).transpose(0, 2, 1, 3, 4, 5)
+    return np.ascontiguousarray(copies.reshape(-1, h, w, c))
 
 
 def _window(padded: np.ndarray, pad: int, dy: int, dx: int, h: int, w: int) -> np.ndarray:

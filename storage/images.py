@@ -117,12 +117,16 @@ class ImageSpec:
     rules : storage.canonical.InputRules, optional
         The canonical-form rules (background, centre) applied after alpha compositing and
         before the resize; none by default. A model card says which its model uses.
+    placements : tuple of storage.canonical.InputRules, optional
+        More placements of each image, each by its own rules: the converted image is the
+        placements one below the other (``rules``' first), ``height`` rows each.
     """
 
     height: int
     width: int
     channels: int
     rules: InputRules = field(default_factory=InputRules)
+    placements: tuple[InputRules, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "channels"):
@@ -131,20 +135,23 @@ class ImageSpec:
                 raise ValueError(f"ImageSpec.{name} must be an integer, got {value!r}")
             object.__setattr__(self, name, int(value))
         if self.height < 1 or self.width < 1:
-            raise ValueError(
-                f"ImageSpec height and width must be >= 1, got {self.height}x{self.width}"
-            )
+            raise ValueError(f"ImageSpec height and width must be >= 1, got {self.height}x{self.width}")
         if self.channels not in (1, 3):
-            raise ValueError(
-                f"ImageSpec.channels must be 1 (grey) or 3 (RGB), got {self.channels}"
-            )
+            raise ValueError(f"ImageSpec.channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if not isinstance(self.rules, InputRules):
             raise ValueError(f"ImageSpec.rules must be an InputRules, got {self.rules!r}")
+        object.__setattr__(self, "placements", tuple(self.placements))
+        if not all(isinstance(rules, InputRules) for rules in self.placements):
+            raise ValueError(f"ImageSpec.placements must be InputRules, got {self.placements!r}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(height, width, channels)``, the shape of one converted image."""
-        return (self.height, self.width, self.channels)
+        """``(height, width, channels)`` of one converted image, its placements one below the other."""
+        return (self.height * (1 + len(self.placements)), self.width, self.channels)
+
+    def each(self) -> tuple["ImageSpec", ...]:
+        """One spec per placement, without placements of its own: ``rules`` first."""
+        return tuple(ImageSpec(self.height, self.width, self.channels, rules=rules) for rules in (self.rules, *self.placements))
 
 
 def _image_error(uri: str, reason: str) -> ImageReadError:
@@ -226,6 +233,8 @@ def decode_and_convert(data: bytes, uri: str, spec: ImageSpec) -> np.ndarray:
         image = _open(data, uri)
         _check_cover_size(image.height, image.width, spec, uri)  # before any pixel is decoded
         image, scale = _load(image, uri, (spec.height, spec.width))
+        if spec.placements:  # decoded once, converted by each placement's rules
+            return np.concatenate([_model_input(image, scale, one, uri) for one in spec.each()])
         return _model_input(image, scale, spec, uri)
 
 
@@ -470,6 +479,9 @@ def convert_batch(
     ImageReadError
         The stack as a whole has an unsupported shape or dtype, or 0 pixels per image.
     """
+    if spec.placements:
+        parts = [convert_batch(images, one, uri) for one in spec.each()]
+        return np.concatenate([pixels for pixels, _ in parts], axis=1), parts[0][1]
     batch = np.asarray(images)
     if batch.ndim == 3:
         batch = batch[..., np.newaxis]

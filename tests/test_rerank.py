@@ -273,3 +273,30 @@ def test_a_block_scored_in_several_passes_and_chunks_of_rows_matches_brute_force
     assert np.array_equal(got.ids, best + start)
     assert np.array_equal(got.scores, grid * bits - np.take_along_axis(distances, best, axis=1))
     assert np.all(got.n_candidates == n)
+
+
+@pytest.mark.parametrize("penalty", [0, 40, 150])
+def test_a_grid_of_two_placements_scores_the_better_placement(penalty):
+    """Codes of two placements one after the other (2 x 12 positions): every image shortlisted
+    (t = bits, shortlist = n), the scores are the better placement's equal bits, the second
+    counting ``penalty`` less, as a brute-force ranking gives them; one placement scores the
+    whole grid as before."""
+    rng = np.random.default_rng(penalty)
+    grid, n, bits, start, k = 24, 300, 16, 50, 8
+    codes = clustered_codes(rng, n, grid, bits, n_centres=5, flips=5)
+    queries = np.concatenate([clustered_codes(rng, 20, grid, bits, n_centres=5, flips=5), codes[:5]])
+    bmap = build_bucket_map(codes, np.arange(start, start + n), positional=True)
+    got = rerank_search(queries, bmap, codes, bits, bits, k=k, shortlist=n, id_range=(start, start + n), method="scan",
+                        placements=2, penalty=penalty)
+    half = grid // 2 * bits
+    parts = [np.stack([np.bitwise_count(codes[:, s] ^ q[s]).sum(axis=1, dtype=np.int64) for q in queries])
+             for s in (slice(0, grid // 2), slice(grid // 2, grid))]
+    scores = np.maximum(half - parts[0], half - parts[1] - penalty)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(got.scores, np.take_along_axis(scores, best, axis=1))
+    assert np.array_equal(got.ids, best + start)
+    whole = rerank_search(queries, bmap, codes, bits, bits, k=k, shortlist=n, id_range=(start, start + n), method="scan")
+    assert np.array_equal(whole.scores, grid * bits - np.sort(parts[0] + parts[1], axis=1)[:, :k])
+    for bad in (dict(placements=5), dict(placements=0), dict(placements=2, penalty=half), dict(penalty=-1)):
+        with pytest.raises(ValueError, match="placements must divide|penalty must be between"):
+            rerank_search(queries, bmap, codes, 2, bits, k=k, **bad)

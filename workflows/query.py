@@ -205,22 +205,25 @@ def encode_block_task(index: IndexLocation, shard, shift_radius: float = 0, shif
     from pipeline.shifts import query_copies
 
     encoder = load_encoder(index.join(MODEL_DIR), index.storage_options)
-    data = shard.read(encoder.card.image_spec)
+    spec = encoder.card.image_spec
+    data = shard.read(spec)
     gh, gw = encoder.card.grid
-    n = len(data.pixels)
-    pixels = query_copies(data.pixels, shift_radius, shift_step, flip)
+    n, places = len(data.pixels), len(spec.each())
+    pixels = query_copies(data.pixels, shift_radius, shift_step, flip, places)
     per_query = len(pixels) // n if n else 1
     owners = np.repeat(np.arange(n), per_query)
-    if encoder.card.image_spec.rules.mirror == "mean" and not flip and n:
+    if spec.rules.mirror == "mean" and not flip and n:
         # the mirror rule may turn a nearly balanced query and its original different ways: search those both ways
-        balanced = np.flatnonzero(mirror_margin(data.pixels) < BALANCED)
+        # (judged by the first placement, the one the rule balances)
+        balanced = np.flatnonzero(mirror_margin(data.pixels[:, :spec.height]) < BALANCED)
         owners = np.concatenate([owners, np.repeat(balanced, per_query)])
-        pixels = np.concatenate([pixels, query_copies(data.pixels[balanced][:, :, ::-1], shift_radius, shift_step)])
+        pixels = np.concatenate([pixels, query_copies(data.pixels[balanced][:, :, ::-1], shift_radius, shift_step, places=places)])
     codes = encoder.encode(pixels).reshape(len(pixels), gh * gw)
     return QueryBlock(data.ids, data.uris, codes, list(data.errors), owners if len(pixels) > n else None)
 
 
-def search_task(index: IndexLocation, partition, parts: list[QueryBlock], settings: QuerySettings, bits: int):
+def search_task(index: IndexLocation, partition, parts: list[QueryBlock], settings: QuerySettings, bits: int,
+                placements: tuple[int, int] = (1, 0)):
     from pipeline.rerank import rerank_search
     from pipeline.seed import seed_search
 
@@ -233,7 +236,7 @@ def search_task(index: IndexLocation, partition, parts: list[QueryBlock], settin
         codes = load_codes(index, partition)
         shortlist, max_bucket = settings.partition_limits(bmap.n_images)
         found = rerank_search(block.codes, bmap, codes, settings.threshold, bits, settings.k, shortlist, max_bucket,
-                              settings.vote_budget, id_range=(start, stop))
+                              settings.vote_budget, id_range=(start, stop), placements=placements[0], penalty=placements[1])
     if block.owners is not None:
         from pipeline.shifts import best_of_groups
 
@@ -362,6 +365,10 @@ class QueryJob:
         if settings.threshold > self.manifest.bits:
             raise ConfigError(f"--threshold must be between 0 and the code length {self.manifest.bits}, got {settings.threshold}")
         self.source = queries if isinstance(queries, Corpus) else open_corpus(queries, index.storage_options)
+        from pipeline.modelcard import read_card
+
+        card = read_card(index.join(MODEL_DIR), index.storage_options, verify=False)
+        self.placements = (1 + len(card.placements), card.placement_penalty)  # how the re-rank scores (pipeline.rerank)
         self.partitions = self.manifest.search_partitions(MAP_LAYOUT[settings.mode])
         # Every image's uri is read while the workers answer the first block (0.9-1.7 CPU s at
         # 10M images, which would otherwise hold back the first tasks): needed only to write
@@ -414,7 +421,7 @@ class QueryJob:
         def submit(shard) -> list:
             blocks = [dask.submit(encode_block_task, self.index, part, settings.shift_radius, settings.shift_step,
                                   settings.flip, pure=False) for part in encode_parts(shard, n_threads)]
-            parts = [dask.submit(search_task, self.index, p, blocks, settings, bits, pure=False,
+            parts = [dask.submit(search_task, self.index, p, blocks, settings, bits, self.placements, pure=False,
                                  **({} if w is None else {"workers": [w], "allow_other_workers": True}))
                      for p, w in zip(self.partitions, pinned_to)]
             while len(parts) > _MERGE_FAN_IN:  # a tree: no task receives every partition's lists at once
