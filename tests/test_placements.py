@@ -21,10 +21,10 @@ AS_IS = InputRules(background="black-luma", centre="none", mirror="mean")
 
 
 def with_placements(tmp_path, placements=(AS_IS,), penalty=40, model="icons-photos"):
-    """A copy of ``model`` whose card adds ``placements``."""
+    """A copy of ``model`` whose card names ``placements`` (the shipped ``icons-photos``' own by default)."""
     from pipeline.modelcard import resolve_model_url
 
-    folder = tmp_path / "two-placements"
+    folder = tmp_path / f"placements-{len(placements)}"
     shutil.copytree(resolve_model_url(model), folder)
     card = json.loads((folder / "card.json").read_text())
     card["placements"] = [rules.to_json() for rules in placements]
@@ -43,7 +43,8 @@ def test_the_card_names_the_placements_and_the_grid_holds_them(tmp_path):
     d = card.to_json()
     assert d["grid"] == [14, 7] and d["placements"] == [AS_IS.to_json()]
     assert ModelCard.from_json(d).placements == (AS_IS,)
-    assert "placements" not in read_card("icons-photos").to_json()  # one placement: the card as before
+    assert read_card("icons-photos").placements == (AS_IS,) and read_card("icons-photos").placement_penalty == 40  # shipped
+    assert "placements" not in read_card("fashion-mnist").to_json()  # one placement: the card as before
     for bad, message in (([{"centre": "middle"}], "centre must be one of"), ("as-is", "placements must be a list")):
         with pytest.raises(ModelError, match=message):
             ModelCard.from_json({**d, "placements": bad})
@@ -70,7 +71,7 @@ def test_an_image_converts_to_its_placements_one_below_the_other(tmp_path):
 def test_the_encoder_encodes_each_placement_with_the_same_weights(tmp_path):
     from pipeline.encode import load_encoder
 
-    two, one = load_encoder(with_placements(tmp_path)), load_encoder("icons-photos")
+    two, one = load_encoder(with_placements(tmp_path)), load_encoder(with_placements(tmp_path, placements=(), penalty=0))
     spec = two.card.image_spec
     pixels = np.stack([decode_and_convert(png(icon(seed, 48)), "i.png", spec) for seed in range(5)])
     codes = two.encode(pixels)

@@ -133,9 +133,15 @@ def _check_model(index: IndexLocation, model: str | None) -> None:
             f"not {model!r} (sha256 {given.model_sha256[:12]}...). Index into a new --index URL, "
             "or omit --model to use the index's own model."
         )
-    if given.input_rules != bound.input_rules:
+    if _inputs(given) != _inputs(bound):
         log.warning("%s keeps the input rules it was built with, %s; %s now names %s: index into a new --index URL to get them",
-                    index.url, bound.input_rules.to_json(), model, given.input_rules.to_json())
+                    index.url, _inputs(bound), model, _inputs(given))
+
+
+def _inputs(card) -> dict:
+    """What a card says each image goes through: its input rules, and its further placements."""
+    return {"input": card.input_rules.to_json(), "placements": [rules.to_json() for rules in card.placements],
+            "placement_penalty": card.placement_penalty}
 
 
 ARRAY_MODEL = "fashion-mnist"
@@ -160,7 +166,7 @@ def install_model(index: "IndexLocation | str", model: str) -> None:
     target = index.child(MODEL_DIR)
     if target.exists(CARD_FILE):
         left = read_card(target.url, target.storage_options, verify=False)
-        if left.model_sha256 == card.model_sha256 and left.input_rules == card.input_rules:
+        if left.model_sha256 == card.model_sha256 and _inputs(left) == _inputs(card):
             return
     for name in MODEL_FILES:  # card last: a model dir with a card is complete
         src_fs, src = url_to_fs(join_url(source, name), index.storage_options)
