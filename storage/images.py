@@ -443,9 +443,7 @@ def convert(image: np.ndarray, spec: ImageSpec, uri: str = "") -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     if array.ndim != 3:
-        raise _image_error(
-            uri, f"unsupported image shape {array.shape}; expected [h, w] or [h, w, c]"
-        )
+        raise _image_error(uri, f"unsupported image shape {array.shape}; expected [h, w] or [h, w, c]")
     pixels, ok = convert_batch(array[np.newaxis], spec, uri)
     if not ok[0]:
         raise _image_error(uri, "all pixel values are NaN")
@@ -479,18 +477,21 @@ def convert_batch(
     ImageReadError
         The stack as a whole has an unsupported shape or dtype, or 0 pixels per image.
     """
-    if spec.placements:
-        parts = [convert_batch(images, one, uri) for one in spec.each()]
-        return np.concatenate([pixels for pixels, _ in parts], axis=1), parts[0][1]
     batch = np.asarray(images)
     if batch.ndim == 3:
         batch = batch[..., np.newaxis]
     _check_batch(batch, uri)
-    if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape and not spec.rules.active:
+    if batch.dtype == np.uint8 and batch.shape[1:] == spec.shape and not spec.rules.active and not spec.placements:
         return np.ascontiguousarray(batch), np.ones(len(batch), dtype=bool)
     _check_cover_size(*batch.shape[1:3], spec, uri)
     batch, ok = _to_uint8(batch)
     batch = _drop_alpha(batch)
+    parts = [_placed(batch, one) for one in spec.each()]  # dtype and alpha converted once for every placement
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), ok
+
+
+def _placed(batch: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """``batch`` (``uint8``, alpha composited) by ``spec``'s rules, at its size (one placement)."""
     shifts = [None] * len(batch)
     if spec.rules.active:
         # as in _model_input: an image that is resized is centred by a fractional move within the resize
@@ -504,7 +505,7 @@ def convert_batch(
         for i, image in enumerate(batch):
             resized[i] = _resize_crop(image, spec, shifts[i])
         batch = resized
-    return np.ascontiguousarray(spec.rules.finish(batch)), ok
+    return np.ascontiguousarray(spec.rules.finish(batch))
 
 
 def _check_batch(batch: np.ndarray, uri: str) -> None:
@@ -515,9 +516,7 @@ def _check_batch(batch: np.ndarray, uri: str) -> None:
             "with c in 1 (grey), 2 (grey + alpha), 3 (RGB), 4 (RGBA)",
         )
     if batch.dtype.kind not in "biuf":
-        raise _image_error(
-            uri, f"unsupported pixel dtype {batch.dtype}; expected bool, integer or float"
-        )
+        raise _image_error(uri, f"unsupported pixel dtype {batch.dtype}; expected bool, integer or float")
     if batch.shape[1] == 0 or batch.shape[2] == 0:
         raise _image_error(uri, f"image has 0 pixels (shape {batch.shape[1:]})")
 
